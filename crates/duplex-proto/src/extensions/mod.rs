@@ -1,0 +1,1 @@
+//! Extension negotiation (RFC 6455 section 9).

@@ -1,0 +1,1 @@
+//! The opening handshake (RFC 6455 section 4), both roles, sans-IO.

@@ -1,0 +1,27 @@
+//! # duplex-proto
+//!
+//! The WebSocket protocol (RFC 6455) and permessage-deflate (RFC 7692) as a sans-IO state
+//! machine: bytes in, events out; commands in, bytes out. No sockets, no async runtime, no clock,
+//! no randomness of its own (masking keys come from a caller-supplied source), so the same input
+//! always gives the same output and every rule can be tested without a network.
+#![doc = include_str!("../DESIGN.md")]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod close;
+pub mod config;
+pub mod error;
+pub mod extensions;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod message;
+pub mod role;
+pub mod utf8;
+
+pub use close::{CloseCode, CloseFrame};
+pub use config::Config;
+pub use error::{Error, ProtocolError, UsageError};
+pub use frame::OpCode;
+pub use message::{DataKind, Message, Utf8Bytes};
+pub use role::Role;

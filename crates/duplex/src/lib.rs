@@ -1,0 +1,3 @@
+//! # duplex
+//!
+//! WebSocket client and server for tokio, driving the sans-IO [`duplex_proto`] core.
