@@ -10,6 +10,7 @@
 
 pub mod close;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod extensions;
 pub mod frame;
@@ -21,6 +22,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
+pub use connection::{Connection, Event, MaskKeySource, State, Transmit};
 pub use error::{Error, ProtocolError, UsageError};
 pub use frame::OpCode;
 pub use message::{DataKind, Message, Utf8Bytes};

@@ -1,0 +1,432 @@
+//! The WebSocket connection state machine (RFC 6455 sections 5, 6 and 7), sans-IO.
+//!
+//! # Call protocol
+//!
+//! A [`Connection`] never touches a socket. The runtime around it:
+//!
+//! 1. **feeds** received bytes with [`Connection::recv`],
+//! 2. **drains** what they produced with [`Connection::poll_event`],
+//! 3. **commands** with [`Connection::send`], [`Connection::send_fragment`], [`Connection::ping`],
+//!    [`Connection::pong`] and [`Connection::close`],
+//! 4. **drains** the frames to write with [`Connection::poll_transmit`], and
+//! 5. shuts the transport once [`Connection::is_closed`] and nothing is left to transmit.
+//!
+//! A protocol violation by the peer fails the connection in one step: `recv` returns the error
+//! and the Close frame with the matching code is already queued (section 7.1.7), so every runtime
+//! gets the close codes right without knowing them.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use duplex_proto::{Connection, Event, Message, Role, Config};
+//!
+//! let mut client = Connection::new(Role::Client, Config::default());
+//! let mut server = Connection::new(Role::Server, Config::default());
+//!
+//! client.send(Message::text("hello")).unwrap();
+//! let mut wire = BytesMut::new();
+//! while let Some(tx) = client.poll_transmit() {
+//!     wire.extend_from_slice(tx.head());
+//!     wire.extend_from_slice(tx.payload());
+//! }
+//! server.recv(&mut wire).unwrap();
+//! assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
+//! ```
+
+mod recv;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::close::{CloseCode, CloseFrame, truncate_reason};
+use crate::config::Config;
+use crate::error::{Error, ProtocolError, UsageError};
+use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
+use crate::mask::apply_mask;
+use crate::message::{DataKind, Message};
+use crate::role::Role;
+
+use recv::Incoming;
+
+/// Where a client's masking keys come from (RFC 6455 section 5.3: "unpredictable").
+///
+/// The core has no randomness of its own; runtimes pass a function backed by the operating
+/// system's generator.
+pub type MaskKeySource = fn() -> [u8; 4];
+
+/// Something the peer sent, ready for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A complete text or binary message.
+    Message(Message),
+    /// With [`Config::streaming_receive`]: a piece of a data message as it arrived. Text pieces
+    /// are validated but may end inside a character; `first` marks a new message, `fin` its end.
+    Fragment {
+        /// Text or binary.
+        kind: DataKind,
+        /// The piece.
+        data: Bytes,
+        /// The first piece of its message.
+        first: bool,
+        /// The last piece of its message.
+        fin: bool,
+    },
+    /// A ping; the pong with the same payload is already queued.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// The peer's Close frame (`None` for an empty one). If we had not sent a Close yet, the
+    /// reply echoing its code is already queued. No event follows.
+    Close(Option<CloseFrame>),
+}
+
+/// Where the close handshake stands (RFC 6455 section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Data flows both ways.
+    Open,
+    /// We sent a Close and wait for the peer's; received data is still delivered.
+    CloseSent,
+    /// Both Close frames are exchanged, or the connection failed. Nothing more is sent or
+    /// accepted; the transport can be shut once the transmits are drained.
+    Closed,
+}
+
+/// One frame to write: a header of at most 14 bytes and a payload, kept apart so the runtime can
+/// write both with one vectored write and the payload is never copied.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Transmit {
+    head: [u8; MAX_HEADER_LEN],
+    head_len: u8,
+    payload: Bytes,
+}
+
+impl Transmit {
+    fn new(header: &FrameHeader, payload: Bytes) -> Self {
+        let (head, len) = header.encode();
+        Transmit {
+            head,
+            head_len: len as u8,
+            payload,
+        }
+    }
+
+    /// The frame header.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..usize::from(self.head_len)]
+    }
+
+    /// The (already masked, for clients) payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Header plus payload length.
+    pub fn len(&self) -> usize {
+        usize::from(self.head_len) + self.payload.len()
+    }
+
+    /// Never true: every frame has a header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transmit")
+            .field("head", &self.head())
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// A WebSocket connection after the opening handshake. See the [module docs](self) for the call
+/// protocol.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    mask_keys: MaskKeySource,
+    incoming: Incoming,
+    /// Kind of the fragmented message we are sending, if one is open.
+    sending_fragmented: Option<DataKind>,
+    events: VecDeque<Event>,
+    transmits: VecDeque<Transmit>,
+}
+
+impl Connection {
+    /// A connection in the open state, right after the opening handshake.
+    ///
+    /// Clients should call [`Connection::set_mask_key_source`]: until they do, masking keys come
+    /// from a deterministic sequence, which is fine for tests but not for the open web.
+    pub fn new(role: Role, config: Config) -> Connection {
+        Connection {
+            role,
+            incoming: Incoming::new(&config),
+            config,
+            state: State::Open,
+            mask_keys: deterministic_mask_key,
+            sending_fragmented: None,
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+        }
+    }
+
+    /// Sets where masking keys come from (used by clients only).
+    pub fn set_mask_key_source(&mut self, source: MaskKeySource) {
+        self.mask_keys = source;
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the connection is finished: both Close frames exchanged or the connection failed.
+    /// Once [`Connection::has_pending_transmit`] is false too, the transport should be shut (a
+    /// server closes TCP first, RFC 6455 section 7.1.1; a client waits briefly for that).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Feeds received bytes.
+    ///
+    /// Consumes every complete frame and any partial payload of a data frame (so bad UTF-8 is
+    /// caught as soon as it arrives); only an incomplete frame header or the start of a control
+    /// frame stays in `buf`. After the connection is closed, input is discarded.
+    ///
+    /// On a protocol violation returns [`Error::Protocol`] and queues the Close frame with the
+    /// matching code; the connection is then [`State::Closed`].
+    pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        if self.state == State::Closed {
+            buf.clear();
+            return Ok(());
+        }
+        let mut out = recv::Output {
+            events: &mut self.events,
+            transmits: &mut self.transmits,
+            role: self.role,
+            mask_keys: self.mask_keys,
+            answer_pings: self.state == State::Open,
+        };
+        match self.incoming.consume(buf, &self.config, &mut out) {
+            Ok(recv::Consumed::NeedMore) => Ok(()),
+            Ok(recv::Consumed::PeerClosed(close)) => {
+                self.on_peer_close(close);
+                buf.clear();
+                Ok(())
+            }
+            Err(e) => {
+                buf.clear();
+                self.fail(&e);
+                Err(Error::Protocol(e))
+            }
+        }
+    }
+
+    /// The next event, in the order the frames arrived.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Queues a whole message as one frame.
+    pub fn send(&mut self, message: Message) -> Result<(), Error> {
+        self.check_open()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder.into());
+        }
+        let opcode = match message.kind() {
+            DataKind::Text => OpCode::Text,
+            DataKind::Binary => OpCode::Binary,
+        };
+        self.queue_frame(true, opcode, message.into_bytes());
+        Ok(())
+    }
+
+    /// Queues one piece of a fragmented message (streaming out, RFC 6455 section 5.4).
+    ///
+    /// The first call starts a message of `kind`; later calls must pass the same kind; `fin`
+    /// ends the message. Control frames may be sent between pieces.
+    pub fn send_fragment(&mut self, kind: DataKind, data: Bytes, fin: bool) -> Result<(), Error> {
+        self.check_open()?;
+        let opcode = match self.sending_fragmented {
+            None => match kind {
+                DataKind::Text => OpCode::Text,
+                DataKind::Binary => OpCode::Binary,
+            },
+            Some(open) if open == kind => OpCode::Continuation,
+            Some(_) => return Err(UsageError::FragmentOrder.into()),
+        };
+        self.sending_fragmented = if fin { None } else { Some(kind) };
+        self.queue_frame(fin, opcode, data);
+        Ok(())
+    }
+
+    /// Queues a ping (payload at most 125 bytes).
+    pub fn ping(&mut self, payload: Bytes) -> Result<(), Error> {
+        self.queue_control(OpCode::Ping, payload)
+    }
+
+    /// Queues an unsolicited pong (payload at most 125 bytes), e.g. as a unidirectional heartbeat.
+    pub fn pong(&mut self, payload: Bytes) -> Result<(), Error> {
+        self.queue_control(OpCode::Pong, payload)
+    }
+
+    /// Starts the close handshake with `code` and `reason` (reason cut to 123 bytes on a
+    /// character boundary). After this, no data may be sent; received data is still delivered
+    /// until the peer's Close arrives.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.check_open()?;
+        if !code.is_valid_on_wire() {
+            return Err(UsageError::InvalidCloseCode(code.0).into());
+        }
+        self.queue_close(Some(code), reason);
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    /// The next frame to write.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Whether frames are waiting to be written.
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
+    /// Number of frames waiting to be written.
+    pub fn pending_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        match self.state {
+            State::Open => Ok(()),
+            State::CloseSent | State::Closed => Err(UsageError::Closed.into()),
+        }
+    }
+
+    fn queue_control(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), Error> {
+        self.check_open()?;
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(UsageError::ControlPayloadTooLong(payload.len()).into());
+        }
+        self.queue_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    /// Builds a Close frame payload: nothing, or the code and the (cut) reason.
+    fn queue_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        let payload = match code {
+            None => Bytes::new(),
+            Some(code) => {
+                let reason = truncate_reason(reason);
+                let mut p = Vec::with_capacity(2 + reason.len());
+                p.extend_from_slice(&code.0.to_be_bytes());
+                p.extend_from_slice(reason.as_bytes());
+                Bytes::from(p)
+            }
+        };
+        self.queue_frame(true, OpCode::Close, payload);
+    }
+
+    fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) {
+        push_frame(
+            &mut self.transmits,
+            self.role,
+            self.mask_keys,
+            FrameBits {
+                fin,
+                rsv: 0,
+                opcode,
+            },
+            payload,
+        );
+    }
+
+    /// The peer's Close arrived (already validated).
+    fn on_peer_close(&mut self, close: Option<CloseFrame>) {
+        if self.state == State::Open {
+            // Echo the code (section 5.5.1); an empty Close is answered with an empty one.
+            let code = close.as_ref().map(|c| c.code);
+            self.queue_close(code, "");
+        }
+        self.state = State::Closed;
+        self.sending_fragmented = None;
+        self.events.push_back(Event::Close(close));
+    }
+
+    /// Fails the connection (section 7.1.7): the Close with the error's code, unless we already
+    /// sent one.
+    fn fail(&mut self, error: &ProtocolError) {
+        if self.state == State::Open {
+            let reason = error.to_string();
+            self.queue_close(Some(error.close_code()), &reason);
+        }
+        self.state = State::Closed;
+        self.sending_fragmented = None;
+    }
+}
+
+/// The first header byte's fields of a frame to send.
+#[derive(Debug, Clone, Copy)]
+struct FrameBits {
+    fin: bool,
+    rsv: u8,
+    opcode: OpCode,
+}
+
+/// Frames `payload` for the wire: a client masks it into a new buffer (the caller's bytes may be
+/// shared), a server sends the caller's bytes as they are.
+fn push_frame(
+    transmits: &mut VecDeque<Transmit>,
+    role: Role,
+    mask_keys: MaskKeySource,
+    bits: FrameBits,
+    payload: Bytes,
+) {
+    let mask = role.masks_outgoing().then(mask_keys);
+    let payload = match mask {
+        Some(key) if !payload.is_empty() => {
+            let mut masked = BytesMut::from(&payload[..]);
+            apply_mask(&mut masked, key, 0);
+            masked.freeze()
+        }
+        _ => payload,
+    };
+    let header = FrameHeader {
+        fin: bits.fin,
+        rsv: bits.rsv,
+        opcode: bits.opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    transmits.push_back(Transmit::new(&header, payload));
+}
+
+/// Deterministic keys for connections whose runtime set no source: a SplitMix64 walk. Adequate
+/// for tests and local tools; a client on the open web must use an unpredictable source.
+fn deterministic_mask_key() -> [u8; 4] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+    let mut z = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let bytes = (z ^ (z >> 31)).to_le_bytes();
+    [bytes[0], bytes[1], bytes[2], bytes[3]]
+}

@@ -1,0 +1,292 @@
+//! The receive path: frames in, events out (RFC 6455 sections 5.2-5.6, 8.1).
+//!
+//! Data frame payloads are consumed as they arrive, not once the whole frame is buffered: each
+//! piece is unmasked at its offset and, for text, validated at once, so invalid UTF-8 fails the
+//! connection on the byte that makes it invalid. Only a partial header (or the start of a control
+//! frame, at most 125 bytes) waits in the caller's buffer.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{Event, FrameBits, MaskKeySource, Transmit, push_frame};
+use crate::close::{CloseCode, CloseFrame};
+use crate::config::Config;
+use crate::error::ProtocolError;
+use crate::frame::{FrameHeader, OpCode, RSV1};
+use crate::mask::apply_mask;
+use crate::message::{DataKind, Message, Utf8Bytes};
+use crate::role::Role;
+use crate::utf8::Utf8Validator;
+
+/// Where the receive path puts what it produces.
+pub(super) struct Output<'a> {
+    pub(super) events: &'a mut VecDeque<Event>,
+    pub(super) transmits: &'a mut VecDeque<Transmit>,
+    pub(super) role: Role,
+    pub(super) mask_keys: MaskKeySource,
+    /// Pongs are sent only while the connection is open (not after our Close).
+    pub(super) answer_pings: bool,
+}
+
+/// Why [`Incoming::consume`] returned.
+pub(super) enum Consumed {
+    /// Everything usable was consumed; more bytes are needed.
+    NeedMore,
+    /// The peer's Close frame arrived (validated); nothing after it is read.
+    PeerClosed(Option<CloseFrame>),
+}
+
+/// Receive state: the frame being read and the message being reassembled.
+#[derive(Debug, Default)]
+pub(super) struct Incoming {
+    frame: Option<FrameInProgress>,
+    message: Option<MessageInProgress>,
+    /// RSV bits the negotiated extensions define (RSV1 with permessage-deflate).
+    allowed_rsv: u8,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FrameInProgress {
+    header: FrameHeader,
+    /// Payload bytes still to come.
+    remaining: u64,
+    /// Payload bytes consumed so far: the masking offset of the next piece.
+    consumed: u64,
+}
+
+#[derive(Debug)]
+struct MessageInProgress {
+    kind: DataKind,
+    data: BytesMut,
+    /// Payload bytes received so far, all fragments.
+    size: u64,
+    utf8: Utf8Validator,
+    /// Streaming mode: whether a fragment event was already given for this message.
+    started: bool,
+}
+
+impl Incoming {
+    pub(super) fn new(_config: &Config) -> Self {
+        Incoming::default()
+    }
+
+    /// Consumes as much of `buf` as possible.
+    pub(super) fn consume(
+        &mut self,
+        buf: &mut BytesMut,
+        config: &Config,
+        out: &mut Output<'_>,
+    ) -> Result<Consumed, ProtocolError> {
+        loop {
+            let mut frame = match self.frame {
+                Some(frame) => frame,
+                None => {
+                    let Some((header, header_len)) = FrameHeader::decode(buf)? else {
+                        return Ok(Consumed::NeedMore);
+                    };
+                    self.check_header(&header, config, out.role)?;
+                    buf.advance(header_len);
+                    FrameInProgress {
+                        header,
+                        remaining: header.payload_len,
+                        consumed: 0,
+                    }
+                }
+            };
+            let header = frame.header;
+
+            if header.opcode.is_control() {
+                // At most 125 bytes: wait for all of it, then act on it whole.
+                let len = frame.remaining as usize;
+                if buf.len() < len {
+                    self.frame = Some(frame);
+                    return Ok(Consumed::NeedMore);
+                }
+                self.frame = None;
+                let mut payload = buf.split_to(len);
+                if let Some(key) = header.mask {
+                    apply_mask(&mut payload, key, 0);
+                }
+                let payload = payload.freeze();
+                match header.opcode {
+                    OpCode::Ping => {
+                        if out.answer_pings {
+                            let bits = FrameBits {
+                                fin: true,
+                                rsv: 0,
+                                opcode: OpCode::Pong,
+                            };
+                            push_frame(
+                                out.transmits,
+                                out.role,
+                                out.mask_keys,
+                                bits,
+                                payload.clone(),
+                            );
+                        }
+                        out.events.push_back(Event::Ping(payload));
+                    }
+                    OpCode::Pong => out.events.push_back(Event::Pong(payload)),
+                    _ => return Ok(Consumed::PeerClosed(parse_close(&payload)?)),
+                }
+                continue;
+            }
+
+            // A data frame: take whatever part of the payload is here.
+            let take = frame.remaining.min(buf.len() as u64) as usize;
+            if take == 0 && frame.remaining > 0 {
+                self.frame = Some(frame);
+                return Ok(Consumed::NeedMore);
+            }
+            let mut chunk = buf.split_to(take);
+            if let Some(key) = header.mask {
+                apply_mask(&mut chunk, key, frame.consumed as usize);
+            }
+            let whole_frame_at_once = frame.consumed == 0 && take as u64 == header.payload_len;
+            frame.consumed += take as u64;
+            frame.remaining -= take as u64;
+            let frame_done = frame.remaining == 0;
+            self.frame = if frame_done { None } else { Some(frame) };
+            let message_done = frame_done && header.fin;
+
+            let message = self
+                .message
+                .as_mut()
+                .expect("a data frame always has a message in progress");
+            if message.kind == DataKind::Text && message.utf8.feed(&chunk).is_err() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            if message_done && message.kind == DataKind::Text && message.utf8.finish().is_err() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+
+            if config.streaming_receive {
+                if !chunk.is_empty() || message_done {
+                    let first = !message.started;
+                    message.started = true;
+                    let kind = message.kind;
+                    out.events.push_back(Event::Fragment {
+                        kind,
+                        data: chunk.freeze(),
+                        first,
+                        fin: message_done,
+                    });
+                }
+                if message_done {
+                    self.message = None;
+                }
+                continue;
+            }
+
+            if !message_done {
+                append(&mut message.data, chunk);
+                continue;
+            }
+            let data = if whole_frame_at_once && message.data.is_empty() {
+                // The common case: a single-frame message read in one piece, handed out without a copy.
+                chunk.freeze()
+            } else {
+                append(&mut message.data, chunk);
+                std::mem::take(&mut message.data).freeze()
+            };
+            let kind = message.kind;
+            self.message = None;
+            let message = match kind {
+                DataKind::Text => Message::Text(Utf8Bytes::from_validated(data)),
+                DataKind::Binary => Message::Binary(data),
+            };
+            out.events.push_back(Event::Message(message));
+        }
+    }
+
+    /// What can be judged from the header alone, before any payload is read (RFC 6455 section
+    /// 5.2 for RSV and opcodes, 5.1 for masking, 5.4 for fragment order, and the size limits).
+    fn check_header(
+        &mut self,
+        header: &FrameHeader,
+        config: &Config,
+        role: Role,
+    ) -> Result<(), ProtocolError> {
+        match (role.requires_masked_incoming(), header.mask.is_some()) {
+            (true, false) => return Err(ProtocolError::UnmaskedFrame),
+            (false, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if header.rsv & !self.allowed_rsv != 0 {
+            return Err(ProtocolError::ReservedBits(header.rsv));
+        }
+        if header.rsv & RSV1 != 0 && matches!(header.opcode, OpCode::Continuation) {
+            return Err(ProtocolError::CompressedControlOrContinuation);
+        }
+        if header.opcode.is_control() {
+            if header.rsv & RSV1 != 0 {
+                return Err(ProtocolError::CompressedControlOrContinuation);
+            }
+            return Ok(());
+        }
+        if header.payload_len > config.max_frame_size as u64 {
+            return Err(ProtocolError::FrameTooLarge {
+                size: header.payload_len,
+                max: config.max_frame_size,
+            });
+        }
+        let kind = match (header.opcode, self.message.is_some()) {
+            (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, true) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            (OpCode::Text, false) => Some(DataKind::Text),
+            (OpCode::Binary, false) => Some(DataKind::Binary),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.message = Some(MessageInProgress {
+                kind,
+                data: BytesMut::new(),
+                size: 0,
+                utf8: Utf8Validator::new(),
+                started: false,
+            });
+        }
+        let message = self.message.as_mut().expect("checked above");
+        message.size += header.payload_len;
+        if !config.streaming_receive && message.size > config.max_message_size as u64 {
+            return Err(ProtocolError::MessageTooLarge {
+                size: message.size,
+                max: config.max_message_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Appends without a copy when `chunk` directly follows `data` in memory (pieces split off one
+/// read buffer), else copies.
+fn append(data: &mut BytesMut, chunk: BytesMut) {
+    if data.is_empty() {
+        *data = chunk;
+    } else {
+        data.unsplit(chunk);
+    }
+}
+
+/// Decodes and checks a Close payload (RFC 6455 section 5.5.1, 7.4).
+fn parse_close(payload: &Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::InvalidClosePayload),
+        _ => {
+            let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+            if !code.is_valid_on_wire() {
+                return Err(ProtocolError::InvalidCloseCode(code.0));
+            }
+            let reason =
+                std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some(CloseFrame {
+                code,
+                reason: reason.to_owned(),
+            }))
+        }
+    }
+}

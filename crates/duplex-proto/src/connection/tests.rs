@@ -1,0 +1,510 @@
+//! Two connections wired in memory: the whole harness the protocol needs.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+use crate::frame::{FrameHeader, OpCode};
+
+fn drain(conn: &mut Connection) -> BytesMut {
+    let mut wire = BytesMut::new();
+    while let Some(tx) = conn.poll_transmit() {
+        wire.extend_from_slice(tx.head());
+        wire.extend_from_slice(tx.payload());
+    }
+    wire
+}
+
+fn events(conn: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+fn pair() -> (Connection, Connection) {
+    (
+        Connection::new(Role::Client, Config::default()),
+        Connection::new(Role::Server, Config::default()),
+    )
+}
+
+/// A raw frame as a client would send it (masked with a fixed key).
+fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> BytesMut {
+    raw_frame(fin, rsv, opcode, Some([0x11, 0x22, 0x33, 0x44]), payload)
+}
+
+fn raw_frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[(u8::from(fin) << 7) | (rsv << 4) | opcode]);
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.extend_from_slice(&[m | n as u8]),
+        n @ 126..=0xffff => {
+            out.extend_from_slice(&[m | 126]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.extend_from_slice(&[m | 127]);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mut body = payload.to_vec();
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+        crate::mask::apply_mask(&mut body, key, 0);
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Feeds a raw client frame to a server and returns the error and the Close it queued.
+fn server_fails_with(wire: BytesMut) -> (ProtocolError, Option<u16>) {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = wire;
+    let err = match server.recv(&mut wire) {
+        Err(Error::Protocol(e)) => e,
+        other => panic!("expected a protocol error, got {other:?}"),
+    };
+    assert!(server.is_closed());
+    let close = server.poll_transmit().expect("close queued");
+    assert_eq!(close.head()[0], 0x88);
+    let code = (close.payload().len() >= 2)
+        .then(|| u16::from_be_bytes([close.payload()[0], close.payload()[1]]));
+    assert!(server.poll_transmit().is_none());
+    (err, code)
+}
+
+#[test]
+fn text_and_binary_round_trip_both_ways() {
+    let (mut client, mut server) = pair();
+    client.send(Message::text("héllo")).unwrap();
+    client.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+    server.recv(&mut drain(&mut client)).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![
+            Event::Message(Message::text("héllo")),
+            Event::Message(Message::binary(vec![0u8, 1, 2, 255]))
+        ]
+    );
+    server.send(Message::text("back")).unwrap();
+    let wire = drain(&mut server);
+    assert_eq!(&wire[..], b"\x81\x04back", "server frames are unmasked");
+    let mut wire = wire;
+    client.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut client),
+        vec![Event::Message(Message::text("back"))]
+    );
+}
+
+#[test]
+fn client_frames_are_masked() {
+    let (mut client, _) = pair();
+    client.set_mask_key_source(|| [1, 2, 3, 4]);
+    client.send(Message::text("abcd")).unwrap();
+    let wire = drain(&mut client);
+    assert_eq!(
+        &wire[..],
+        &[
+            0x81,
+            0x84,
+            1,
+            2,
+            3,
+            4,
+            b'a' ^ 1,
+            b'b' ^ 2,
+            b'c' ^ 3,
+            b'd' ^ 4
+        ]
+    );
+}
+
+#[test]
+fn single_frame_message_is_not_copied() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = raw_frame(true, 0, 2, Some([0, 0, 0, 0]), &[7u8; 1000]);
+    let start = wire.as_ptr() as usize;
+    server.recv(&mut wire).unwrap();
+    let Some(Event::Message(Message::Binary(data))) = server.poll_event() else {
+        panic!()
+    };
+    assert_eq!(
+        data.as_ptr() as usize,
+        start + 8,
+        "payload points into the read buffer"
+    );
+}
+
+#[test]
+fn fragmented_message_with_interleaved_control_frames() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = client_frame(false, 0, 1, b"Hel");
+    wire.extend_from_slice(&client_frame(true, 0, 9, b"ping!"));
+    wire.extend_from_slice(&client_frame(false, 0, 0, b"lo "));
+    wire.extend_from_slice(&client_frame(true, 0, 10, b"pong"));
+    wire.extend_from_slice(&client_frame(true, 0, 0, "wörld".as_bytes()));
+    server.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![
+            Event::Ping(Bytes::from_static(b"ping!")),
+            Event::Pong(Bytes::from_static(b"pong")),
+            Event::Message(Message::text("Hello wörld")),
+        ]
+    );
+    // The ping was answered with the same payload.
+    assert_eq!(&drain(&mut server)[..], b"\x8a\x05ping!");
+}
+
+#[test]
+fn streaming_send_and_streaming_receive() {
+    let mut client = Connection::new(Role::Client, Config::default());
+    let config = Config {
+        streaming_receive: true,
+        ..Config::default()
+    };
+    let mut server = Connection::new(Role::Server, config);
+    client
+        .send_fragment(DataKind::Binary, Bytes::from_static(b"ab"), false)
+        .unwrap();
+    assert_eq!(
+        client.send(Message::text("no")),
+        Err(Error::Usage(UsageError::FragmentOrder))
+    );
+    assert_eq!(
+        client.send_fragment(DataKind::Text, Bytes::from_static(b"x"), true),
+        Err(Error::Usage(UsageError::FragmentOrder))
+    );
+    client.ping(Bytes::from_static(b"p")).unwrap();
+    client
+        .send_fragment(DataKind::Binary, Bytes::from_static(b"cd"), true)
+        .unwrap();
+    server.recv(&mut drain(&mut client)).unwrap();
+    let frag = |data: &'static [u8], first, fin| Event::Fragment {
+        kind: DataKind::Binary,
+        data: Bytes::from_static(data),
+        first,
+        fin,
+    };
+    assert_eq!(
+        events(&mut server),
+        vec![
+            frag(b"ab", true, false),
+            Event::Ping(Bytes::from_static(b"p")),
+            frag(b"cd", false, true)
+        ]
+    );
+}
+
+#[test]
+fn close_handshake_initiated_by_client() {
+    let (mut client, mut server) = pair();
+    client.close(CloseCode::NORMAL, "bye").unwrap();
+    assert_eq!(client.state(), State::CloseSent);
+    assert_eq!(
+        client.send(Message::text("late")),
+        Err(Error::Usage(UsageError::Closed))
+    );
+    server.recv(&mut drain(&mut client)).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            "bye"
+        )))]
+    );
+    assert!(server.is_closed());
+    // The server echoes the code.
+    client.recv(&mut drain(&mut server)).unwrap();
+    assert_eq!(
+        events(&mut client),
+        vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
+    );
+    assert!(client.is_closed());
+    assert!(!client.has_pending_transmit());
+}
+
+#[test]
+fn data_after_our_close_is_still_delivered_then_nothing_after_theirs() {
+    let (mut client, mut server) = pair();
+    server.close(CloseCode::GOING_AWAY, "").unwrap();
+    client.send(Message::text("in flight")).unwrap();
+    server.recv(&mut drain(&mut client)).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Message(Message::text("in flight"))]
+    );
+    let mut wire = client_frame(true, 0, 8, &1000u16.to_be_bytes());
+    wire.extend_from_slice(&client_frame(true, 0, 1, b"after close"));
+    server.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
+    );
+    assert!(server.is_closed());
+    let mut more = client_frame(true, 0, 1, b"ignored");
+    server.recv(&mut more).unwrap();
+    assert!(server.poll_event().is_none());
+}
+
+#[test]
+fn empty_close_is_answered_with_empty_close() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    server.recv(&mut client_frame(true, 0, 8, b"")).unwrap();
+    assert_eq!(events(&mut server), vec![Event::Close(None)]);
+    assert_eq!(&drain(&mut server)[..], b"\x88\x00");
+}
+
+#[test]
+fn every_violation_maps_to_its_close_code() {
+    use ProtocolError as P;
+    let too_long = vec![0u8; 126];
+    let cases: Vec<(BytesMut, ProtocolError, u16)> = vec![
+        (raw_frame(true, 0, 1, None, b"x"), P::UnmaskedFrame, 1002),
+        (
+            client_frame(true, 0b100, 1, b"x"),
+            P::ReservedBits(0b100),
+            1002,
+        ),
+        (
+            client_frame(true, 0b010, 1, b"x"),
+            P::ReservedBits(0b010),
+            1002,
+        ),
+        (client_frame(true, 0, 3, b""), P::ReservedOpcode(3), 1002),
+        (
+            client_frame(true, 0, 0xb, b""),
+            P::ReservedOpcode(0xb),
+            1002,
+        ),
+        (
+            client_frame(false, 0, 9, b""),
+            P::FragmentedControlFrame,
+            1002,
+        ),
+        (
+            client_frame(true, 0, 9, &too_long),
+            P::ControlFrameTooLong(126),
+            1002,
+        ),
+        (
+            client_frame(true, 0, 0, b"x"),
+            P::UnexpectedContinuation,
+            1002,
+        ),
+        (
+            client_frame(
+                true,
+                0,
+                1,
+                b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80",
+            ),
+            P::InvalidUtf8,
+            1007,
+        ),
+        (
+            client_frame(true, 0, 8, b"\x03"),
+            P::InvalidClosePayload,
+            1002,
+        ),
+        (
+            client_frame(true, 0, 8, &1005u16.to_be_bytes()),
+            P::InvalidCloseCode(1005),
+            1002,
+        ),
+        (
+            client_frame(true, 0, 8, &999u16.to_be_bytes()),
+            P::InvalidCloseCode(999),
+            1002,
+        ),
+        (
+            client_frame(true, 0, 8, &5000u16.to_be_bytes()),
+            P::InvalidCloseCode(5000),
+            1002,
+        ),
+        (
+            client_frame(true, 0, 8, b"\x03\xe8\xff"),
+            P::InvalidUtf8,
+            1007,
+        ),
+    ];
+    for (wire, expected, code) in cases {
+        let (err, sent) = server_fails_with(wire);
+        assert_eq!(err, expected);
+        assert_eq!(sent, Some(code), "{expected:?}");
+        assert_eq!(err.close_code().0, code);
+    }
+    // A new message inside a fragmented one.
+    let mut wire = client_frame(false, 0, 1, b"a");
+    wire.extend_from_slice(&client_frame(true, 0, 1, b"b"));
+    assert_eq!(
+        server_fails_with(wire),
+        (P::ExpectedContinuation, Some(1002))
+    );
+    // A server frame arriving masked at a client.
+    let mut client = Connection::new(Role::Client, Config::default());
+    let mut wire = client_frame(true, 0, 1, b"x");
+    assert_eq!(client.recv(&mut wire), Err(Error::Protocol(P::MaskedFrame)));
+}
+
+#[test]
+fn limits_fail_with_1009_before_the_payload_arrives() {
+    let config = Config {
+        max_frame_size: 1000,
+        max_message_size: 1500,
+        ..Config::default()
+    };
+    let mut server = Connection::new(Role::Server, config.clone());
+    // Only the header of a 2000-byte frame: rejected at once.
+    let mut wire = BytesMut::from(&client_frame(true, 0, 2, &[0u8; 2000])[..8]);
+    assert_eq!(
+        server.recv(&mut wire),
+        Err(Error::Protocol(ProtocolError::FrameTooLarge {
+            size: 2000,
+            max: 1000
+        }))
+    );
+    let close = drain(&mut server);
+    assert_eq!((close[0], &close[2..4]), (0x88, &1009u16.to_be_bytes()[..]));
+
+    let mut server = Connection::new(Role::Server, config);
+    let mut wire = client_frame(false, 0, 2, &[0u8; 1000]);
+    wire.extend_from_slice(&client_frame(true, 0, 0, &[0u8; 600])[..8]);
+    assert_eq!(
+        server.recv(&mut wire),
+        Err(Error::Protocol(ProtocolError::MessageTooLarge {
+            size: 1600,
+            max: 1500
+        }))
+    );
+}
+
+#[test]
+fn invalid_utf8_fails_fast_inside_a_partial_frame() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let frame = client_frame(
+        true,
+        0,
+        1,
+        b"valid text \xf4\x90\x80\x80 and more valid text after it",
+    );
+    // Header plus the payload up to just past the bad bytes: the error comes before the rest.
+    let mut wire = BytesMut::from(&frame[..6 + 13]);
+    assert_eq!(
+        server.recv(&mut wire),
+        Err(Error::Protocol(ProtocolError::InvalidUtf8))
+    );
+}
+
+#[test]
+fn partial_header_stays_in_buffer() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let frame = client_frame(true, 0, 2, &[5u8; 300]);
+    let mut wire = BytesMut::from(&frame[..3]);
+    server.recv(&mut wire).unwrap();
+    assert_eq!(wire.len(), 3);
+    wire.extend_from_slice(&frame[3..]);
+    server.recv(&mut wire).unwrap();
+    assert!(wire.is_empty());
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Message(Message::binary(vec![5u8; 300]))]
+    );
+}
+
+#[test]
+fn caller_mistakes_send_nothing() {
+    let (mut client, _) = pair();
+    assert_eq!(
+        client.ping(Bytes::from(vec![0u8; 126])),
+        Err(Error::Usage(UsageError::ControlPayloadTooLong(126)))
+    );
+    assert_eq!(
+        client.close(CloseCode::NO_STATUS, ""),
+        Err(Error::Usage(UsageError::InvalidCloseCode(1005)))
+    );
+    assert!(!client.has_pending_transmit());
+    // A long reason is cut to fit a control frame rather than refused.
+    client.close(CloseCode::NORMAL, &"x".repeat(500)).unwrap();
+    let tx = client.poll_transmit().unwrap();
+    assert_eq!(tx.payload().len(), 125);
+}
+
+fn any_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        "\\PC{0,40}".prop_map(Message::text),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Message::binary),
+        proptest::collection::vec(any::<u8>(), 60000..70000).prop_map(Message::binary),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Decode of encode under any chunking: the server sees exactly the messages the client sent,
+    /// however the bytes are cut.
+    #[test]
+    fn decode_of_encode_under_any_chunking(
+        messages in proptest::collection::vec(any_message(), 1..6),
+        cuts in proptest::collection::vec(1usize..5000, 1..40),
+        fragment in any::<bool>(),
+    ) {
+        let (mut client, mut server) = pair();
+        for m in &messages {
+            if fragment && m.len() > 2 {
+                let bytes = m.as_bytes();
+                let half = bytes.len() / 2;
+                let kind = m.kind();
+                if kind == DataKind::Text && !std::str::from_utf8(bytes).map(|s| s.is_char_boundary(half)).unwrap_or(false) {
+                    client.send(m.clone()).unwrap();
+                } else {
+                    client.send_fragment(kind, Bytes::copy_from_slice(&bytes[..half]), false).unwrap();
+                    client.ping(Bytes::from_static(b"mid")).unwrap();
+                    client.send_fragment(kind, Bytes::copy_from_slice(&bytes[half..]), true).unwrap();
+                }
+            } else {
+                client.send(m.clone()).unwrap();
+            }
+        }
+        let wire = drain(&mut client);
+        let mut buf = BytesMut::new();
+        let mut pos = 0;
+        let mut cut = cuts.iter().cycle();
+        while pos < wire.len() {
+            let n = (*cut.next().unwrap()).min(wire.len() - pos);
+            buf.extend_from_slice(&wire[pos..pos + n]);
+            pos += n;
+            server.recv(&mut buf).unwrap();
+            prop_assert!(buf.len() < 14 + 125);
+        }
+        let got: Vec<Message> = events(&mut server)
+            .into_iter()
+            .filter_map(|e| match e { Event::Message(m) => Some(m), _ => None })
+            .collect();
+        prop_assert_eq!(got, messages);
+    }
+
+    /// Whatever bytes arrive, the server neither panics nor leaves the call protocol.
+    #[test]
+    fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut server = Connection::new(Role::Server, Config { max_frame_size: 4096, ..Config::default() });
+        let mut buf = BytesMut::from(&data[..]);
+        if server.recv(&mut buf).is_err() {
+            prop_assert!(server.is_closed());
+            let close = server.poll_transmit().unwrap();
+            prop_assert_eq!(close.head()[0], 0x88);
+        }
+    }
+}
+
+#[test]
+fn header_of_a_queued_frame_decodes() {
+    let (mut client, _) = pair();
+    client.send(Message::binary(vec![0u8; 70000])).unwrap();
+    let tx = client.poll_transmit().unwrap();
+    let (h, len) = FrameHeader::decode(tx.head()).unwrap().unwrap();
+    assert_eq!(
+        (h.opcode, h.payload_len, len, h.mask.is_some()),
+        (OpCode::Binary, 70000, 14, true)
+    );
+}
