@@ -43,6 +43,8 @@ use bytes::{Bytes, BytesMut};
 use crate::close::{CloseCode, CloseFrame, truncate_reason};
 use crate::config::Config;
 use crate::error::{Error, ProtocolError, UsageError};
+#[cfg(feature = "deflate")]
+use crate::frame::RSV1;
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::mask::apply_mask;
 use crate::message::{DataKind, Message};
@@ -152,8 +154,11 @@ pub struct Connection {
     state: State,
     mask_keys: MaskKeySource,
     incoming: Incoming,
-    /// Kind of the fragmented message we are sending, if one is open.
-    sending_fragmented: Option<DataKind>,
+    /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
+    sending_fragmented: Option<(DataKind, bool)>,
+    /// permessage-deflate's send side, once negotiated.
+    #[cfg(feature = "deflate")]
+    deflate: Option<Box<DeflateSend>>,
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
 }
@@ -171,6 +176,8 @@ impl Connection {
             state: State::Open,
             mask_keys: deterministic_mask_key,
             sending_fragmented: None,
+            #[cfg(feature = "deflate")]
+            deflate: None,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
         }
@@ -179,6 +186,42 @@ impl Connection {
     /// Sets where masking keys come from (used by clients only).
     pub fn set_mask_key_source(&mut self, source: MaskKeySource) {
         self.mask_keys = source;
+    }
+
+    /// Turns on permessage-deflate (RFC 7692) with the parameters the handshake agreed on.
+    ///
+    /// From then on, messages of at least the negotiated threshold are sent compressed (RSV1 on
+    /// their first frame) and compressed messages from the peer are inflated under
+    /// `max_message_size`. Call it right after the handshake, before any frame is exchanged.
+    ///
+    /// ```
+    /// use duplex_proto::extensions::deflate::{self, DeflateConfig};
+    /// use duplex_proto::extensions::parse;
+    /// use duplex_proto::{Config, Connection, Role};
+    ///
+    /// let config = DeflateConfig::default();
+    /// let offer = deflate::client_offer(&config).unwrap();
+    /// let (negotiated, answer) = deflate::server_negotiate(&parse(&offer).unwrap(), &config).unwrap().unwrap();
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// server.set_deflate(negotiated);
+    /// let mut client = Connection::new(Role::Client, Config::default());
+    /// client.set_deflate(deflate::client_accept(&parse(&answer).unwrap(), &config).unwrap().unwrap());
+    /// ```
+    #[cfg(feature = "deflate")]
+    pub fn set_deflate(&mut self, negotiated: crate::extensions::deflate::Negotiated) {
+        self.incoming
+            .set_inflate(negotiated.decompressor(self.role));
+        let compressor = negotiated.compressor(self.role);
+        self.deflate = Some(Box::new(DeflateSend {
+            negotiated,
+            compressor,
+        }));
+    }
+
+    /// The negotiated permessage-deflate parameters, if any.
+    #[cfg(feature = "deflate")]
+    pub fn deflate(&self) -> Option<&crate::extensions::deflate::Negotiated> {
+        self.deflate.as_ref().map(|d| &d.negotiated)
     }
 
     /// Our role.
@@ -253,7 +296,30 @@ impl Connection {
             DataKind::Text => OpCode::Text,
             DataKind::Binary => OpCode::Binary,
         };
-        self.queue_frame(true, opcode, message.into_bytes());
+        let payload = message.into_bytes();
+        #[cfg(feature = "deflate")]
+        if let Some(deflate) = self
+            .deflate
+            .as_mut()
+            .filter(|d| d.negotiated.should_compress(payload.len()))
+        {
+            let mut out = BytesMut::new();
+            deflate.compressor.compress(&payload, &mut out);
+            let bits = FrameBits {
+                fin: true,
+                rsv: RSV1,
+                opcode,
+            };
+            push_frame(
+                &mut self.transmits,
+                self.role,
+                self.mask_keys,
+                bits,
+                out.freeze(),
+            );
+            return Ok(());
+        }
+        self.queue_frame(true, opcode, payload);
         Ok(())
     }
 
@@ -263,15 +329,49 @@ impl Connection {
     /// ends the message. Control frames may be sent between pieces.
     pub fn send_fragment(&mut self, kind: DataKind, data: Bytes, fin: bool) -> Result<(), Error> {
         self.check_open()?;
-        let opcode = match self.sending_fragmented {
-            None => match kind {
-                DataKind::Text => OpCode::Text,
-                DataKind::Binary => OpCode::Binary,
-            },
-            Some(open) if open == kind => OpCode::Continuation,
+        let (opcode, compressed) = match self.sending_fragmented {
+            None => {
+                let opcode = match kind {
+                    DataKind::Text => OpCode::Text,
+                    DataKind::Binary => OpCode::Binary,
+                };
+                (opcode, self.compresses(data.len()))
+            }
+            Some((open, compressed)) if open == kind => (OpCode::Continuation, compressed),
             Some(_) => return Err(UsageError::FragmentOrder.into()),
         };
-        self.sending_fragmented = if fin { None } else { Some(kind) };
+        self.sending_fragmented = if fin { None } else { Some((kind, compressed)) };
+        #[cfg(feature = "deflate")]
+        if compressed {
+            let compressor = &mut self
+                .deflate
+                .as_mut()
+                .expect("compressed implies deflate")
+                .compressor;
+            let mut out = BytesMut::new();
+            compressor.compress_piece(&data, &mut out);
+            // Each fragment must carry everything given so far, so it can go out now.
+            if fin {
+                compressor.finish(&mut out);
+            } else {
+                compressor.flush(&mut out);
+            }
+            // RSV1 marks the message, so only its first frame carries it (RFC 7692 section 6).
+            let rsv = if opcode == OpCode::Continuation {
+                0
+            } else {
+                RSV1
+            };
+            push_frame(
+                &mut self.transmits,
+                self.role,
+                self.mask_keys,
+                FrameBits { fin, rsv, opcode },
+                out.freeze(),
+            );
+            return Ok(());
+        }
+        let _ = compressed;
         self.queue_frame(fin, opcode, data);
         Ok(())
     }
@@ -312,6 +412,16 @@ impl Connection {
     /// Number of frames waiting to be written.
     pub fn pending_transmits(&self) -> usize {
         self.transmits.len()
+    }
+
+    /// Whether a message that starts with `len` bytes is sent compressed.
+    fn compresses(&self, len: usize) -> bool {
+        #[cfg(feature = "deflate")]
+        if let Some(deflate) = &self.deflate {
+            return deflate.negotiated.should_compress(len);
+        }
+        let _ = len;
+        false
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -381,6 +491,14 @@ impl Connection {
         self.state = State::Closed;
         self.sending_fragmented = None;
     }
+}
+
+/// permessage-deflate's send side: the agreed parameters and our compressor.
+#[cfg(feature = "deflate")]
+#[derive(Debug)]
+struct DeflateSend {
+    negotiated: crate::extensions::deflate::Negotiated,
+    compressor: crate::extensions::deflate::Compressor,
 }
 
 /// The first header byte's fields of a frame to send.

@@ -44,6 +44,9 @@ pub(super) struct Incoming {
     message: Option<MessageInProgress>,
     /// RSV bits the negotiated extensions define (RSV1 with permessage-deflate).
     allowed_rsv: u8,
+    /// permessage-deflate's receive side, once negotiated.
+    #[cfg(feature = "deflate")]
+    inflate: Option<Box<crate::extensions::deflate::Decompressor>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +67,20 @@ struct MessageInProgress {
     utf8: Utf8Validator,
     /// Streaming mode: whether a fragment event was already given for this message.
     started: bool,
+    /// RSV1 on the first frame: the payload is DEFLATE data (RFC 7692 section 6.2).
+    compressed: bool,
 }
 
 impl Incoming {
     pub(super) fn new(_config: &Config) -> Self {
         Incoming::default()
+    }
+
+    /// Enables the receive side of permessage-deflate: RSV1 marks compressed messages.
+    #[cfg(feature = "deflate")]
+    pub(super) fn set_inflate(&mut self, decompressor: crate::extensions::deflate::Decompressor) {
+        self.allowed_rsv |= RSV1;
+        self.inflate = Some(Box::new(decompressor));
     }
 
     /// Consumes as much of `buf` as possible.
@@ -154,7 +166,30 @@ impl Incoming {
                 .message
                 .as_mut()
                 .expect("a data frame always has a message in progress");
-            if message.kind == DataKind::Text && message.utf8.feed(&chunk).is_err() {
+            if message.compressed {
+                #[cfg(feature = "deflate")]
+                {
+                    let inflate = self
+                        .inflate
+                        .as_mut()
+                        .expect("RSV1 is only allowed once deflate is set");
+                    // Streaming hands out each inflated piece; otherwise inflate into the message.
+                    let mut piece = BytesMut::new();
+                    let target = if config.streaming_receive {
+                        &mut piece
+                    } else {
+                        &mut message.data
+                    };
+                    let start = target.len();
+                    inflate.decompress(&chunk, message_done, target, config.max_message_size)?;
+                    if message.kind == DataKind::Text
+                        && message.utf8.feed(&target[start..]).is_err()
+                    {
+                        return Err(ProtocolError::InvalidUtf8);
+                    }
+                    chunk = piece;
+                }
+            } else if message.kind == DataKind::Text && message.utf8.feed(&chunk).is_err() {
                 return Err(ProtocolError::InvalidUtf8);
             }
             if message_done && message.kind == DataKind::Text && message.utf8.finish().is_err() {
@@ -180,14 +215,18 @@ impl Incoming {
             }
 
             if !message_done {
-                append(&mut message.data, chunk);
+                if !message.compressed {
+                    append(&mut message.data, chunk);
+                }
                 continue;
             }
-            let data = if whole_frame_at_once && message.data.is_empty() {
+            let data = if whole_frame_at_once && message.data.is_empty() && !message.compressed {
                 // The common case: a single-frame message read in one piece, handed out without a copy.
                 chunk.freeze()
             } else {
-                append(&mut message.data, chunk);
+                if !message.compressed {
+                    append(&mut message.data, chunk);
+                }
                 std::mem::take(&mut message.data).freeze()
             };
             let kind = message.kind;
@@ -247,6 +286,7 @@ impl Incoming {
                 size: 0,
                 utf8: Utf8Validator::new(),
                 started: false,
+                compressed: header.rsv & RSV1 != 0,
             });
         }
         let message = self.message.as_mut().expect("checked above");

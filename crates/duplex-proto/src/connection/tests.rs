@@ -508,3 +508,212 @@ fn header_of_a_queued_frame_decodes() {
         (OpCode::Binary, 70000, 14, true)
     );
 }
+
+#[cfg(feature = "deflate")]
+mod deflate {
+    use super::*;
+    use crate::extensions::deflate::{self, DeflateConfig};
+    use crate::extensions::parse;
+
+    fn deflate_pair(
+        client_cfg: DeflateConfig,
+        server_cfg: DeflateConfig,
+        config: Config,
+    ) -> (Connection, Connection) {
+        let offer = deflate::client_offer(&client_cfg).unwrap();
+        let (negotiated, answer) = deflate::server_negotiate(&parse(&offer).unwrap(), &server_cfg)
+            .unwrap()
+            .unwrap();
+        let mut server = Connection::new(Role::Server, config.clone());
+        server.set_deflate(negotiated);
+        let mut client = Connection::new(Role::Client, config);
+        client.set_deflate(
+            deflate::client_accept(&parse(&answer).unwrap(), &client_cfg)
+                .unwrap()
+                .unwrap(),
+        );
+        (client, server)
+    }
+
+    fn round_trip(client_cfg: DeflateConfig, server_cfg: DeflateConfig) {
+        let (mut client, mut server) = deflate_pair(client_cfg, server_cfg, Config::default());
+        let json = r#"{"channel":"ticker","price":101.25,"symbol":"ABC"}"#.repeat(20);
+        for i in 0..5 {
+            let msg = Message::text(format!("{i}{json}"));
+            client.send(msg.clone()).unwrap();
+            let wire = drain(&mut client);
+            assert_eq!(wire[0] & 0x40, 0x40, "RSV1 set on a compressed message");
+            assert!(
+                wire.len() < json.len() / 2,
+                "compressed: {} bytes",
+                wire.len()
+            );
+            server.recv(&mut wire.clone()).unwrap();
+            assert_eq!(events(&mut server), vec![Event::Message(msg.clone())]);
+            server.send(msg.clone()).unwrap();
+            client.recv(&mut drain(&mut server)).unwrap();
+            assert_eq!(events(&mut client), vec![Event::Message(msg)]);
+        }
+    }
+
+    #[test]
+    fn round_trips_with_and_without_context_takeover() {
+        round_trip(DeflateConfig::default(), DeflateConfig::default());
+        let no_takeover = DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..DeflateConfig::default()
+        };
+        round_trip(no_takeover.clone(), no_takeover);
+        round_trip(
+            DeflateConfig {
+                client_max_window_bits: 9,
+                ..DeflateConfig::default()
+            },
+            DeflateConfig {
+                server_max_window_bits: 9,
+                ..DeflateConfig::default()
+            },
+        );
+    }
+
+    #[test]
+    fn context_takeover_makes_repeats_smaller() {
+        let (mut client, _) = deflate_pair(
+            DeflateConfig::default(),
+            DeflateConfig::default(),
+            Config::default(),
+        );
+        let text = "the same sentence repeated across messages compresses against the window";
+        client.send(Message::text(text)).unwrap();
+        let first = drain(&mut client).len();
+        client.send(Message::text(text)).unwrap();
+        let second = drain(&mut client).len();
+        assert!(second < first / 2, "first {first}, second {second}");
+    }
+
+    #[test]
+    fn fragmented_compressed_message_both_ways() {
+        let (mut client, mut server) = deflate_pair(
+            DeflateConfig::default(),
+            DeflateConfig::default(),
+            Config::default(),
+        );
+        for piece in ["Hello, ", "compressed ", "wörld"] {
+            client
+                .send_fragment(DataKind::Text, Bytes::from(piece), piece == "wörld")
+                .unwrap();
+        }
+        let wire = drain(&mut client);
+        assert_eq!(wire[0], 0x41, "first frame: text, RSV1, no FIN");
+        server.recv(&mut wire.clone()).unwrap();
+        assert_eq!(
+            events(&mut server),
+            vec![Event::Message(Message::text("Hello, compressed wörld"))]
+        );
+    }
+
+    #[test]
+    fn streaming_receive_inflates_each_piece() {
+        let config = Config {
+            streaming_receive: true,
+            ..Config::default()
+        };
+        let (mut client, mut server) =
+            deflate_pair(DeflateConfig::default(), DeflateConfig::default(), config);
+        client
+            .send_fragment(DataKind::Binary, Bytes::from_static(b"abc"), false)
+            .unwrap();
+        client
+            .send_fragment(DataKind::Binary, Bytes::from_static(b"def"), true)
+            .unwrap();
+        server.recv(&mut drain(&mut client)).unwrap();
+        let data: Vec<u8> = events(&mut server)
+            .into_iter()
+            .flat_map(|e| match e {
+                Event::Fragment { data, .. } => data.to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(data, b"abcdef");
+    }
+
+    #[test]
+    fn deflate_bomb_fails_with_1009_without_inflating_it_all() {
+        let config = Config {
+            max_message_size: 1 << 20,
+            ..Config::default()
+        };
+        let (mut client, mut server) =
+            deflate_pair(DeflateConfig::default(), DeflateConfig::default(), config);
+        client.send(Message::binary(vec![0u8; 50 << 20])).unwrap();
+        let mut wire = drain(&mut client);
+        assert!(
+            wire.len() < (50 << 20) / 100,
+            "{} bytes on the wire",
+            wire.len()
+        );
+        let err = server.recv(&mut wire).unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::MessageTooLarge { .. })),
+            "{err:?}"
+        );
+        let close = drain(&mut server);
+        assert_eq!(&close[2..4], &1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let (_, mut server) = deflate_pair(
+            DeflateConfig::default(),
+            DeflateConfig::default(),
+            Config::default(),
+        );
+        assert_eq!(
+            server.recv(&mut client_frame(true, 0b100, 9, b"")),
+            Err(Error::Protocol(
+                ProtocolError::CompressedControlOrContinuation
+            ))
+        );
+        let (_, mut server) = deflate_pair(
+            DeflateConfig::default(),
+            DeflateConfig::default(),
+            Config::default(),
+        );
+        let mut wire = client_frame(false, 0, 2, b"a");
+        wire.extend_from_slice(&client_frame(true, 0b100, 0, b"b"));
+        assert_eq!(
+            server.recv(&mut wire),
+            Err(Error::Protocol(
+                ProtocolError::CompressedControlOrContinuation
+            ))
+        );
+        // Garbage with RSV1 set is not DEFLATE data: 1007.
+        let (_, mut server) = deflate_pair(
+            DeflateConfig::default(),
+            DeflateConfig::default(),
+            Config::default(),
+        );
+        assert_eq!(
+            server.recv(&mut client_frame(true, 0b100, 2, &[0xff; 16])),
+            Err(Error::Protocol(ProtocolError::InvalidCompressedData))
+        );
+    }
+
+    #[test]
+    fn threshold_leaves_small_messages_uncompressed() {
+        let cfg = DeflateConfig {
+            threshold: 100,
+            ..DeflateConfig::default()
+        };
+        let (mut client, mut server) = deflate_pair(cfg.clone(), cfg, Config::default());
+        client.send(Message::text("tiny")).unwrap();
+        let wire = drain(&mut client);
+        assert_eq!(wire[0], 0x81, "no RSV1");
+        server.recv(&mut wire.clone()).unwrap();
+        assert_eq!(
+            events(&mut server),
+            vec![Event::Message(Message::text("tiny"))]
+        );
+    }
+}
