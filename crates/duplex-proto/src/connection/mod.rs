@@ -154,6 +154,9 @@ pub struct Connection {
     state: State,
     mask_keys: MaskKeySource,
     incoming: Incoming,
+    /// A violation found after other events in the same `recv` call: reported by the next call,
+    /// so the application can answer what came before it (Autobahn 3.2, 4.1.3, 5.15).
+    pending_error: Option<ProtocolError>,
     /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
     sending_fragmented: Option<(DataKind, bool)>,
     /// permessage-deflate's send side, once negotiated.
@@ -172,6 +175,7 @@ impl Connection {
         Connection {
             role,
             incoming: Incoming::new(&config),
+            pending_error: None,
             config,
             state: State::Open,
             mask_keys: deterministic_mask_key,
@@ -254,23 +258,41 @@ impl Connection {
     ///
     /// On a protocol violation returns [`Error::Protocol`] and queues the Close frame with the
     /// matching code; the connection is then [`State::Closed`].
+    ///
+    /// Whatever ends the connection (a violation, the peer's Close) is acted on only in a call
+    /// that produced no event before it: otherwise this call returns `Ok` and stops there, so
+    /// the application can answer the messages that came first. **After draining the events,
+    /// call `recv` again**, even with no new bytes, until a call produces no event.
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        if let Some(e) = self.pending_error.take() {
+            buf.clear();
+            self.fail(&e);
+            return Err(Error::Protocol(e));
+        }
         if self.state == State::Closed {
             buf.clear();
             return Ok(());
         }
+        let events_before = self.events.len();
         let mut out = recv::Output {
             events: &mut self.events,
             transmits: &mut self.transmits,
             role: self.role,
             mask_keys: self.mask_keys,
             answer_pings: self.state == State::Open,
+            events_before,
         };
         match self.incoming.consume(buf, &self.config, &mut out) {
             Ok(recv::Consumed::NeedMore) => Ok(()),
             Ok(recv::Consumed::PeerClosed(close)) => {
                 self.on_peer_close(close);
                 buf.clear();
+                Ok(())
+            }
+            Err(e) if self.events.len() > events_before => {
+                // Let the application see (and answer) what arrived before the violation.
+                buf.clear();
+                self.pending_error = Some(e);
                 Ok(())
             }
             Err(e) => {

@@ -27,11 +27,15 @@ pub(super) struct Output<'a> {
     pub(super) mask_keys: MaskKeySource,
     /// Pongs are sent only while the connection is open (not after our Close).
     pub(super) answer_pings: bool,
+    /// Events queued before this call: the peer's Close waits for a call that starts with none
+    /// new, so replies to earlier messages go out before the close handshake ends.
+    pub(super) events_before: usize,
 }
 
 /// Why [`Incoming::consume`] returned.
 pub(super) enum Consumed {
-    /// Everything usable was consumed; more bytes are needed.
+    /// Everything usable was consumed and more bytes are needed, or the call stopped before
+    /// the peer's Close so earlier events can be answered first.
     NeedMore,
     /// The peer's Close frame arrived (validated); nothing after it is read.
     PeerClosed(Option<CloseFrame>),
@@ -111,7 +115,9 @@ impl Incoming {
             if header.opcode.is_control() {
                 // At most 125 bytes: wait for all of it, then act on it whole.
                 let len = frame.remaining as usize;
-                if buf.len() < len {
+                if buf.len() < len
+                    || (header.opcode == OpCode::Close && out.events.len() > out.events_before)
+                {
                     self.frame = Some(frame);
                     return Ok(Consumed::NeedMore);
                 }

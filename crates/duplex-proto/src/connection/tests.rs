@@ -248,6 +248,54 @@ fn data_after_our_close_is_still_delivered_then_nothing_after_theirs() {
 }
 
 #[test]
+fn messages_before_a_violation_can_still_be_answered() {
+    // Autobahn 3.2: a message, then a frame with RSV bits, in one read.
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = client_frame(true, 0, 1, b"echo me");
+    wire.extend_from_slice(&client_frame(true, 0b010, 1, b"bad"));
+    server.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Message(Message::text("echo me"))]
+    );
+    server.send(Message::text("echo me")).unwrap();
+    assert_eq!(
+        server.recv(&mut BytesMut::new()),
+        Err(Error::Protocol(ProtocolError::ReservedBits(0b010)))
+    );
+    let wire = drain(&mut server);
+    assert_eq!(
+        &wire[..9],
+        b"\x81\x07echo me",
+        "the echo goes out before the Close"
+    );
+    assert_eq!(&wire[9..13], &[0x88, wire[10], 0x03, 0xea]);
+}
+
+#[test]
+fn messages_before_the_peers_close_are_answered_before_the_reply() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = client_frame(true, 0, 1, b"last words");
+    wire.extend_from_slice(&client_frame(true, 0, 8, &1000u16.to_be_bytes()));
+    server.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Message(Message::text("last words"))]
+    );
+    assert_eq!(server.state(), State::Open);
+    server.send(Message::text("last words")).unwrap();
+    server.recv(&mut wire).unwrap();
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
+    );
+    assert_eq!(
+        &drain(&mut server)[..],
+        b"\x81\x0alast words\x88\x02\x03\xe8"
+    );
+}
+
+#[test]
 fn empty_close_is_answered_with_empty_close() {
     let mut server = Connection::new(Role::Server, Config::default());
     server.recv(&mut client_frame(true, 0, 8, b"")).unwrap();
