@@ -1,1 +1,239 @@
 //! The opening handshake (RFC 6455 section 4), both roles, sans-IO.
+//!
+//! The handshake is plain HTTP/1.1: the client sends a `GET` with `Upgrade: websocket` and a
+//! random `Sec-WebSocket-Key`, the server answers `101 Switching Protocols` with
+//! `Sec-WebSocket-Accept` = base64(SHA-1(key ++ [`GUID`])) (section 1.3). Everything here is bytes
+//! in, bytes out: the caller reads from its socket into a buffer, asks the parser whether a whole
+//! head is there yet (`Ok(None)` = read more), and writes the bytes it gets back. Bytes after the
+//! head (the first frames) are left to the caller, who gets the number of bytes consumed.
+//!
+//! - [`server`]: [`parse_request`], [`validate_request`] into a [`ClientOffer`] the application
+//!   looks at (path, query, Origin, subprotocols, extensions), then [`accept_response`] or
+//!   [`reject_response`] / [`HandshakeError::response`].
+//! - [`client`]: [`WsUrl`], [`ClientRequest::encode`], [`parse_response`], [`validate_response`]
+//!   into [`Accepted`].
+//!
+//! Limits are checked before anything is allocated: a head larger than `max_size`
+//! ([`DEFAULT_MAX_HANDSHAKE_SIZE`]) or with more than [`MAX_HEADERS`] header lines fails with
+//! `431 Request Header Fields Too Large` (RFC 6585 section 5) rather than a generic 400, so a
+//! client that sends too many cookies learns why.
+//!
+//! ```
+//! use duplex_proto::handshake::{client, server, DEFAULT_MAX_HANDSHAKE_SIZE};
+//! use http::HeaderMap;
+//!
+//! // Client: build the request (the 16 key bytes come from the caller's RNG).
+//! let url: client::WsUrl = "ws://example.com/chat".parse()?;
+//! let mut request = client::ClientRequest::new(url, [7; 16]);
+//! request.protocols.push("chat".into());
+//! let wire = request.encode();
+//!
+//! // Server: parse, validate, let the application choose, answer.
+//! let (head, used) = server::parse_request(&wire, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
+//! assert_eq!(used, wire.len());
+//! let offer = server::validate_request(&head)?;
+//! assert_eq!(head.uri().path(), "/chat");
+//! let protocol = offer.select_protocol(&["chat"]);
+//! let answer = server::accept_response(&offer, protocol, None, &HeaderMap::new());
+//!
+//! // Client: check the 101.
+//! let (response, _) = client::parse_response(&answer, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
+//! let accepted = client::validate_response(&request, &response)?;
+//! assert_eq!(accepted.protocol.as_deref(), Some("chat"));
+//! # Ok::<(), duplex_proto::handshake::HandshakeError>(())
+//! ```
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use sha1::{Digest, Sha1};
+
+pub mod client;
+mod error;
+pub mod server;
+mod url;
+
+pub use client::{Accepted, ClientRequest, parse_response, validate_response};
+pub use error::{HandshakeError, UrlError};
+pub use server::{ClientOffer, accept_response, parse_request, reject_response, validate_request};
+pub use url::WsUrl;
+
+/// The GUID appended to the key before hashing (RFC 6455 section 1.3).
+pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Default limit on the size of a request or response head, in bytes.
+pub const DEFAULT_MAX_HANDSHAKE_SIZE: usize = 16 * 1024;
+
+/// Most header lines a head may carry; one more fails with
+/// [`HandshakeError::TooManyHeaders`] (431). The parser works in a fixed array of this size on the
+/// stack, so the limit costs no allocation.
+pub const MAX_HEADERS: usize = 64;
+
+/// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 section 1.3 and 4.2.2):
+/// base64(SHA-1(key ++ [`GUID`])).
+///
+/// ```
+/// use duplex_proto::handshake::accept_key;
+/// assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// ```
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID.as_bytes());
+    STANDARD.encode(sha1.finalize())
+}
+
+/// Optional whitespace around list elements and header values (RFC 9110 section 5.6.3).
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// The non-empty elements of every `name` header, read as comma-separated lists (RFC 9110
+/// section 5.6.1), trimmed. Works on bytes, so non-UTF-8 values are harmless.
+fn list_elements<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|element| !element.is_empty())
+}
+
+/// Whether a `name` header lists `token`, compared case-insensitively (`Connection: keep-alive,
+/// Upgrade` lists `upgrade`).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_elements(headers, name).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// A token (RFC 9110 section 5.6.2): what a subprotocol name must be (RFC 6455 section 4.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `value` may be written as a header value we produce: visible ASCII, space and tab
+/// only. No CR or LF, so it cannot split the head; no obs-text, so the peer can read it as text
+/// ([`HeaderValue::to_str`]).
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Converts httparse's borrowed headers into an owned [`HeaderMap`].
+fn to_header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for header in headers {
+        let name =
+            HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_bytes(header.value).map_err(|_| "invalid header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// httparse's own wording for its errors (its `Display`), without exposing its type.
+fn describe(error: httparse::Error) -> &'static str {
+    match error {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid new line",
+        httparse::Error::Status => "invalid response status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+/// httparse's minor version (it only parses HTTP/1.x) as an [`http::Version`].
+fn http1_version(minor: u8) -> http::Version {
+    if minor == 0 {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    }
+}
+
+/// Appends `name: value\r\n`.
+fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends every header of `extra` except those named in `skip`. [`HeaderValue`] cannot hold CR
+/// or LF, so this cannot split the head.
+fn put_extra_headers(out: &mut Vec<u8>, extra: &HeaderMap, skip: &[HeaderName]) {
+    for (name, value) in extra {
+        if !skip.contains(name) {
+            put_header(out, name.as_str(), value.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::CONNECTION;
+
+    #[test]
+    fn accept_key_rfc_6455_section_1_3_vector() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn token_lists_are_case_insensitive_and_comma_separated() {
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("keep-alive, UpGrAdE"));
+        assert!(has_token(&headers, &CONNECTION, "upgrade"));
+        assert!(has_token(&headers, &CONNECTION, "Keep-Alive"));
+        assert!(!has_token(&headers, &CONNECTION, "close"));
+
+        let mut split = HeaderMap::new();
+        split.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        split.append(CONNECTION, HeaderValue::from_static(" ,\tUpgrade ,"));
+        assert!(has_token(&split, &CONNECTION, "upgrade"));
+        // A substring is not a token.
+        let mut partial = HeaderMap::new();
+        partial.append(CONNECTION, HeaderValue::from_static("upgrade-ish"));
+        assert!(!has_token(&partial, &CONNECTION, "upgrade"));
+    }
+
+    #[test]
+    fn token_lists_tolerate_non_utf8() {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"\xff\xfe, upgrade").expect("obs-text is allowed");
+        headers.append(CONNECTION, value);
+        assert!(has_token(&headers, &CONNECTION, "upgrade"));
+    }
+
+    #[test]
+    fn trim_ows_handles_edges() {
+        assert_eq!(trim_ows(b""), b"");
+        assert_eq!(trim_ows(b" \t "), b"");
+        assert_eq!(trim_ows(b" a b\t"), b"a b");
+    }
+
+    #[test]
+    fn tokens_and_header_values() {
+        assert!(is_token("chat.v2"));
+        assert!(!is_token(""));
+        assert!(!is_token("a b"));
+        assert!(!is_token("a,b"));
+        assert!(is_header_value("permessage-deflate; x=\"a b\""));
+        assert!(!is_header_value("a\r\nInjected: yes"));
+    }
+}
