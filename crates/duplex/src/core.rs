@@ -543,16 +543,19 @@ impl<S> Core<S> {
     /// close timer.
     pub(crate) fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
         match self.conn.close(code, reason) {
-            Ok(()) => {}
-            Err(duplex_proto::Error::Usage(UsageError::Closed)) => {}
-            Err(e) => return Err(e.into()),
+            Ok(()) => {
+                self.arm_close_deadline();
+                // The receive side runs the close timer: make sure it sees the new deadline.
+                // Only on the transition, so polling a close repeatedly does not spin.
+                if let Some(waker) = self.reader_waker.take() {
+                    waker.wake();
+                }
+                Ok(())
+            }
+            // Already closing (or closed): nothing to start.
+            Err(duplex_proto::Error::Usage(UsageError::Closed)) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        self.arm_close_deadline();
-        // The receive side runs the close timer: make sure it sees the new deadline.
-        if let Some(waker) = self.reader_waker.take() {
-            waker.wake();
-        }
-        Ok(())
     }
 
     /// Writes everything queued and flushes the stream.
@@ -683,6 +686,151 @@ fn write_waker<'a>(
                 slot @ None => *slot = Some(cx.waker().clone()),
             }
             waker
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::ReadBuf;
+
+    /// A stream that records writes, takes at most `max` bytes per call, and never has
+    /// anything to read.
+    struct Recorder {
+        written: Vec<u8>,
+        calls: usize,
+        max: usize,
+        vectored: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.max);
+            this.written.extend_from_slice(&buf[..n]);
+            this.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                return self.poll_write(cx, first);
+            }
+            let this = self.get_mut();
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(this.max - n);
+                this.written.extend_from_slice(&buf[..take]);
+                n += take;
+                if n == this.max {
+                    break;
+                }
+            }
+            this.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn core(max: usize, vectored: bool) -> Core<Recorder> {
+        let recorder = Recorder {
+            written: Vec::new(),
+            calls: 0,
+            max,
+            vectored,
+        };
+        Core::new(
+            recorder,
+            Role::Client,
+            Config::default(),
+            WebSocketOptions::default(),
+            BytesMut::new(),
+            None,
+        )
+    }
+
+    fn messages() -> Vec<Message> {
+        (0..10)
+            .map(|i| Message::binary(vec![i as u8; 10 + 50 * i]))
+            .collect()
+    }
+
+    /// Sends `messages()` through `core`, flushes, and decodes what was written.
+    fn send_and_decode(core: &mut Core<Recorder>) -> Vec<Message> {
+        for message in messages() {
+            core.start_send(message).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(core.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(core.out_bytes, 0);
+        assert!(core.out.is_empty());
+
+        let mut server = Connection::new(Role::Server, Config::default());
+        let mut wire = BytesMut::from(&core.stream.written[..]);
+        server.recv(&mut wire).unwrap();
+        std::iter::from_fn(|| server.poll_event())
+            .map(|event| match event {
+                Event::Message(message) => message,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_frames_go_out_in_one_vectored_write() {
+        let mut core = core(usize::MAX, true);
+        assert_eq!(send_and_decode(&mut core), messages());
+        assert_eq!(core.stream.calls, 1);
+    }
+
+    #[test]
+    fn partial_vectored_writes_resume_at_the_right_byte() {
+        for max in [1, 2, 7, 13, 100] {
+            let mut core = core(max, true);
+            assert_eq!(send_and_decode(&mut core), messages(), "max {max}");
+        }
+    }
+
+    #[test]
+    fn non_vectored_streams_get_small_frames_gathered() {
+        let mut core = core(usize::MAX, false);
+        assert_eq!(send_and_decode(&mut core), messages());
+        // 2.6 KB of frames in one gathered write rather than 20 small ones.
+        assert_eq!(core.stream.calls, 1);
+        for max in [1, 5, 64] {
+            let mut core = self::core(max, false);
+            assert_eq!(send_and_decode(&mut core), messages(), "max {max}");
         }
     }
 }

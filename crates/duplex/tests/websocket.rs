@@ -418,3 +418,44 @@ async fn in_memory_stream_works_too() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_halves_under_backpressure_with_server_pings() {
+    within(async {
+        // The server pings often, so the client's reader queues pongs while its writer is
+        // blocked on a full socket: both must make progress.
+        let addr = echo_server(ServerOptions {
+            websocket: WebSocketOptions {
+                ping_interval: Some(Duration::from_millis(2)),
+                idle_timeout: Some(Duration::from_secs(5)),
+                ..WebSocketOptions::default()
+            },
+            ..ServerOptions::default()
+        })
+        .await;
+        let (ws, _) = duplex::connect(&ws_url(addr, "/")).await.unwrap();
+        let (mut tx, mut rx) = ws.split();
+        const COUNT: usize = 300;
+        const SIZE: usize = 64 * 1024;
+        let writer = tokio::spawn(async move {
+            for i in 0..COUNT {
+                tx.feed(Message::binary(vec![i as u8; SIZE])).await.unwrap();
+            }
+            SinkExt::flush(&mut tx).await.unwrap();
+            tx
+        });
+        let mut received = 0;
+        while received < COUNT {
+            let message = rx.next().await.unwrap().unwrap();
+            assert_eq!(message.len(), SIZE);
+            assert_eq!(message.as_bytes()[0], received as u8);
+            received += 1;
+        }
+        let mut tx = writer.await.unwrap();
+        tx.close(CloseCode::NORMAL, "").await.unwrap();
+        while let Some(message) = rx.next().await {
+            message.unwrap();
+        }
+    })
+    .await;
+}
