@@ -247,6 +247,7 @@ where
             break parsed;
         }
         let room = (max_size + 1).saturating_sub(buf.len()).max(1);
+        buf.reserve(room.min(4096));
         if stream.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
             return Err(Error::eof("connection closed during the opening handshake"));
         }

@@ -566,9 +566,9 @@ impl<S> Core<S> {
         match ready!(self.poll_write_out(cx, Side::Writer)) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(e) => {
-                let kind = e.kind();
-                self.fail(Error::Io(e), false);
-                Poll::Ready(Err(Error::Io(kind.into())))
+                // The receive side reports the failure too (io::Error is not Clone).
+                self.fail(Error::Io(io::Error::new(e.kind(), e.to_string())), false);
+                Poll::Ready(Err(Error::Io(e)))
             }
         }
     }

@@ -74,7 +74,8 @@ pub enum Error {
     Tls(crate::tls::TlsError),
     /// A timer expired.
     Timeout(Timeout),
-    /// The connection is closed (or failed earlier): nothing more can be sent or received.
+    /// The connection is closing or closed (our Close was sent, the close handshake finished,
+    /// or it failed earlier): nothing more can be sent.
     ConnectionClosed,
 }
 
@@ -181,6 +182,8 @@ impl From<duplex_proto::Error> for Error {
     fn from(e: duplex_proto::Error) -> Self {
         match e {
             duplex_proto::Error::Protocol(e) => Error::Protocol(e),
+            // One error for "closed" whichever layer noticed first.
+            duplex_proto::Error::Usage(UsageError::Closed) => Error::ConnectionClosed,
             duplex_proto::Error::Usage(e) => Error::Usage(e),
         }
     }

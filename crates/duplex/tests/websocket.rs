@@ -459,3 +459,39 @@ async fn split_halves_under_backpressure_with_server_pings() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn close_gives_up_after_the_close_timeout() {
+    within(async {
+        // A server that accepts, then never reads again: our Close is never answered.
+        let (listener, addr) = listener().await;
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = duplex::accept(tcp).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(ws);
+        });
+        let options = ClientOptions {
+            websocket: WebSocketOptions {
+                close_timeout: Duration::from_millis(200),
+                ..WebSocketOptions::default()
+            },
+            ..ClientOptions::default()
+        };
+        let (mut ws, _) = duplex::connect_with(&ws_url(addr, "/"), options)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let result = ws.close(CloseCode::NORMAL, "").await;
+        assert!(
+            matches!(result, Err(Error::Timeout(Timeout::Close))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(
+            ws.send(Message::text("x")).await,
+            Err(Error::ConnectionClosed)
+        ));
+    })
+    .await;
+}
