@@ -65,4 +65,6 @@ pub use crate::websocket::{ReuniteError, WebSocket, WebSocketReceiver, WebSocket
 
 pub use duplex_proto;
 pub use duplex_proto::handshake::ClientOffer;
-pub use duplex_proto::{CloseCode, CloseFrame, Config, DataKind, Event, Message, Role, Utf8Bytes};
+pub use duplex_proto::{
+    CloseCode, CloseFrame, Config, DataKind, Event, Message, Role, State, Utf8Bytes,
+};

@@ -267,7 +267,7 @@ async fn split_halves_on_two_tasks() {
         assert_eq!(got, expected);
         assert_eq!(rx.peer_close().map(|f| f.code), Some(CloseCode::NORMAL));
         let ws = tx.reunite(rx).unwrap();
-        assert_eq!(ws.state(), duplex::duplex_proto::State::Closed);
+        assert_eq!(ws.state(), duplex::State::Closed);
     })
     .await;
 }
