@@ -1,3 +1,70 @@
 //! # duplex
 //!
 //! WebSocket client and server for tokio, driving the sans-IO [`duplex_proto`] core.
+//!
+//! This crate holds no protocol logic: framing, masking rules, close codes and the opening
+//! handshake all live in `duplex_proto`. What it adds is I/O: sockets, TLS, timers, and a
+//! poll-based driver loop per connection:
+//!
+//! ```text
+//!   socket --read--> BytesMut --Connection::recv--> events --> recv() / Stream
+//!   send() / Sink --> Connection::send --> transmits --writev--> socket
+//!                     (pongs and close replies are flushed from the read path too)
+//! ```
+//!
+//! - Client: [`connect`] / [`connect_with`] (`ws://` and, with feature `tls`, `wss://`).
+//! - Server: [`accept`] / [`accept_with`] on any accepted stream; [`tls::acceptor_from_pem`].
+//! - Connection: [`WebSocket`] (`Stream` + `Sink`, [`split`](WebSocket::split) into halves),
+//!   keepalive and close timers in [`WebSocketOptions`].
+//!
+//! ```no_run
+//! use duplex::{CloseCode, Message};
+//!
+//! # async fn run() -> Result<(), duplex::Error> {
+//! // Server
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! tokio::spawn(async move {
+//!     while let Ok((tcp, _)) = listener.accept().await {
+//!         tokio::spawn(async move {
+//!             let Ok(mut ws) = duplex::accept(tcp).await else { return };
+//!             while let Some(Ok(message)) = ws.recv().await {
+//!                 if ws.send(message).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! // Client
+//! let (mut ws, _response) = duplex::connect("ws://127.0.0.1:9001/").await?;
+//! ws.send(Message::text("hello")).await?;
+//! assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
+//! ws.close(CloseCode::NORMAL, "done").await?;
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod core;
+mod error;
+mod rng;
+mod server;
+mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod websocket;
+
+pub use crate::client::{ClientOptions, Response, client_handshake, connect, connect_with};
+pub use crate::core::WebSocketOptions;
+pub use crate::error::{Error, Timeout};
+pub use crate::server::{Accept, Reject, ServerOptions, accept, accept_with};
+pub use crate::stream::MaybeTlsStream;
+pub use crate::websocket::{ReuniteError, WebSocket, WebSocketReceiver, WebSocketSender};
+
+pub use duplex_proto;
+pub use duplex_proto::handshake::ClientOffer;
+pub use duplex_proto::{
+    CloseCode, CloseFrame, Config, DataKind, Event, Message, Role, State, Utf8Bytes,
+};

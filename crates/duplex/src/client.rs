@@ -1,0 +1,290 @@
+//! Client side: TCP (and TLS) connect and the opening handshake (RFC 6455 section 4.1), driven
+//! by the sans-IO functions of [`duplex_proto::handshake`].
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use duplex_proto::handshake::{
+    ClientRequest, DEFAULT_MAX_HANDSHAKE_SIZE, WsUrl, parse_response, validate_response,
+};
+use duplex_proto::{Config, Role};
+use http::{HeaderMap, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::core::WebSocketOptions;
+use crate::error::{Error, Timeout};
+use crate::stream::MaybeTlsStream;
+use crate::websocket::WebSocket;
+
+/// Client settings.
+///
+/// ```
+/// let options = duplex::ClientOptions {
+///     protocols: vec!["chat.v2".into()],
+///     ..Default::default()
+/// };
+/// assert!(options.extensions.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Extra request headers (`Authorization`, `Origin`, cookies...).
+    pub headers: HeaderMap,
+    /// Subprotocols to offer, in order of preference (`Sec-WebSocket-Protocol`).
+    pub protocols: Vec<String>,
+    /// A raw `Sec-WebSocket-Extensions` offer. Hook for permessage-deflate, which will fill it
+    /// and configure the connection from the answer; until then an extension the server
+    /// accepts here is not applied, so leave it `None` unless you know the server declines.
+    pub extensions: Option<String>,
+    /// Protocol limits of the connection.
+    pub config: Config,
+    /// Timers and buffers of the connection.
+    pub websocket: WebSocketOptions,
+    /// Bound on the TCP connect. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Bound on the TLS and HTTP handshakes together. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Largest response head accepted. Default [`DEFAULT_MAX_HANDSHAKE_SIZE`] (16 KiB).
+    pub max_handshake_size: usize,
+    /// Disable Nagle's algorithm (frames go out as written). Default true.
+    pub nodelay: bool,
+    /// Trust anchors for `wss://`. Default: the compiled-in Mozilla roots.
+    #[cfg(feature = "tls")]
+    pub tls: crate::tls::ClientTls,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            headers: HeaderMap::new(),
+            protocols: Vec::new(),
+            extensions: None,
+            config: Config::default(),
+            websocket: WebSocketOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshake_size: DEFAULT_MAX_HANDSHAKE_SIZE,
+            nodelay: true,
+            #[cfg(feature = "tls")]
+            tls: crate::tls::ClientTls::default(),
+        }
+    }
+}
+
+/// What the server answered to the upgrade.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status: `101 Switching Protocols`.
+    pub status: StatusCode,
+    /// The subprotocol the server chose, one of [`ClientOptions::protocols`].
+    pub protocol: Option<String>,
+    /// The extensions the server accepted (`Sec-WebSocket-Extensions`).
+    pub extensions: Option<String>,
+    /// Every response header.
+    pub headers: HeaderMap,
+}
+
+/// Connects to a `ws://` or `wss://` URL with the default [`ClientOptions`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), duplex::Error> {
+/// let (mut ws, response) = duplex::connect("ws://127.0.0.1:9001/echo?room=1").await?;
+/// println!("subprotocol: {:?}", response.protocol);
+/// ws.send(duplex::Message::text("hi")).await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response), Error> {
+    connect_with(url, ClientOptions::default()).await
+}
+
+/// Connects to a `ws://` or `wss://` URL (`http(s)://` are taken as `ws(s)://`).
+///
+/// Errors: [`Error::Handshake`] for a bad URL or a bad 101 response, [`Error::Rejected`] when
+/// the server answers with another status (with the response body as reason),
+/// [`Error::Timeout`] ([`Timeout::Connect`] / [`Timeout::Handshake`]), [`Error::Tls`] for
+/// certificate problems, [`Error::Io`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), duplex::Error> {
+/// use duplex::ClientOptions;
+/// let mut options = ClientOptions {
+///     protocols: vec!["chat.v2".into()],
+///     ..Default::default()
+/// };
+/// options.headers.insert("authorization", "Bearer abc".parse().unwrap());
+/// let (ws, response) = duplex::connect_with("wss://example.com/chat", options).await?;
+/// # drop((ws, response)); Ok(()) }
+/// ```
+pub async fn connect_with(
+    url: &str,
+    options: ClientOptions,
+) -> Result<(WebSocket<MaybeTlsStream>, Response), Error> {
+    let url: WsUrl = url.parse()?;
+    options.config.validate()?;
+
+    let tcp = match timeout(
+        options.connect_timeout,
+        TcpStream::connect((url.host.as_str(), url.port)),
+    )
+    .await
+    {
+        Ok(tcp) => tcp?,
+        Err(_) => return Err(Error::Timeout(Timeout::Connect)),
+    };
+    if options.nodelay {
+        tcp.set_nodelay(true)?;
+    }
+
+    let deadline = Instant::now() + options.handshake_timeout;
+    let stream = if url.tls {
+        #[cfg(feature = "tls")]
+        {
+            match timeout_at(deadline, crate::tls::connect(&options.tls, &url.host, tcp)).await {
+                Ok(stream) => stream?,
+                Err(_) => return Err(Error::Timeout(Timeout::Handshake)),
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            drop(tcp);
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "wss:// needs the `tls` feature of duplex",
+            )));
+        }
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    handshake_until(stream, url, options, deadline).await
+}
+
+/// Runs the client opening handshake on an already connected `stream` (through a proxy, a
+/// Unix socket, an in-memory pipe...). `url` gives the `Host` header and the resource; its
+/// scheme is not acted upon (TLS, if any, is the stream's business). Bounded by
+/// [`ClientOptions::handshake_timeout`]; `connect_timeout`, `nodelay` and `tls` are not used.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), duplex::Error> {
+/// let (client_io, server_io) = tokio::io::duplex(4096);
+/// let server = tokio::spawn(duplex::accept(server_io));
+/// let (ws, response) =
+///     duplex::client_handshake(client_io, "ws://localhost/", Default::default()).await?;
+/// assert_eq!(response.status, 101);
+/// # drop((ws, server)); Ok(()) }
+/// ```
+pub async fn client_handshake<S>(
+    stream: S,
+    url: &str,
+    options: ClientOptions,
+) -> Result<(WebSocket<S>, Response), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let url: WsUrl = url.parse()?;
+    options.config.validate()?;
+    let deadline = Instant::now() + options.handshake_timeout;
+    handshake_until(stream, url, options, deadline).await
+}
+
+async fn handshake_until<S>(
+    mut stream: S,
+    url: WsUrl,
+    options: ClientOptions,
+    deadline: Instant,
+) -> Result<(WebSocket<S>, Response), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request = ClientRequest::new(url, crate::rng::handshake_key()?);
+    request.protocols = options.protocols;
+    request.extensions = options.extensions;
+    request.headers = options.headers;
+
+    let exchange = exchange(&mut stream, &request, options.max_handshake_size);
+    let (response, leftover) = match timeout_at(deadline, exchange).await {
+        Ok(done) => done?,
+        Err(_) => return Err(Error::Timeout(Timeout::Handshake)),
+    };
+    let accepted = validate_response(&request, &response)?;
+    tracing::debug!(url = %request.url, protocol = ?accepted.protocol, "websocket connected");
+
+    let ws = WebSocket::from_raw(
+        stream,
+        Role::Client,
+        options.config,
+        options.websocket,
+        leftover,
+        accepted.protocol.clone(),
+    );
+    let (parts, ()) = response.into_parts();
+    let response = Response {
+        status: parts.status,
+        protocol: accepted.protocol,
+        extensions: accepted.extensions,
+        headers: parts.headers,
+    };
+    Ok((ws, response))
+}
+
+/// Writes the request and reads the response head; returns it with the bytes read past it (the
+/// start of the WebSocket stream, never dropped). A non-101 answer becomes
+/// [`Error::Rejected`] with its body.
+async fn exchange<S>(
+    stream: &mut S,
+    request: &ClientRequest,
+    max_size: usize,
+) -> Result<(http::Response<()>, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&request.encode()).await?;
+    stream.flush().await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let (response, consumed) = loop {
+        if let Some(parsed) = parse_response(&buf, max_size)? {
+            break parsed;
+        }
+        let room = (max_size + 1).saturating_sub(buf.len()).max(1);
+        buf.reserve(room.min(4096));
+        if stream.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
+            return Err(Error::eof("connection closed during the opening handshake"));
+        }
+    };
+    buf.advance(consumed);
+
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let reason = read_body(stream, &response, buf).await;
+        return Err(Error::Rejected {
+            status: response.status(),
+            reason,
+        });
+    }
+    Ok((response, buf))
+}
+
+/// The body of a refusal, for the error message: at most 4 KiB, as far as `Content-Length`
+/// says or the server sends before closing.
+async fn read_body<S>(stream: &mut S, response: &http::Response<()>, mut body: BytesMut) -> String
+where
+    S: AsyncRead + Unpin,
+{
+    const MAX_BODY: usize = 4096;
+    let length = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY);
+    while body.len() < length {
+        let room = length - body.len();
+        match stream.read_buf(&mut (&mut body).limit(room)).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    body.truncate(length);
+    String::from_utf8_lossy(&body).trim().to_owned()
+}

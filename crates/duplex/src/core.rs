@@ -1,0 +1,836 @@
+//! The driver loop shared by [`WebSocket`](crate::WebSocket) and its split halves: read into a
+//! buffer, feed the [`Connection`], hand out events, write transmits vectored, run the timers.
+//!
+//! Everything is poll-based; the async methods of the public types are thin wrappers.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use duplex_proto::{
+    CloseCode, CloseFrame, Config, Connection, Event, Message, Role, State, Transmit, UsageError,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::error::{Error, Timeout};
+
+/// Runtime options of a connection: timers and buffer sizes. Shared by both roles; the protocol
+/// limits live in [`duplex_proto::Config`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = duplex::WebSocketOptions {
+///     ping_interval: Some(Duration::from_secs(20)),
+///     idle_timeout: Some(Duration::from_secs(60)),
+///     ..Default::default()
+/// };
+/// assert_eq!(options.close_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketOptions {
+    /// Send a ping this often while the connection is open. Default: none.
+    ///
+    /// Timers run while the receive side is polled (`recv`, `recv_event`, the `Stream`, or the
+    /// [`WebSocketReceiver`](crate::WebSocketReceiver) half), which a live connection always is.
+    pub ping_interval: Option<Duration>,
+    /// Fail the connection with [`Timeout::Idle`] when nothing at all was received for this
+    /// long (pair it with `ping_interval` shorter than it, so a healthy peer's pongs count).
+    /// Default: none.
+    pub idle_timeout: Option<Duration>,
+    /// How long the close handshake may take, from sending or receiving the first Close frame
+    /// (or from a failure) until the transport is shut; after that the socket is abandoned.
+    /// Default: 5 s.
+    pub close_timeout: Duration,
+    /// Bytes queued for writing above which the `Sink` (and `send`) waits for the socket before
+    /// accepting more. Default: 128 KiB.
+    pub write_buffer_size: usize,
+    /// How much to read from the socket at once. Default: 64 KiB.
+    pub read_chunk_size: usize,
+}
+
+impl Default for WebSocketOptions {
+    fn default() -> Self {
+        WebSocketOptions {
+            ping_interval: None,
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(5),
+            write_buffer_size: 128 * 1024,
+            read_chunk_size: 64 * 1024,
+        }
+    }
+}
+
+/// How many buffers one vectored write carries at most (two per frame: header and payload).
+const MAX_IO_SLICES: usize = 64;
+/// For streams without vectored writes: small frames are copied together up to this size.
+const GATHER_LIMIT: usize = 16 * 1024;
+
+/// Waker slots of the two tasks that may write (the reader flushing pongs, the writer). The
+/// socket keeps only the waker of the last task that polled it for writing, so while the halves
+/// are split it gets a waker that wakes both, and neither can miss its wake-up.
+#[derive(Default)]
+struct WriteWakers {
+    slots: Mutex<[Option<Waker>; 2]>,
+}
+
+impl Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let taken = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            [slots[0].take(), slots[1].take()]
+        };
+        for waker in taken.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+/// Which side is writing: the receive path (flushing pongs and close replies) or the send path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Reader = 0,
+    Writer = 1,
+}
+
+/// Where the receive side stands.
+enum Rx {
+    Open,
+    /// A fatal error: flush what is queued if `flush` (the Close frame of a protocol error), shut
+    /// the transport, then report `error`.
+    Failing {
+        error: Error,
+        flush: bool,
+    },
+    /// The error was reported, or the close handshake finished and the transport was shut.
+    Done,
+}
+
+/// The state behind a [`WebSocket`](crate::WebSocket).
+pub(crate) struct Core<S> {
+    stream: S,
+    conn: Connection,
+    read_buf: BytesMut,
+    /// Bytes in `read_buf` not yet fed to the connection (the handshake's leftovers).
+    unfed: bool,
+    read_eof: bool,
+    /// Frames taken from the connection, not yet (fully) written.
+    out: VecDeque<Transmit>,
+    /// Bytes of `out.front()` already written.
+    out_offset: usize,
+    /// Bytes in `out` not yet written.
+    out_bytes: usize,
+    /// Written bytes that may sit in a buffer of the stream (TLS) until `poll_flush`.
+    needs_flush: bool,
+    scratch: Vec<u8>,
+    options: WebSocketOptions,
+    protocol: Option<String>,
+    rx: Rx,
+    shut_down: bool,
+    /// The peer's Close frame, once it arrived.
+    peer_close: Option<Option<CloseFrame>>,
+    last_rx: Instant,
+    close_deadline: Option<Instant>,
+    close_timer: Option<Pin<Box<Sleep>>>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    ping_timer: Option<Pin<Box<Sleep>>>,
+    /// Set once split: the waker handed to the socket for writes.
+    shared_write_waker: Option<(Arc<WriteWakers>, Waker)>,
+    /// The receive side's waker, to wake it when the send side starts the close (arming a timer
+    /// only the receive side polls).
+    reader_waker: Option<Waker>,
+}
+
+impl<S> fmt::Debug for Core<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("role", &self.conn.role())
+            .field("state", &self.conn.state())
+            .field("protocol", &self.protocol)
+            .field("queued_bytes", &self.out_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Core<S> {
+    pub(crate) fn new(
+        stream: S,
+        role: Role,
+        config: Config,
+        options: WebSocketOptions,
+        leftover: BytesMut,
+        protocol: Option<String>,
+    ) -> Self {
+        let mut conn = Connection::new(role, config);
+        conn.set_mask_key_source(crate::rng::mask_key);
+        Core {
+            stream,
+            conn,
+            unfed: !leftover.is_empty(),
+            read_buf: leftover,
+            read_eof: false,
+            out: VecDeque::new(),
+            out_offset: 0,
+            out_bytes: 0,
+            needs_flush: false,
+            scratch: Vec::new(),
+            options,
+            protocol,
+            rx: Rx::Open,
+            shut_down: false,
+            peer_close: None,
+            last_rx: Instant::now(),
+            close_deadline: None,
+            close_timer: None,
+            idle_timer: None,
+            ping_timer: None,
+            shared_write_waker: None,
+            reader_waker: None,
+        }
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    pub(crate) fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    pub(crate) fn options(&self) -> &WebSocketOptions {
+        &self.options
+    }
+
+    pub(crate) fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Prepares for use from two tasks.
+    pub(crate) fn set_split(&mut self) {
+        if self.shared_write_waker.is_none() {
+            let wakers = Arc::new(WriteWakers::default());
+            let waker = Waker::from(wakers.clone());
+            self.shared_write_waker = Some((wakers, waker));
+        }
+    }
+
+    /// Records a fatal error (the first one wins) and arms the close timer bounding teardown.
+    fn fail(&mut self, error: Error, flush: bool) {
+        if matches!(self.rx, Rx::Open) {
+            tracing::debug!(%error, "websocket failed");
+            self.rx = Rx::Failing { error, flush };
+            self.arm_close_deadline();
+        }
+    }
+
+    fn arm_close_deadline(&mut self) {
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + self.options.close_timeout);
+        }
+    }
+
+    /// Whether the close deadline (if armed) has passed; registers the waker otherwise.
+    fn poll_close_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.close_deadline else {
+            return false;
+        };
+        let timer = self
+            .close_timer
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Whether sending is still possible as far as the transport goes.
+    fn check_writable(&self) -> Result<(), Error> {
+        match self.rx {
+            Rx::Open => Ok(()),
+            Rx::Failing { .. } | Rx::Done => Err(Error::ConnectionClosed),
+        }
+    }
+
+    // ---- receive path ------------------------------------------------------------------------
+
+    /// The next event: reads, feeds the connection, flushes what it queued (pongs, close
+    /// replies), runs the timers and shuts the transport when the connection is over.
+    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event, Error>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let polled = self.poll_event_inner(cx);
+        if polled.is_pending() {
+            match &mut self.reader_waker {
+                Some(waker) => waker.clone_from(cx.waker()),
+                None => self.reader_waker = Some(cx.waker().clone()),
+            }
+        }
+        polled
+    }
+
+    fn poll_event_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event, Error>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            if let Some(event) = self.conn.poll_event() {
+                if let Event::Close(frame) = &event {
+                    self.peer_close = Some(frame.clone());
+                    self.arm_close_deadline();
+                }
+                // A pong or a close reply may have been queued: send it now, even if the
+                // application only ever reads.
+                if let Poll::Ready(Err(e)) = self.poll_write_out(cx, Side::Reader) {
+                    self.fail(Error::Io(e), false);
+                }
+                return Poll::Ready(Some(Ok(event)));
+            }
+
+            match self.rx {
+                Rx::Open => {}
+                Rx::Failing { flush, .. } => {
+                    ready!(self.poll_teardown(cx, flush));
+                    let Rx::Failing { error, .. } = std::mem::replace(&mut self.rx, Rx::Done)
+                    else {
+                        unreachable!("checked above")
+                    };
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Rx::Done => return Poll::Ready(None),
+            }
+
+            if let Poll::Ready(Err(e)) = self.poll_write_out(cx, Side::Reader) {
+                self.fail(Error::Io(e), false);
+                continue;
+            }
+
+            // The close handshake is over and our frames are out: a server closes TCP at once
+            // (RFC 6455 section 7.1.1), a client waits for the server to do so first.
+            if self.conn.is_closed() && self.out.is_empty() && !self.conn.has_pending_transmit() {
+                let fin_wait_over = self.read_eof || self.poll_close_expired(cx);
+                if self.conn.role() == Role::Server || fin_wait_over {
+                    ready!(self.poll_teardown(cx, true));
+                    self.rx = Rx::Done;
+                    return Poll::Ready(None);
+                }
+            }
+
+            if self.poll_timers(cx) {
+                continue;
+            }
+
+            if self.unfed {
+                self.unfed = false;
+                self.feed();
+                continue;
+            }
+            if self.read_eof {
+                // Only reached while our last frames are still being written: wait for that.
+                return Poll::Pending;
+            }
+
+            let chunk = self.options.read_chunk_size.max(1024);
+            if self.read_buf.capacity() - self.read_buf.len() < chunk {
+                self.read_buf.reserve(chunk);
+            }
+            let read = {
+                let mut fut = pin!(self.stream.read_buf(&mut self.read_buf));
+                fut.as_mut().poll(cx)
+            };
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => self.fail(Error::Io(e), false),
+                Poll::Ready(Ok(0)) => {
+                    self.read_eof = true;
+                    if !self.conn.is_closed() {
+                        self.fail(Error::eof("connection closed without a close frame"), false);
+                    }
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.last_rx = Instant::now();
+                    self.feed();
+                }
+            }
+        }
+    }
+
+    /// Feeds `read_buf` to the connection.
+    fn feed(&mut self) {
+        if let Err(e) = self.conn.recv(&mut self.read_buf) {
+            // The connection queued the Close frame with the right code: flush it, then report.
+            self.fail(e.into(), true);
+        }
+    }
+
+    /// Runs the close, idle and keepalive timers. Returns true if something changed (a ping
+    /// queued, a failure recorded) and the loop should go round again.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.conn.state() != State::Open && self.poll_close_expired(cx) {
+            if self.conn.is_closed() {
+                // Done waiting for the server's FIN.
+                self.read_eof = true;
+            } else {
+                self.fail(Error::Timeout(Timeout::Close), false);
+            }
+            return true;
+        }
+
+        if let Some(idle) = self.options.idle_timeout {
+            let deadline = self.last_rx + idle;
+            let timer = self
+                .idle_timer
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            // Re-armed lazily: only when it fires early because data arrived meanwhile.
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = self.last_rx + idle;
+                if Instant::now() >= deadline {
+                    self.fail(Error::Timeout(Timeout::Idle), false);
+                    return true;
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+
+        if let Some(interval) = self.options.ping_interval {
+            if self.conn.state() == State::Open {
+                let timer = self
+                    .ping_timer
+                    .get_or_insert_with(|| Box::pin(sleep_until(Instant::now() + interval)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    timer.as_mut().reset(Instant::now() + interval);
+                    // Only fails if the connection is closing, when no ping is wanted anyway.
+                    let _ = self.conn.ping(Bytes::new());
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Flushes (if `flush`) and shuts the transport, giving up at the close deadline.
+    fn poll_teardown(&mut self, cx: &mut Context<'_>, flush: bool) -> Poll<()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        if self.shut_down {
+            return Poll::Ready(());
+        }
+        self.arm_close_deadline();
+        if flush {
+            match self.poll_write_out(cx, Side::Reader) {
+                Poll::Ready(_) => {}
+                Poll::Pending if self.poll_close_expired(cx) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let shutdown = {
+            let mut wcx =
+                Context::from_waker(write_waker(&self.shared_write_waker, cx, Side::Reader));
+            Pin::new(&mut self.stream).poll_shutdown(&mut wcx)
+        };
+        match shutdown {
+            Poll::Ready(_) => {}
+            Poll::Pending if self.poll_close_expired(cx) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        self.shut_down = true;
+        Poll::Ready(())
+    }
+
+    /// The next whole message, skipping control events (the core already answered pings).
+    pub(crate) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            return Poll::Ready(match ready!(self.poll_event(cx)) {
+                Some(Ok(Event::Message(message))) => Some(Ok(message)),
+                Some(Ok(Event::Fragment { .. })) => Some(Err(Error::StreamingReceive)),
+                Some(Ok(Event::Ping(_) | Event::Pong(_) | Event::Close(_))) => continue,
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            });
+        }
+    }
+
+    /// Drives the connection to its end, discarding data, after a close was started.
+    pub(crate) fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            match ready!(self.poll_event(cx)) {
+                Some(Ok(_)) => continue,
+                // The peer dropped the connection instead of answering: closed all the same.
+                Some(Err(Error::Io(e)))
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        && self.conn.state() != State::Open =>
+                {
+                    continue;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    // ---- send path ---------------------------------------------------------------------------
+
+    /// Sink readiness: accepts more once the queued bytes are under `write_buffer_size`.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        self.check_writable()?;
+        self.pull_transmits();
+        if self.out_bytes >= self.options.write_buffer_size {
+            ready!(self.poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn start_send(&mut self, message: Message) -> Result<(), Error> {
+        self.check_writable()?;
+        self.conn.send(message)?;
+        self.pull_transmits();
+        Ok(())
+    }
+
+    pub(crate) fn start_send_fragment(
+        &mut self,
+        kind: duplex_proto::DataKind,
+        data: Bytes,
+        fin: bool,
+    ) -> Result<(), Error> {
+        self.check_writable()?;
+        self.conn.send_fragment(kind, data, fin)?;
+        self.pull_transmits();
+        Ok(())
+    }
+
+    pub(crate) fn start_ping(&mut self, payload: Bytes) -> Result<(), Error> {
+        self.check_writable()?;
+        self.conn.ping(payload)?;
+        Ok(())
+    }
+
+    pub(crate) fn start_pong(&mut self, payload: Bytes) -> Result<(), Error> {
+        self.check_writable()?;
+        self.conn.pong(payload)?;
+        Ok(())
+    }
+
+    /// Queues our Close frame (a no-op if the close handshake already started) and arms the
+    /// close timer.
+    pub(crate) fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        match self.conn.close(code, reason) {
+            Ok(()) => {
+                self.arm_close_deadline();
+                // The receive side runs the close timer: make sure it sees the new deadline.
+                // Only on the transition, so polling a close repeatedly does not spin.
+                if let Some(waker) = self.reader_waker.take() {
+                    waker.wake();
+                }
+                Ok(())
+            }
+            // Already closing (or closed): nothing to start.
+            Err(duplex_proto::Error::Usage(UsageError::Closed)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes everything queued and flushes the stream.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        match ready!(self.poll_write_out(cx, Side::Writer)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => {
+                // The receive side reports the failure too (io::Error is not Clone).
+                self.fail(Error::Io(io::Error::new(e.kind(), e.to_string())), false);
+                Poll::Ready(Err(Error::Io(e)))
+            }
+        }
+    }
+
+    /// Moves the connection's queued frames into `out`.
+    fn pull_transmits(&mut self) {
+        while let Some(transmit) = self.conn.poll_transmit() {
+            self.out_bytes += transmit.len();
+            self.out.push_back(transmit);
+        }
+    }
+
+    /// Writes every queued frame, several per syscall, then flushes the stream.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        loop {
+            self.pull_transmits();
+            if self.out.is_empty() {
+                if self.needs_flush {
+                    let mut wcx =
+                        Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
+                    ready!(Pin::new(&mut self.stream).poll_flush(&mut wcx))?;
+                    self.needs_flush = false;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let written = ready!(self.poll_write_some(cx, side))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.needs_flush = true;
+            self.advance(written);
+        }
+    }
+
+    /// One write of as much of `out` as the stream takes.
+    fn poll_write_some(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<usize>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+        let mut count = 0;
+        let mut skip = self.out_offset;
+        'frames: for transmit in &self.out {
+            for part in [transmit.head(), transmit.payload().as_ref()] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[count] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                count += 1;
+                if count == MAX_IO_SLICES {
+                    break 'frames;
+                }
+            }
+        }
+        let slices = &slices[..count];
+
+        if count > 1 && !self.stream.is_write_vectored() && slices[0].len() < GATHER_LIMIT {
+            // No vectored writes (the default would write one slice per call): copy small
+            // frames together instead, the progress accounting is the same.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            for slice in slices {
+                let room = GATHER_LIMIT.saturating_sub(scratch.len());
+                if room == 0 {
+                    break;
+                }
+                scratch.extend_from_slice(&slice[..slice.len().min(room)]);
+            }
+            let mut wcx = Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
+            let polled = Pin::new(&mut self.stream).poll_write(&mut wcx, &scratch);
+            self.scratch = scratch;
+            return polled;
+        }
+
+        let mut wcx = Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
+        Pin::new(&mut self.stream).poll_write_vectored(&mut wcx, slices)
+    }
+
+    /// Marks `n` bytes of `out` written.
+    fn advance(&mut self, mut n: usize) {
+        self.out_bytes -= n;
+        while n > 0 {
+            let front = self.out.front().expect("wrote more than was queued");
+            let left = front.len() - self.out_offset;
+            if n >= left {
+                n -= left;
+                self.out_offset = 0;
+                self.out.pop_front();
+            } else {
+                self.out_offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// The waker to hand the socket for a write by `side`: the task's own, or once split the shared
+/// one, after recording the task's in its slot.
+fn write_waker<'a>(
+    shared: &'a Option<(Arc<WriteWakers>, Waker)>,
+    cx: &'a Context<'_>,
+    side: Side,
+) -> &'a Waker {
+    match shared {
+        None => cx.waker(),
+        Some((wakers, waker)) => {
+            let mut slots = wakers.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            match &mut slots[side as usize] {
+                Some(slot) => slot.clone_from(cx.waker()),
+                slot @ None => *slot = Some(cx.waker().clone()),
+            }
+            waker
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::ReadBuf;
+
+    /// A stream that records writes, takes at most `max` bytes per call, and never has
+    /// anything to read.
+    struct Recorder {
+        written: Vec<u8>,
+        calls: usize,
+        max: usize,
+        vectored: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.max);
+            this.written.extend_from_slice(&buf[..n]);
+            this.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                return self.poll_write(cx, first);
+            }
+            let this = self.get_mut();
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(this.max - n);
+                this.written.extend_from_slice(&buf[..take]);
+                n += take;
+                if n == this.max {
+                    break;
+                }
+            }
+            this.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn core(max: usize, vectored: bool) -> Core<Recorder> {
+        let recorder = Recorder {
+            written: Vec::new(),
+            calls: 0,
+            max,
+            vectored,
+        };
+        Core::new(
+            recorder,
+            Role::Client,
+            Config::default(),
+            WebSocketOptions::default(),
+            BytesMut::new(),
+            None,
+        )
+    }
+
+    fn messages() -> Vec<Message> {
+        (0..10)
+            .map(|i| Message::binary(vec![i as u8; 10 + 50 * i]))
+            .collect()
+    }
+
+    /// Sends `messages()` through `core`, flushes, and decodes what was written.
+    fn send_and_decode(core: &mut Core<Recorder>) -> Vec<Message> {
+        for message in messages() {
+            core.start_send(message).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(core.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(core.out_bytes, 0);
+        assert!(core.out.is_empty());
+
+        let mut server = Connection::new(Role::Server, Config::default());
+        let mut wire = BytesMut::from(&core.stream.written[..]);
+        server.recv(&mut wire).unwrap();
+        std::iter::from_fn(|| server.poll_event())
+            .map(|event| match event {
+                Event::Message(message) => message,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_frames_go_out_in_one_vectored_write() {
+        let mut core = core(usize::MAX, true);
+        assert_eq!(send_and_decode(&mut core), messages());
+        assert_eq!(core.stream.calls, 1);
+    }
+
+    #[test]
+    fn partial_vectored_writes_resume_at_the_right_byte() {
+        for max in [1, 2, 7, 13, 100] {
+            let mut core = core(max, true);
+            assert_eq!(send_and_decode(&mut core), messages(), "max {max}");
+        }
+    }
+
+    #[test]
+    fn non_vectored_streams_get_small_frames_gathered() {
+        let mut core = core(usize::MAX, false);
+        assert_eq!(send_and_decode(&mut core), messages());
+        // 2.6 KB of frames in one gathered write rather than 20 small ones.
+        assert_eq!(core.stream.calls, 1);
+        for max in [1, 5, 64] {
+            let mut core = self::core(max, false);
+            assert_eq!(send_and_decode(&mut core), messages(), "max {max}");
+        }
+    }
+}
