@@ -1,1 +1,88 @@
-fn main() {}
+//! `duplex`: a WebSocket echo server and client for the terminal.
+//!
+//! ```text
+//! duplex serve --echo --listen 127.0.0.1:9001          # echo server (ws://)
+//! duplex serve --echo --tls-cert c.pem --tls-key k.pem # echo server (wss://)
+//! duplex connect ws://127.0.0.1:9001                   # stdin lines out, messages in
+//! ```
+
+mod connect;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// WebSocket toolkit: echo server and client.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a WebSocket server (`--echo`: every message back as it came).
+    Serve(serve::ServeArgs),
+    /// Connect to a WebSocket server: stdin lines become messages, received messages are printed.
+    Connect(connect::ConnectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("duplex: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("duplex: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors that end a command, with what was being done.
+#[derive(Debug)]
+pub struct CliError(String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Attaches what we were doing to an error.
+pub trait Context<T> {
+    /// Wraps the error with `what`.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, CliError>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, CliError> {
+        self.map_err(|e| CliError(format!("{}: {e}", what())))
+    }
+}

@@ -25,7 +25,7 @@ use crate::websocket::WebSocket;
 ///     protocols: vec!["chat.v2".into()],
 ///     ..Default::default()
 /// };
-/// assert!(options.extensions.is_none());
+/// assert!(options.deflate.is_some());
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -33,10 +33,10 @@ pub struct ClientOptions {
     pub headers: HeaderMap,
     /// Subprotocols to offer, in order of preference (`Sec-WebSocket-Protocol`).
     pub protocols: Vec<String>,
-    /// A raw `Sec-WebSocket-Extensions` offer. Hook for permessage-deflate, which will fill it
-    /// and configure the connection from the answer; until then an extension the server
-    /// accepts here is not applied, so leave it `None` unless you know the server declines.
-    pub extensions: Option<String>,
+    /// permessage-deflate (RFC 7692) to offer, `None` to offer no compression. Default: offered
+    /// with [`DeflateConfig::default`](duplex_proto::extensions::deflate::DeflateConfig).
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<duplex_proto::extensions::deflate::DeflateConfig>,
     /// Protocol limits of the connection.
     pub config: Config,
     /// Timers and buffers of the connection.
@@ -59,7 +59,8 @@ impl Default for ClientOptions {
         ClientOptions {
             headers: HeaderMap::new(),
             protocols: Vec::new(),
-            extensions: None,
+            #[cfg(feature = "deflate")]
+            deflate: Some(Default::default()),
             config: Config::default(),
             websocket: WebSocketOptions::default(),
             connect_timeout: Duration::from_secs(10),
@@ -198,7 +199,11 @@ where
 {
     let mut request = ClientRequest::new(url, crate::rng::handshake_key()?);
     request.protocols = options.protocols;
-    request.extensions = options.extensions;
+    #[cfg(feature = "deflate")]
+    if let Some(deflate) = &options.deflate {
+        deflate.validate()?;
+        request.extensions = duplex_proto::extensions::deflate::client_offer(deflate);
+    }
     request.headers = options.headers;
 
     let exchange = exchange(&mut stream, &request, options.max_handshake_size);
@@ -217,6 +222,11 @@ where
         leftover,
         accepted.protocol.clone(),
     );
+    #[cfg(feature = "deflate")]
+    let ws = match accepted_deflate(accepted.extensions.as_deref(), options.deflate.as_ref())? {
+        Some(negotiated) => ws.with_deflate(negotiated),
+        None => ws,
+    };
     let (parts, ()) = response.into_parts();
     let response = Response {
         status: parts.status,
@@ -225,6 +235,28 @@ where
         headers: parts.headers,
     };
     Ok((ws, response))
+}
+
+/// Checks the server's `Sec-WebSocket-Extensions` against our permessage-deflate offer
+/// (RFC 7692 section 5.2, 7.1): what it accepted, or an error for an answer we did not allow.
+#[cfg(feature = "deflate")]
+fn accepted_deflate(
+    answer: Option<&str>,
+    offer: Option<&duplex_proto::extensions::deflate::DeflateConfig>,
+) -> Result<Option<duplex_proto::extensions::deflate::Negotiated>, Error> {
+    let (Some(answer), Some(offer)) = (answer, offer) else {
+        return Ok(None);
+    };
+    let invalid = |e: duplex_proto::extensions::ExtensionError| {
+        tracing::debug!("server's Sec-WebSocket-Extensions refused: {e}");
+        Error::Handshake(
+            duplex_proto::handshake::HandshakeError::InvalidResponseHeader(
+                "Sec-WebSocket-Extensions",
+            ),
+        )
+    };
+    let extensions = duplex_proto::extensions::parse(answer).map_err(invalid)?;
+    duplex_proto::extensions::deflate::client_accept(&extensions, offer).map_err(invalid)
 }
 
 /// Writes the request and reads the response head; returns it with the bytes read past it (the

@@ -372,10 +372,22 @@ impl<S> Core<S> {
 
     /// Feeds `read_buf` to the connection.
     fn feed(&mut self) {
-        if let Err(e) = self.conn.recv(&mut self.read_buf) {
+        match self.conn.recv(&mut self.read_buf) {
+            // A call that produced events may have stopped before a violation or the peer's
+            // Close, so the application can answer first: feed again once they are drained.
+            Ok(()) => self.unfed = self.conn.has_pending_event(),
             // The connection queued the Close frame with the right code: flush it, then report.
-            self.fail(e.into(), true);
+            Err(e) => self.fail(e.into(), true),
         }
+    }
+
+    /// Turns on permessage-deflate with what the handshake negotiated.
+    #[cfg(feature = "deflate")]
+    pub(crate) fn set_deflate(
+        &mut self,
+        negotiated: duplex_proto::extensions::deflate::Negotiated,
+    ) {
+        self.conn.set_deflate(negotiated);
     }
 
     /// Runs the close, idle and keepalive timers. Returns true if something changed (a ping

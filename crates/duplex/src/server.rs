@@ -39,6 +39,12 @@ pub struct ServerOptions {
     /// Largest request head accepted; larger gets 431. Default
     /// [`DEFAULT_MAX_HANDSHAKE_SIZE`] (16 KiB).
     pub max_handshake_size: usize,
+    /// permessage-deflate (RFC 7692) to accept when a client offers it, `None` to refuse
+    /// compression. Default: accepted with
+    /// [`DeflateConfig::default`](duplex_proto::extensions::deflate::DeflateConfig). zlib state
+    /// is allocated on a connection's first compressed message, not at the handshake.
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<duplex_proto::extensions::deflate::DeflateConfig>,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +54,8 @@ impl Default for ServerOptions {
             websocket: WebSocketOptions::default(),
             handshake_timeout: Duration::from_secs(10),
             max_handshake_size: DEFAULT_MAX_HANDSHAKE_SIZE,
+            #[cfg(feature = "deflate")]
+            deflate: Some(Default::default()),
         }
     }
 }
@@ -174,8 +182,8 @@ where
 {
     options.config.validate()?;
     let deadline = Instant::now() + options.handshake_timeout;
-    let handshake = server_handshake(&mut stream, options.max_handshake_size, callback);
-    let (leftover, protocol) = match timeout_at(deadline, handshake).await {
+    let handshake = server_handshake(&mut stream, &options, callback);
+    let (leftover, protocol, negotiated) = match timeout_at(deadline, handshake).await {
         Ok(Ok(done)) => done,
         Ok(Err(Refusal { error, response })) => {
             if let Some(response) = response {
@@ -187,14 +195,56 @@ where
         // Dropping the stream closes the socket.
         Err(_) => return Err(Error::Timeout(Timeout::Handshake)),
     };
-    Ok(WebSocket::from_raw(
+    let ws = WebSocket::from_raw(
         stream,
         Role::Server,
         options.config,
         options.websocket,
         leftover,
         protocol,
-    ))
+    );
+    #[cfg(feature = "deflate")]
+    let ws = match negotiated {
+        Some(negotiated) => ws.with_deflate(negotiated),
+        None => ws,
+    };
+    #[cfg(not(feature = "deflate"))]
+    let () = negotiated.unwrap_or(());
+    Ok(ws)
+}
+
+#[cfg(feature = "deflate")]
+type Negotiated = duplex_proto::extensions::deflate::Negotiated;
+#[cfg(not(feature = "deflate"))]
+type Negotiated = ();
+
+/// The extensions to agree to: permessage-deflate if the client offered an acceptable one
+/// (RFC 7692 section 5.1: the first acceptable offer wins), with the response header value.
+/// A malformed offer declines compression rather than the connection.
+fn negotiate_extensions(
+    options: &ServerOptions,
+    offer: &ClientOffer,
+) -> (Option<Negotiated>, Option<String>) {
+    #[cfg(feature = "deflate")]
+    if let (Some(config), Some(header)) = (&options.deflate, &offer.extensions) {
+        let offers = match duplex_proto::extensions::parse(header) {
+            Ok(offers) => offers,
+            Err(e) => {
+                tracing::debug!("ignoring malformed Sec-WebSocket-Extensions: {e}");
+                return (None, None);
+            }
+        };
+        return match duplex_proto::extensions::deflate::server_negotiate(&offers, config) {
+            Ok(Some((negotiated, answer))) => (Some(negotiated), Some(answer)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                tracing::warn!("permessage-deflate configuration: {e}");
+                (None, None)
+            }
+        };
+    }
+    let _ = (options, offer);
+    (None, None)
 }
 
 /// A failed handshake: the error for the caller and the HTTP answer for the client, if any.
@@ -233,13 +283,14 @@ impl From<HandshakeError> for Refusal {
 /// Reads and answers the request; returns the bytes read past the head and the subprotocol.
 async fn server_handshake<S, F>(
     stream: &mut S,
-    max_size: usize,
+    options: &ServerOptions,
     callback: F,
-) -> Result<(BytesMut, Option<String>), Refusal>
+) -> Result<(BytesMut, Option<String>, Option<Negotiated>), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request<()>, &ClientOffer) -> Result<Accept, Reject>,
 {
+    let max_size = options.max_handshake_size;
     let mut buf = BytesMut::with_capacity(1024);
     let (request, consumed) = loop {
         if let Some(parsed) = parse_request(&buf, max_size)? {
@@ -279,12 +330,18 @@ where
         }
     }
 
-    let response = accept_response(&offer, accept.protocol.as_deref(), None, &accept.headers);
+    let (negotiated, extensions) = negotiate_extensions(options, &offer);
+    let response = accept_response(
+        &offer,
+        accept.protocol.as_deref(),
+        extensions.as_deref(),
+        &accept.headers,
+    );
     stream.write_all(&response).await?;
     stream.flush().await?;
     buf.advance(consumed);
     tracing::debug!(path = %request.uri().path(), protocol = ?accept.protocol, "websocket accepted");
-    Ok((buf, accept.protocol))
+    Ok((buf, accept.protocol, negotiated))
 }
 
 /// Writes a refusal, shuts the write side, and drains what the client still sends for a

@@ -127,6 +127,30 @@ pub fn client_config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig
     Ok(Arc::new(config))
 }
 
+/// A client configuration trusting only the certificates in the PEM file at `path` (a private
+/// CA, or a self-signed server certificate), e.g. for `duplex connect --ca-cert`.
+///
+/// ```no_run
+/// let config = duplex::tls::client_config_trusting_pem("ca.pem")?;
+/// let options = duplex::ClientOptions { tls: duplex::tls::ClientTls::Config(config), ..Default::default() };
+/// # Ok::<_, duplex::tls::TlsError>(())
+/// ```
+pub fn client_config_trusting_pem(path: impl AsRef<Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let path = path.as_ref();
+    let pem_error = |error| TlsError::Pem {
+        path: path.display().to_string(),
+        error,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(pem_error)? {
+        roots.add(cert.map_err(pem_error)?)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate(path.display().to_string()));
+    }
+    client_config_with_roots(roots)
+}
+
 /// The client configuration for a [`ClientTls`] choice.
 ///
 /// ```

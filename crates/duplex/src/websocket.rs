@@ -79,6 +79,18 @@ where
         }
     }
 
+    /// Turns on permessage-deflate (RFC 7692) with parameters negotiated by a handshake done
+    /// elsewhere (see [`duplex_proto::extensions::deflate`]). [`connect_with`](crate::connect_with)
+    /// and [`accept_with`](crate::accept_with) do this themselves.
+    #[cfg(feature = "deflate")]
+    pub fn with_deflate(
+        mut self,
+        negotiated: duplex_proto::extensions::deflate::Negotiated,
+    ) -> Self {
+        self.core.set_deflate(negotiated);
+        self
+    }
+
     /// The next message. `None` once the connection is closed (after the close handshake, or
     /// after an error was returned). Pings, pongs and the peer's Close are handled and skipped.
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {

@@ -308,6 +308,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether events are waiting for [`Connection::poll_event`].
+    pub fn has_pending_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Queues a whole message as one frame.
     pub fn send(&mut self, message: Message) -> Result<(), Error> {
         self.check_open()?;
