@@ -4,8 +4,11 @@
 //! duplex serve --echo --listen 127.0.0.1:9001          # echo server (ws://)
 //! duplex serve --echo --tls-cert c.pem --tls-key k.pem # echo server (wss://)
 //! duplex connect ws://127.0.0.1:9001                   # stdin lines out, messages in
+//! duplex hub                                           # the real-time hub on :8080
+//! duplex bench echo ws://127.0.0.1:9001                # load generator
 //! ```
 
+mod bench;
 mod connect;
 mod serve;
 
@@ -27,6 +30,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server: stdin lines become messages, received messages are printed.
     Connect(connect::ConnectArgs),
+    /// Run the real-time hub: channels, fan-out, presence, history, HTTP publish API.
+    Hub(duplex_hub::HubArgs),
+    /// Load generators: echo throughput and latency, idle connections, hub fan-out.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Hub(args) => duplex_hub::run(args)
+                .await
+                .map_err(|e| CliError(e.to_string())),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

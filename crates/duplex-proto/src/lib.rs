@@ -22,7 +22,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
-pub use connection::{Connection, Event, MaskKeySource, State, Transmit};
+pub use connection::{Connection, Event, MaskKeySource, PreparedMessage, State, Transmit};
 pub use error::{Error, ProtocolError, UsageError};
 pub use frame::OpCode;
 pub use message::{DataKind, Message, Utf8Bytes};

@@ -527,6 +527,16 @@ impl<S> Core<S> {
         Ok(())
     }
 
+    pub(crate) fn start_send_prepared(
+        &mut self,
+        prepared: &duplex_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        self.check_writable()?;
+        self.conn.send_prepared(prepared)?;
+        self.pull_transmits();
+        Ok(())
+    }
+
     pub(crate) fn start_send_fragment(
         &mut self,
         kind: duplex_proto::DataKind,

@@ -66,5 +66,6 @@ pub use crate::websocket::{ReuniteError, WebSocket, WebSocketReceiver, WebSocket
 pub use duplex_proto;
 pub use duplex_proto::handshake::ClientOffer;
 pub use duplex_proto::{
-    CloseCode, CloseFrame, Config, DataKind, Event, Message, Role, State, Utf8Bytes,
+    CloseCode, CloseFrame, Config, DataKind, Event, Message, PreparedMessage, Role, State,
+    Utf8Bytes,
 };

@@ -110,6 +110,18 @@ where
         poll_fn(|cx| self.core.poll_flush(cx)).await
     }
 
+    /// Sends a message framed once for many connections (fan-out): see
+    /// [`PreparedMessage`](duplex_proto::PreparedMessage). The frame's bytes are shared, not
+    /// copied, on every server connection that can take them as they are.
+    pub async fn send_prepared(
+        &mut self,
+        prepared: &duplex_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.start_send_prepared(prepared)?;
+        poll_fn(|cx| self.core.poll_flush(cx)).await
+    }
+
     /// Sends one piece of a fragmented message (RFC 6455 section 5.4): the first call starts a
     /// message of `kind`, the next ones continue it, `fin` ends it. Control frames and pongs may
     /// interleave; other messages may not until `fin`.
@@ -310,6 +322,16 @@ where
     pub async fn send(&mut self, message: Message) -> Result<(), Error> {
         poll_fn(|cx| lock(&self.shared).poll_ready(cx)).await?;
         lock(&self.shared).start_send(message)?;
+        poll_fn(|cx| lock(&self.shared).poll_flush(cx)).await
+    }
+
+    /// Sends a message framed once for many connections; see [`WebSocket::send_prepared`].
+    pub async fn send_prepared(
+        &mut self,
+        prepared: &duplex_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        poll_fn(|cx| lock(&self.shared).poll_ready(cx)).await?;
+        lock(&self.shared).start_send_prepared(prepared)?;
         poll_fn(|cx| lock(&self.shared).poll_flush(cx)).await
     }
 

@@ -32,6 +32,7 @@
 //! assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
 //! ```
 
+mod prepared;
 mod recv;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,7 @@ use crate::mask::apply_mask;
 use crate::message::{DataKind, Message};
 use crate::role::Role;
 
+pub use prepared::PreparedMessage;
 use recv::Incoming;
 
 /// Where a client's masking keys come from (RFC 6455 section 5.3: "unpredictable").
@@ -347,6 +349,44 @@ impl Connection {
             return Ok(());
         }
         self.queue_frame(true, opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a message framed once for many connections (see [`PreparedMessage`]).
+    ///
+    /// A server sends the shared frame as it is, or the shared compressed frame when
+    /// permessage-deflate was negotiated with `server_no_context_takeover`; with context
+    /// takeover the message is compressed for this connection alone. A client must mask every
+    /// frame itself, so for a client this is [`Connection::send`].
+    pub fn send_prepared(&mut self, prepared: &PreparedMessage) -> Result<(), Error> {
+        self.check_open()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::FragmentOrder.into());
+        }
+        if self.role.masks_outgoing() {
+            return self.send(prepared.message().clone());
+        }
+        #[cfg(feature = "deflate")]
+        if let Some(deflate) = &self.deflate {
+            let negotiated = &deflate.negotiated;
+            if !negotiated.should_compress(prepared.message().len()) {
+                self.transmits.push_back(prepared.plain().clone());
+                return Ok(());
+            }
+            match prepared.compressed() {
+                Some(shared)
+                    if negotiated.accepts_prepared(
+                        self.role,
+                        crate::extensions::deflate::MAX_WINDOW_BITS,
+                    ) =>
+                {
+                    self.transmits.push_back(shared.clone());
+                    return Ok(());
+                }
+                _ => return self.send(prepared.message().clone()),
+            }
+        }
+        self.transmits.push_back(prepared.plain().clone());
         Ok(())
     }
 

@@ -749,6 +749,42 @@ mod deflate {
     }
 
     #[test]
+    fn prepared_messages_share_compressed_bytes_only_without_context_takeover() {
+        let shared_cfg = DeflateConfig {
+            server_no_context_takeover: true,
+            ..DeflateConfig::default()
+        };
+        let text =
+            r#"{"op":"pub","channel":"prices","data":{"bid":1.2345,"ask":1.2347}}"#.repeat(8);
+        let prepared = PreparedMessage::with_deflate(Message::text(text.clone()), 1);
+        let mut payloads = Vec::new();
+        for cfg in [shared_cfg.clone(), shared_cfg, DeflateConfig::default()] {
+            let (mut client, mut server) =
+                deflate_pair(DeflateConfig::default(), cfg, Config::default());
+            server.send_prepared(&prepared).unwrap();
+            server.send_prepared(&prepared).unwrap();
+            let tx = server.poll_transmit().unwrap();
+            payloads.push(tx.payload().as_ptr());
+            let mut wire = BytesMut::new();
+            wire.extend_from_slice(tx.head());
+            wire.extend_from_slice(tx.payload());
+            wire.extend_from_slice(&drain(&mut server));
+            assert_eq!(wire[0], 0xc1, "text, FIN, RSV1");
+            client.recv(&mut wire).unwrap();
+            let expected = Event::Message(Message::text(text.clone()));
+            assert_eq!(events(&mut client), vec![expected.clone(), expected]);
+        }
+        assert_eq!(
+            payloads[0], payloads[1],
+            "no context takeover: one compressed payload for all"
+        );
+        assert_ne!(
+            payloads[0], payloads[2],
+            "context takeover: compressed per connection"
+        );
+    }
+
+    #[test]
     fn threshold_leaves_small_messages_uncompressed() {
         let cfg = DeflateConfig {
             threshold: 100,
