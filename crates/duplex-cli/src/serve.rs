@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Seconds a client has to complete the opening handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+    /// Worker threads (default: one per core). 1 runs everything on the calling thread, which
+    /// is what benchmarks pinned to one core want.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
