@@ -67,6 +67,14 @@ impl Default for WebSocketOptions {
     }
 }
 
+thread_local! {
+    /// Where every connection on this thread reads into. A connection keeps only what the core
+    /// did not consume (rarely more than a partial header), so idle connections hold no buffer;
+    /// single-frame messages point into this buffer without a copy, and it is reused once they
+    /// are dropped.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// How many buffers one vectored write carries at most (two per frame: header and payload).
 const MAX_IO_SLICES: usize = 64;
 /// For streams without vectored writes: small frames are copied together up to this size.
@@ -120,8 +128,12 @@ enum Rx {
 pub(crate) struct Core<S> {
     stream: S,
     conn: Connection,
+    /// Bytes read but not consumed by the connection: the handshake's leftovers, a partial frame
+    /// header, the start of a control frame. Empty (and unallocated) most of the time: reads go
+    /// to a per-thread scratch buffer, so an idle connection holds no read buffer.
     read_buf: BytesMut,
-    /// Bytes in `read_buf` not yet fed to the connection (the handshake's leftovers).
+    /// Bytes in `read_buf` not yet fed to the connection (the handshake's leftovers), or a feed
+    /// that stopped early so the application could answer first.
     unfed: bool,
     read_eof: bool,
     /// Frames taken from the connection, not yet (fully) written.
@@ -177,7 +189,12 @@ impl<S> Core<S> {
             stream,
             conn,
             unfed: !leftover.is_empty(),
-            read_buf: leftover,
+            // The handshake's buffer: keep it only if it holds WebSocket bytes.
+            read_buf: if leftover.is_empty() {
+                BytesMut::new()
+            } else {
+                leftover
+            },
             read_eof: false,
             out: VecDeque::new(),
             out_offset: 0,
@@ -346,13 +363,33 @@ impl<S> Core<S> {
             }
 
             let chunk = self.options.read_chunk_size.max(1024);
-            if self.read_buf.capacity() - self.read_buf.len() < chunk {
-                self.read_buf.reserve(chunk);
-            }
-            let read = {
-                let mut fut = pin!(self.stream.read_buf(&mut self.read_buf));
-                fut.as_mut().poll(cx)
-            };
+            let read = SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                scratch.clear();
+                // Reclaims the whole allocation when no message still points into it.
+                scratch.reserve(chunk);
+                let read = {
+                    let mut fut = pin!(self.stream.read_buf(&mut *scratch));
+                    fut.as_mut().poll(cx)
+                };
+                if let Poll::Ready(Ok(n)) = read {
+                    if n > 0 {
+                        self.last_rx = Instant::now();
+                        if self.read_buf.is_empty() {
+                            self.feed_from(&mut scratch);
+                            if !scratch.is_empty() {
+                                // A partial header or control frame: the only bytes kept.
+                                self.read_buf.extend_from_slice(&scratch);
+                            }
+                        } else {
+                            self.read_buf.extend_from_slice(&scratch);
+                            self.feed();
+                        }
+                        scratch.clear();
+                    }
+                }
+                read
+            });
             match read {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => self.fail(Error::Io(e), false),
@@ -362,17 +399,23 @@ impl<S> Core<S> {
                         self.fail(Error::eof("connection closed without a close frame"), false);
                     }
                 }
-                Poll::Ready(Ok(_)) => {
-                    self.last_rx = Instant::now();
-                    self.feed();
-                }
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
 
-    /// Feeds `read_buf` to the connection.
+    /// Feeds `read_buf` (leftovers) to the connection, and lets go of its memory once empty.
     fn feed(&mut self) {
-        match self.conn.recv(&mut self.read_buf) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        self.feed_from(&mut buf);
+        if !buf.is_empty() {
+            self.read_buf = buf;
+        }
+    }
+
+    /// Feeds received bytes to the connection; what it leaves stays in `buf`.
+    fn feed_from(&mut self, buf: &mut BytesMut) {
+        match self.conn.recv(buf) {
             // A call that produced events may have stopped before a violation or the peer's
             // Close, so the application can answer first: feed again once they are drained.
             Ok(()) => self.unfed = self.conn.has_pending_event(),
