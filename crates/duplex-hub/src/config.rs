@@ -1,0 +1,434 @@
+//! Configuration: command-line flags, `DUPLEX_*` environment variables (both through clap), an
+//! optional TOML file, and defaults, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Command-line arguments of `duplex hub`. Every setting is optional here so that a setting
+/// given nowhere on the command line or in the environment can come from the `--config` file,
+/// and then from the defaults of [`HubConfig`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HubArgs {
+    /// Address to listen on, HTTP and WebSocket on one port [default: 127.0.0.1:8080].
+    #[arg(long, env = "DUPLEX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML file with any of the settings below (flags and env variables override it).
+    #[arg(long, env = "DUPLEX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Secret for HS256 connection tokens (`/ws?token=JWT`). Without it anyone may subscribe
+    /// and publish anywhere.
+    #[arg(long, env = "DUPLEX_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Key the HTTP API (`/api/*`) requires as `Authorization: Bearer KEY`.
+    #[arg(long, env = "DUPLEX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Origin allowed to open WebSockets (repeat, or comma-separated in the env); others get
+    /// 403. Default: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "DUPLEX_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Publications kept per channel for history and recovery (0: none) [default: 100].
+    #[arg(long, env = "DUPLEX_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a publication stays in history (0: no expiry) [default: 0].
+    #[arg(long, env = "DUPLEX_HISTORY_TTL")]
+    pub history_ttl: Option<u64>,
+    /// Most WebSocket connections at once; more get 503 [default: 10000].
+    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most channels one connection may subscribe to [default: 100].
+    #[arg(long, env = "DUPLEX_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Largest WebSocket message and HTTP body accepted, in bytes [default: 65536].
+    #[arg(long, env = "DUPLEX_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Publishes per second one connection may make, sustained [default: 20].
+    #[arg(long, env = "DUPLEX_PUBLISH_RATE")]
+    pub publish_rate: Option<f64>,
+    /// Publishes one connection may make in a burst [default: 50].
+    #[arg(long, env = "DUPLEX_PUBLISH_BURST")]
+    pub publish_burst: Option<u32>,
+    /// Bytes queued for one connection above which it is a slow consumer and is disconnected
+    /// with 1013 [default: 1048576].
+    #[arg(long, env = "DUPLEX_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// permessage-deflate: `shared` (compress each publication once, for every connection;
+    /// imposes server_no_context_takeover), `context` (per connection, better ratio, more
+    /// CPU and memory), `off` [default: shared].
+    #[arg(long, env = "DUPLEX_COMPRESSION")]
+    pub compression: Option<Compression>,
+    /// Messages shorter than this many bytes are sent uncompressed [default: 256].
+    #[arg(long, env = "DUPLEX_COMPRESSION_THRESHOLD")]
+    pub compression_threshold: Option<usize>,
+    /// Push join/leave events to subscribers (presence queries work either way)
+    /// [default: true].
+    #[arg(long, env = "DUPLEX_JOIN_LEAVE")]
+    pub join_leave: Option<bool>,
+    /// Seconds between server pings on idle-looking connections (0: none) [default: 25].
+    #[arg(long, env = "DUPLEX_PING_INTERVAL")]
+    pub ping_interval: Option<u64>,
+}
+
+/// permessage-deflate policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    Off,
+    /// Compress each message once and share the bytes (server_no_context_takeover).
+    #[default]
+    Shared,
+    /// Compress per connection with context takeover.
+    Context,
+}
+
+/// The TOML file: the same settings as [`HubArgs`], snake_case, all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`HubArgs::listen`].
+    pub listen: Option<SocketAddr>,
+    /// See [`HubArgs::token_secret`].
+    pub token_secret: Option<String>,
+    /// See [`HubArgs::api_key`].
+    pub api_key: Option<String>,
+    /// See [`HubArgs::allowed_origins`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// See [`HubArgs::history_size`].
+    pub history_size: Option<usize>,
+    /// See [`HubArgs::history_ttl`] (seconds).
+    pub history_ttl: Option<u64>,
+    /// See [`HubArgs::max_connections`].
+    pub max_connections: Option<usize>,
+    /// See [`HubArgs::max_subscriptions`].
+    pub max_subscriptions: Option<usize>,
+    /// See [`HubArgs::max_message_size`].
+    pub max_message_size: Option<usize>,
+    /// See [`HubArgs::publish_rate`].
+    pub publish_rate: Option<f64>,
+    /// See [`HubArgs::publish_burst`].
+    pub publish_burst: Option<u32>,
+    /// See [`HubArgs::queue_bytes`].
+    pub queue_bytes: Option<usize>,
+    /// See [`HubArgs::compression`].
+    pub compression: Option<Compression>,
+    /// See [`HubArgs::compression_threshold`].
+    pub compression_threshold: Option<usize>,
+    /// See [`HubArgs::join_leave`].
+    pub join_leave: Option<bool>,
+    /// See [`HubArgs::ping_interval`] (seconds).
+    pub ping_interval: Option<u64>,
+}
+
+/// Every setting of a hub, resolved. Build one with [`HubConfig::default`] and struct update
+/// syntax in tests, or [`HubConfig::from_args`] from the command line.
+///
+/// ```
+/// let config = duplex_hub::HubConfig {
+///     listen: "127.0.0.1:0".parse().unwrap(),
+///     history_size: 10,
+///     ..Default::default()
+/// };
+/// assert_eq!(config.max_subscriptions, 100);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// HS256 secret for connection tokens; `None`: no authentication.
+    pub token_secret: Option<String>,
+    /// Bearer key for `/api/*`; `None`: open.
+    pub api_key: Option<String>,
+    /// Allowed `Origin`s for WebSockets; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Publications kept per channel.
+    pub history_size: usize,
+    /// How long a publication stays in history; `None`: until pushed out by newer ones.
+    pub history_ttl: Option<Duration>,
+    /// Most WebSocket connections at once.
+    pub max_connections: usize,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Largest WebSocket message and HTTP body, in bytes.
+    pub max_message_size: usize,
+    /// Sustained publishes per second per connection.
+    pub publish_rate: f64,
+    /// Burst of publishes per connection.
+    pub publish_burst: u32,
+    /// Outbound queue bound per connection, in bytes (the slow-consumer threshold).
+    pub queue_bytes: usize,
+    /// permessage-deflate policy.
+    pub compression: Compression,
+    /// Messages shorter than this are not compressed.
+    pub compression_threshold: usize,
+    /// Push join/leave events.
+    pub join_leave: bool,
+    /// Server ping interval; `None`: no pings.
+    pub ping_interval: Option<Duration>,
+    /// How long closing a WebSocket may take (close handshake) before the socket is dropped.
+    pub close_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_secret: None,
+            api_key: None,
+            allowed_origins: Vec::new(),
+            history_size: 100,
+            history_ttl: None,
+            max_connections: 10_000,
+            max_subscriptions: 100,
+            max_message_size: 64 * 1024,
+            publish_rate: 20.0,
+            publish_burst: 50,
+            queue_bytes: 1 << 20,
+            compression: Compression::Shared,
+            compression_threshold: 256,
+            join_leave: true,
+            ping_interval: Some(Duration::from_secs(25)),
+            close_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A configuration that cannot be loaded or used.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl HubConfig {
+    /// Resolves flags and environment (already merged by clap), then the `--config` file, then
+    /// the defaults.
+    pub fn from_args(args: &HubArgs) -> Result<HubConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let config = HubConfig::merge(args, &file);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Flags/env over the file over the defaults (no validation).
+    pub fn merge(args: &HubArgs, file: &FileConfig) -> HubConfig {
+        let d = HubConfig::default();
+        let secs = |s: Option<u64>| s.filter(|&s| s > 0).map(Duration::from_secs);
+        HubConfig {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            token_secret: args
+                .token_secret
+                .clone()
+                .or_else(|| file.token_secret.clone())
+                .filter(|s| !s.is_empty()),
+            api_key: args
+                .api_key
+                .clone()
+                .or_else(|| file.api_key.clone())
+                .filter(|s| !s.is_empty()),
+            allowed_origins: args
+                .allowed_origins
+                .clone()
+                .or_else(|| file.allowed_origins.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            history_size: args
+                .history_size
+                .or(file.history_size)
+                .unwrap_or(d.history_size),
+            history_ttl: match args.history_ttl.or(file.history_ttl) {
+                Some(s) => secs(Some(s)),
+                None => d.history_ttl,
+            },
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_subscriptions: args
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(d.max_subscriptions),
+            max_message_size: args
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(d.max_message_size),
+            publish_rate: args
+                .publish_rate
+                .or(file.publish_rate)
+                .unwrap_or(d.publish_rate),
+            publish_burst: args
+                .publish_burst
+                .or(file.publish_burst)
+                .unwrap_or(d.publish_burst),
+            queue_bytes: args
+                .queue_bytes
+                .or(file.queue_bytes)
+                .unwrap_or(d.queue_bytes),
+            compression: args
+                .compression
+                .or(file.compression)
+                .unwrap_or(d.compression),
+            compression_threshold: args
+                .compression_threshold
+                .or(file.compression_threshold)
+                .unwrap_or(d.compression_threshold),
+            join_leave: args.join_leave.or(file.join_leave).unwrap_or(d.join_leave),
+            ping_interval: match args.ping_interval.or(file.ping_interval) {
+                Some(s) => secs(Some(s)),
+                None => d.ping_interval,
+            },
+            close_timeout: d.close_timeout,
+        }
+    }
+
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.max_message_size < 125 {
+            return fail("max_message_size must be at least 125 bytes");
+        }
+        if self.queue_bytes < 2 * self.max_message_size {
+            return fail(
+                "queue_bytes must be at least twice max_message_size (the largest publication, \
+                 with its envelope, must fit in a queue)",
+            );
+        }
+        if !(self.publish_rate > 0.0 && self.publish_rate.is_finite()) {
+            return fail("publish_rate must be a positive number");
+        }
+        if self.publish_burst == 0 {
+            return fail("publish_burst must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Reads and parses a TOML config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+
+    fn parse(argv: &[&str]) -> HubArgs {
+        Cli::try_parse_from(std::iter::once("hub").chain(argv.iter().copied()))
+            .expect("valid arguments")
+            .hub
+    }
+
+    const FILE: &str = r#"
+        listen = "127.0.0.1:9000"
+        history_size = 7
+        max_subscriptions = 3
+        allowed_origins = ["https://a.example"]
+        compression = "off"
+        history_ttl = 60
+    "#;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let config = HubConfig::merge(&HubArgs::default(), &FileConfig::default());
+        assert_eq!(config, HubConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let file: FileConfig = toml::from_str(FILE).unwrap();
+        let args = parse(&[
+            "--history-size",
+            "9",
+            "--allowed-origin",
+            "https://b.example",
+        ]);
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(config.history_size, 9, "flag beats file");
+        assert_eq!(config.allowed_origins, ["https://b.example"]);
+        assert_eq!(config.max_subscriptions, 3, "file beats default");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.compression, Compression::Off);
+        assert_eq!(config.history_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(config.max_connections, 10_000, "default");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<FileConfig>("histroy_size = 3").is_err());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let config = HubConfig {
+            queue_bytes: 10,
+            ..HubConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    /// Environment precedence needs a process of its own (setting variables in a threaded test
+    /// process is unsound), so this test runs the child test below with the variables set.
+    #[test]
+    fn env_is_between_flags_and_file() {
+        let exe = std::env::current_exe().unwrap();
+        let status = std::process::Command::new(exe)
+            .args(["--exact", "config::tests::env_child", "--nocapture"])
+            .env("DUPLEX_HUB_ENV_CHILD", "1")
+            .env("DUPLEX_HISTORY_SIZE", "11")
+            .env("DUPLEX_MAX_SUBSCRIPTIONS", "12")
+            .env(
+                "DUPLEX_ALLOWED_ORIGIN",
+                "https://x.example,https://y.example",
+            )
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[test]
+    fn env_child() {
+        if std::env::var_os("DUPLEX_HUB_ENV_CHILD").is_none() {
+            return;
+        }
+        let file: FileConfig = toml::from_str(FILE).unwrap();
+        let config = HubConfig::merge(&parse(&["--history-size", "9"]), &file);
+        assert_eq!(config.history_size, 9, "flag beats env");
+        assert_eq!(config.max_subscriptions, 12, "env beats file");
+        assert_eq!(
+            config.allowed_origins,
+            ["https://x.example", "https://y.example"]
+        );
+        assert_eq!(config.listen.port(), 9000, "file beats default");
+    }
+}

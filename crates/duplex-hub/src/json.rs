@@ -1,0 +1,120 @@
+//! Writing the hub's JSON by hand where publication data (already serialized JSON) is embedded
+//! as it is, so it is never parsed or re-serialized on the way out.
+
+use std::io::Write as _;
+
+use crate::broker::{ClientInfo, Publication};
+
+/// Appends `s` as a JSON string.
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends a number.
+pub(crate) fn number(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+/// `{"op":"pub","channel":C,"offset":N,"data":D}`
+pub(crate) fn push_publication(out: &mut Vec<u8>, channel: &str, publication: &Publication) {
+    out.extend_from_slice(br#"{"op":"pub","channel":"#);
+    string(out, channel);
+    out.extend_from_slice(br#","offset":"#);
+    number(out, publication.offset);
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(&publication.data);
+    out.push(b'}');
+}
+
+/// `{"op":"join"|"leave","channel":C,"client":ID,"user":U}`
+pub(crate) fn push_presence(out: &mut Vec<u8>, op: &str, channel: &str, client: &ClientInfo) {
+    out.extend_from_slice(br#"{"op":"#);
+    string(out, op);
+    out.extend_from_slice(br#","channel":"#);
+    string(out, channel);
+    out.extend_from_slice(br#","client":"#);
+    string(out, &client.client);
+    out.extend_from_slice(br#","user":"#);
+    string(out, &client.user);
+    out.push(b'}');
+}
+
+/// `[{"offset":N,"data":D},...]`
+pub(crate) fn publications(out: &mut Vec<u8>, publications: &[Publication]) {
+    out.push(b'[');
+    for (i, p) in publications.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"offset":"#);
+        number(out, p.offset);
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(&p.data);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// `{"clients":[{"client":ID,"user":U},...]}` (also used inside command replies).
+pub(crate) fn clients(out: &mut Vec<u8>, clients: &[ClientInfo]) {
+    out.push(b'[');
+    for (i, c) in clients.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"client":"#);
+        string(out, &c.client);
+        out.extend_from_slice(br#","user":"#);
+        string(out, &c.user);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// `{"error":MESSAGE}`: the body of HTTP errors.
+pub(crate) fn error_body(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    out.extend_from_slice(br#"{"error":"#);
+    string(&mut out, message);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn envelopes_are_valid_json() {
+        let p = Publication {
+            offset: 7,
+            data: Bytes::from_static(br#"{"a":[1,"\u00e9"]}"#),
+        };
+        let mut out = Vec::new();
+        push_publication(&mut out, "chat \"x\"", &p);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["channel"], "chat \"x\"");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["data"]["a"][1], "é");
+
+        let mut out = Vec::new();
+        publications(&mut out, &[p.clone(), Publication { offset: 8, ..p }]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v[1]["offset"], 8);
+
+        let client = ClientInfo {
+            client: "c".into(),
+            user: "u".into(),
+        };
+        let mut out = Vec::new();
+        push_presence(&mut out, "join", "room", &client);
+        assert_eq!(
+            out,
+            br#"{"op":"join","channel":"room","client":"c","user":"u"}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&error_body("bad \n")).unwrap();
+        assert_eq!(v["error"], "bad \n");
+    }
+}

@@ -1,0 +1,188 @@
+//! Counters and the fan-out histogram, rendered in the Prometheus text format (`GET /metrics`).
+//!
+//! Hot paths add to these once per batch or per publication, never per delivery, so shared
+//! cache lines are not bounced for every message sent.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the fan-out latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// The hub's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) connections: AtomicI64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) subscriptions: AtomicI64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) publishes: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) http_requests: AtomicU64,
+    pub(crate) command_errors: AtomicU64,
+    fanout: Histogram,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Metrics {
+    /// Records how long queueing one publication to every local subscriber took.
+    pub(crate) fn observe_fanout(&self, elapsed: Duration, deliveries: usize) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&le| secs <= le) {
+            self.fanout.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.fanout.count.fetch_add(1, Relaxed);
+        self.fanout
+            .sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        self.deliveries.fetch_add(deliveries as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} {kind}\nduplex_hub_{name} {value}"
+            );
+        };
+        let c = |a: &AtomicU64| a.load(Relaxed).to_string();
+        let g = |a: &AtomicI64| a.load(Relaxed).to_string();
+        metric(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            g(&self.connections),
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            c(&self.connections_total),
+        );
+        metric(
+            "connections_refused_total",
+            "counter",
+            "WebSocket upgrades refused (auth, origin, connection limit).",
+            c(&self.connections_refused),
+        );
+        metric(
+            "subscriptions",
+            "gauge",
+            "Active channel subscriptions.",
+            g(&self.subscriptions),
+        );
+        metric(
+            "messages_in_total",
+            "counter",
+            "WebSocket messages received from clients.",
+            c(&self.messages_in),
+        );
+        metric(
+            "bytes_in_total",
+            "counter",
+            "Payload bytes of WebSocket messages received from clients.",
+            c(&self.bytes_in),
+        );
+        metric(
+            "messages_out_total",
+            "counter",
+            "WebSocket messages sent to clients (pushes and replies).",
+            c(&self.messages_out),
+        );
+        metric(
+            "bytes_out_total",
+            "counter",
+            "Frame bytes of WebSocket messages sent to clients (uncompressed size).",
+            c(&self.bytes_out),
+        );
+        metric(
+            "publishes_total",
+            "counter",
+            "Publications accepted (WebSocket and HTTP).",
+            c(&self.publishes),
+        );
+        metric(
+            "deliveries_total",
+            "counter",
+            "Pushes queued to subscribers (publications and presence events).",
+            c(&self.deliveries),
+        );
+        metric(
+            "slow_consumer_disconnects_total",
+            "counter",
+            "Connections closed with 1013 because their outbound queue overflowed.",
+            c(&self.slow_consumers),
+        );
+        metric(
+            "dropped_messages_total",
+            "counter",
+            "Pushes discarded because their connection's queue overflowed.",
+            c(&self.dropped),
+        );
+        metric(
+            "http_requests_total",
+            "counter",
+            "HTTP requests served (not counting WebSocket upgrades).",
+            c(&self.http_requests),
+        );
+        metric(
+            "command_errors_total",
+            "counter",
+            "WebSocket commands answered with an error.",
+            c(&self.command_errors),
+        );
+        let name = "duplex_hub_fanout_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to queue one publication or presence event to every local subscriber.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS.iter().zip(&self.fanout.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.fanout.count.load(Relaxed);
+        let sum = self.fanout.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = Metrics::default();
+        m.observe_fanout(Duration::from_micros(3), 10);
+        m.observe_fanout(Duration::from_millis(2), 10);
+        m.observe_fanout(Duration::from_secs(10), 10);
+        let text = m.render();
+        assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"0.00001\"} 1\n"));
+        assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("duplex_hub_fanout_seconds_count 3\n"));
+        assert!(text.contains("duplex_hub_deliveries_total 30\n"));
+    }
+}

@@ -1,0 +1,208 @@
+//! [`Hub`]: binding, the accept loop, shared state, and shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use duplex::WebSocketOptions;
+use duplex_proto::extensions::deflate::DeflateConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::{Compression, HubConfig};
+use crate::memory::MemoryBroker;
+use crate::metrics::Metrics;
+use crate::node::{Fanout, FanoutOptions};
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: HubConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections, for `max_connections`.
+    pub(crate) websockets: AtomicUsize,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) ws_config: duplex::Config,
+    pub(crate) ws_options: WebSocketOptions,
+    pub(crate) deflate: Option<DeflateConfig>,
+}
+
+/// The real-time hub. [`Hub::bind`] starts one in the current tokio runtime.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// let config = duplex_hub::HubConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+/// let hub = duplex_hub::Hub::bind(config).await?;
+/// println!("demo page on http://{}/", hub.local_addr());
+/// hub.shutdown();
+/// hub.wait().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Hub;
+
+impl Hub {
+    /// Binds `config.listen` (port 0 picks a free port) and serves with a [`MemoryBroker`].
+    pub async fn bind(config: HubConfig) -> io::Result<HubHandle> {
+        let broker = Arc::new(MemoryBroker::new(config.history_size, config.history_ttl));
+        Hub::bind_with_broker(config, broker).await
+    }
+
+    /// Binds `config.listen` and serves with `broker` (which must not be started yet).
+    pub async fn bind_with_broker(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+    ) -> io::Result<HubHandle> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let deflate = match config.compression {
+            Compression::Off => None,
+            Compression::Shared => Some(DeflateConfig {
+                server_no_context_takeover: true,
+                threshold: config.compression_threshold,
+                ..DeflateConfig::default()
+            }),
+            Compression::Context => Some(DeflateConfig {
+                threshold: config.compression_threshold,
+                ..DeflateConfig::default()
+            }),
+        };
+        let fanout = Arc::new(Fanout::new(
+            FanoutOptions {
+                deflate_level: deflate.as_ref().map(|d| d.level),
+                join_leave: config.join_leave,
+            },
+            metrics.clone(),
+        ));
+        broker.start(fanout.clone());
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let ws_config = duplex::Config {
+            max_frame_size: config.max_message_size,
+            max_message_size: config.max_message_size,
+            streaming_receive: false,
+        };
+        let ws_options = WebSocketOptions {
+            ping_interval: config.ping_interval,
+            idle_timeout: config.ping_interval.map(|p| p * 3),
+            close_timeout: config.close_timeout,
+            ..WebSocketOptions::default()
+        };
+        if config.token_secret.is_none() {
+            tracing::warn!(
+                "no --token-secret: ANYONE who can reach this port may subscribe and publish to \
+                 ANY channel (fine for the demo, not for production)"
+            );
+        }
+        if config.api_key.is_none() {
+            tracing::warn!("no --api-key: the HTTP API (/api/*) is open to anyone");
+        }
+        tracing::info!(
+            "duplex hub listening: demo page http://{addr}/ , WebSocket ws://{addr}/ws , \
+             HTTP API http://{addr}/api/ , metrics http://{addr}/metrics"
+        );
+        let shared = Arc::new(Shared {
+            config,
+            broker,
+            fanout,
+            metrics: metrics.clone(),
+            shutdown,
+            websockets: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            ws_config,
+            ws_options,
+            deflate,
+        });
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let accept = tokio::spawn(accept_loop(listener, shared, done_tx));
+        Ok(HubHandle {
+            addr,
+            shutdown: shutdown_tx,
+            accept,
+            done: done_rx,
+            metrics,
+        })
+    }
+}
+
+/// A running hub: its address, its metrics, and the way to stop it.
+#[derive(Debug)]
+pub struct HubHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    /// Closed once the accept loop and every connection task have ended.
+    done: mpsc::Receiver<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl HubHandle {
+    /// The address the hub listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every WebSocket with 1001 (going
+    /// away), end idle HTTP connections. [`wait`](HubHandle::wait) for it to finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until the accept loop and every connection have ended (after
+    /// [`shutdown`](HubHandle::shutdown); each close handshake is bounded by the close timeout).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.accept).await;
+        // Every connection task holds a sender; recv returns None when the last one is gone.
+        let _ = self.done.recv().await;
+    }
+
+    /// [`shutdown`](HubHandle::shutdown), then [`wait`](HubHandle::wait) at most `timeout`.
+    /// Returns false if connections were still open when it expired.
+    pub async fn shutdown_within(self, timeout: Duration) -> bool {
+        self.shutdown();
+        tokio::time::timeout(timeout, self.wait()).await.is_ok()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                // Writes are batched by the connection tasks themselves.
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    crate::http::serve(tcp, peer, shared).await;
+                    drop(done);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!("stopped accepting connections");
+}

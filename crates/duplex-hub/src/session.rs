@@ -1,0 +1,533 @@
+//! One WebSocket connection: its commands, its subscriptions, and the task that drains its
+//! outbox into the socket.
+//!
+//! The task waits on four things at once: the shutdown signal, the outbox overflowing, the
+//! outbox having something, and the next client message. A drained outbox is fed to the
+//! socket frame by frame without flushing, then flushed once: many queued pushes become one
+//! vectored write. Command replies are written directly, so a subscribe reply (with its
+//! recovered publications) always precedes the live publications queued after it.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use duplex::{CloseCode, Message, WebSocket};
+use futures_sink::Sink;
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::auth::Grants;
+use crate::broker::{ClientInfo, HistoryQuery};
+use crate::http::channel_field;
+use crate::json;
+use crate::limit::TokenBucket;
+use crate::memory::random_epoch;
+use crate::node::{Delivery, Outbox, Subscriber};
+use crate::server::Shared;
+
+type Ws = WebSocket<TcpStream>;
+
+/// Live publications of a channel at or below `upto` are dropped: the subscribe reply carried
+/// them (or the client subscribed after them).
+#[derive(Debug, Clone, Copy)]
+struct Filter {
+    channel: u64,
+    upto: u64,
+}
+
+struct Session {
+    conn: u64,
+    info: ClientInfo,
+    grants: Grants,
+    outbox: Arc<Outbox>,
+    shared_deflate: bool,
+    /// Subscribed channels. Inserted before the node registration is awaited, so that a
+    /// cancelled subscribe is still cleaned up.
+    subscriptions: HashMap<String, ()>,
+    filters: Vec<Filter>,
+    bucket: TokenBucket,
+    shared: Arc<Shared>,
+    batch: VecDeque<Arc<Delivery>>,
+}
+
+/// How the connection ends.
+enum End {
+    /// Close with this code and reason.
+    Close(CloseCode, &'static str),
+    /// The peer closed or the connection failed: nothing more to send.
+    Gone,
+}
+
+const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and recover with since";
+
+pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_deflate: bool) {
+    let metrics = shared.metrics.clone();
+    metrics.connections.fetch_add(1, Relaxed);
+    metrics.connections_total.fetch_add(1, Relaxed);
+    let outbox = Arc::new(Outbox::new(shared.config.queue_bytes));
+    let mut shutdown = shared.shutdown.clone();
+    let mut session = Session {
+        conn: shared.next_conn.fetch_add(1, Relaxed),
+        info: ClientInfo {
+            client: random_epoch().into(),
+            user: grants.user.as_str().into(),
+        },
+        grants,
+        outbox: outbox.clone(),
+        shared_deflate,
+        subscriptions: HashMap::new(),
+        filters: Vec::new(),
+        bucket: TokenBucket::new(
+            shared.config.publish_rate,
+            shared.config.publish_burst,
+            Instant::now(),
+        ),
+        shared,
+        batch: VecDeque::new(),
+    };
+    let end = if *shutdown.borrow_and_update() {
+        End::Close(CloseCode::GOING_AWAY, "server shutting down")
+    } else {
+        session.drive(&mut ws, &outbox, &mut shutdown).await
+    };
+    session.cleanup().await;
+    if let End::Close(code, reason) = end {
+        tracing::debug!(client = %session.info.client, code = code.as_u16(), reason, "closing");
+        // Bounded by the close timeout.
+        let _ = ws.close(code, reason).await;
+    }
+    metrics.connections.fetch_sub(1, Relaxed);
+}
+
+impl Session {
+    async fn drive(
+        &mut self,
+        ws: &mut Ws,
+        outbox: &Outbox,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    return End::Close(CloseCode::GOING_AWAY, "server shutting down");
+                }
+                () = outbox.overflowed() => return End::Close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER),
+                () = outbox.ready() => None,
+                message = ws.recv() => match message {
+                    Some(Ok(message)) => Some(message),
+                    Some(Err(e)) => {
+                        tracing::debug!(client = %self.info.client, "connection ended: {e}");
+                        return End::Gone;
+                    }
+                    None => return End::Gone,
+                },
+            };
+            // Writing may wait for a slow socket: race it against shutdown and overflow so a
+            // stuck client cannot hold its task (or the shutdown) hostage.
+            let step = async {
+                match message {
+                    None => self.write_outbox(ws).await,
+                    Some(message) => self.handle(ws, message).await,
+                }
+            };
+            let result = tokio::select! {
+                result = step => result,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    return End::Close(CloseCode::GOING_AWAY, "server shutting down");
+                }
+                () = outbox.overflowed() => return End::Close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER),
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %self.info.client, "write failed: {e}");
+                return End::Gone;
+            }
+        }
+    }
+
+    /// Sends everything queued, one flush for the lot.
+    async fn write_outbox(&mut self, ws: &mut Ws) -> Result<(), duplex::Error> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let taken = self.outbox.take(&mut batch);
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        for delivery in batch.drain(..) {
+            if !self.filters.is_empty() && self.filtered(&delivery) {
+                continue;
+            }
+            if self.shared_deflate {
+                // The shared compressed frame; duplex has no unflushed variant of this.
+                ws.send_prepared(&delivery.prepared).await?;
+            } else {
+                // The same payload Bytes as every other subscriber; only the 2..10-byte frame
+                // head is written per connection.
+                feed(ws, delivery.prepared.message().clone()).await?;
+            }
+            messages += 1;
+            bytes += delivery.prepared.wire_len() as u64;
+        }
+        self.batch = batch;
+        self.outbox.release(taken);
+        ws.flush().await?;
+        let metrics = &self.shared.metrics;
+        metrics.messages_out.fetch_add(messages, Relaxed);
+        metrics.bytes_out.fetch_add(bytes, Relaxed);
+        Ok(())
+    }
+
+    fn filtered(&mut self, delivery: &Delivery) -> bool {
+        if delivery.offset == 0 {
+            return false;
+        }
+        let Some(i) = self
+            .filters
+            .iter()
+            .position(|f| f.channel == delivery.channel)
+        else {
+            return false;
+        };
+        if delivery.offset <= self.filters[i].upto {
+            return true;
+        }
+        // Past the recovered range: later publications only go up.
+        self.filters.swap_remove(i);
+        false
+    }
+
+    async fn handle(&mut self, ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
+        let metrics = self.shared.metrics.clone();
+        metrics.messages_in.fetch_add(1, Relaxed);
+        metrics.bytes_in.fetch_add(message.len() as u64, Relaxed);
+        let reply = match &message {
+            Message::Text(text) => self.command(text.as_bytes()).await,
+            Message::Binary(_) => Err(error(
+                None,
+                "bad_request",
+                "binary messages are not supported: send JSON text",
+            )),
+        };
+        let reply = reply.unwrap_or_else(|e| {
+            metrics.command_errors.fetch_add(1, Relaxed);
+            e
+        });
+        metrics.messages_out.fetch_add(1, Relaxed);
+        metrics.bytes_out.fetch_add(reply.len() as u64, Relaxed);
+        match String::from_utf8(reply) {
+            Ok(text) => ws.send(Message::text(text)).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Runs one command; `Ok` and `Err` are both the reply to send.
+    async fn command(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| error(None, "bad_request", &format!("not JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(error(None, "bad_request", "a command is a JSON object"));
+        };
+        let id = object.get("id");
+        let op = match object.get("op") {
+            Some(Value::String(op)) => op.as_str(),
+            Some(_) => return Err(error(id, "bad_request", "\"op\" must be a string")),
+            None => return Err(error(id, "bad_request", "missing \"op\"")),
+        };
+        match op {
+            "subscribe" => self.subscribe(id, &object).await,
+            "unsubscribe" => self.unsubscribe(id, &object).await,
+            "publish" => self.publish(id, &object).await,
+            "presence" => self.presence(id, &object).await,
+            "ping" => {
+                let mut out = ok(id);
+                out.push(b'}');
+                Ok(out)
+            }
+            other => Err(error(
+                id,
+                "unknown_op",
+                &format!(
+                    "unknown op {other:?}: expected subscribe, unsubscribe, publish, presence or ping"
+                ),
+            )),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<&Value>,
+        object: &Map<String, Value>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+        let since = match object.get("since") {
+            None | Some(Value::Null) => None,
+            Some(since) => Some(parse_since(since).ok_or_else(|| {
+                error(
+                    id,
+                    "bad_request",
+                    "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
+                )
+            })?),
+        };
+        if !self.grants.may_subscribe(channel) {
+            return Err(error(
+                id,
+                "forbidden",
+                &format!("not allowed to subscribe to {channel:?}"),
+            ));
+        }
+        if self.subscriptions.contains_key(channel) {
+            return Err(error(
+                id,
+                "already_subscribed",
+                &format!("already subscribed to {channel:?}"),
+            ));
+        }
+        let max = self.shared.config.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(error(
+                id,
+                "limit_exceeded",
+                &format!("at most {max} subscriptions per connection"),
+            ));
+        }
+
+        self.subscriptions.insert(channel.to_owned(), ());
+        let shared = self.shared.clone();
+        let subscriber = Subscriber {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+            shared_deflate: self.shared_deflate,
+        };
+        // 1. Register: from here on every publication the broker delivers is queued for us.
+        let local = match shared
+            .fanout
+            .subscribe(channel, subscriber, &*shared.broker)
+            .await
+        {
+            Ok(local) => local,
+            Err(e) => {
+                self.subscriptions.remove(channel);
+                return Err(error(id, "internal", &e.to_string()));
+            }
+        };
+        // 2. Read history: everything up to its top offset comes from here, the rest live.
+        let query = HistoryQuery {
+            since: since.as_ref().map(|(_, offset)| *offset),
+            limit: if since.is_some() { usize::MAX } else { 0 },
+        };
+        let history = match shared.broker.history(channel, query).await {
+            Ok(history) => history,
+            Err(e) => {
+                self.leave(channel).await;
+                return Err(error(id, "internal", &e.to_string()));
+            }
+        };
+        let top = history.position.offset;
+        // 3. Live copies of what the reply covers are dropped when the outbox is drained.
+        self.filters.retain(|f| f.channel != local.id);
+        self.filters.push(Filter {
+            channel: local.id,
+            upto: top,
+        });
+        if let Err(e) = shared.broker.join(channel, &self.info).await {
+            tracing::warn!("presence join on {channel}: {e}");
+        }
+
+        let mut out = ok(id);
+        out.extend_from_slice(br#","epoch":"#);
+        json::string(&mut out, &history.position.epoch);
+        out.extend_from_slice(br#","offset":"#);
+        json::number(&mut out, top);
+        if let Some((epoch, since)) = since {
+            let refusal = if epoch != *history.position.epoch {
+                Some("epoch changed: the stream was reset (hub restarted?)".to_owned())
+            } else if since > top {
+                Some(format!("offset {since} is ahead of the stream (at {top})"))
+            } else if history.earliest > since + 1 {
+                Some(format!(
+                    "history no longer reaches back to offset {} (oldest kept: {})",
+                    since + 1,
+                    history.earliest
+                ))
+            } else {
+                None
+            };
+            out.extend_from_slice(br#","recovered":"#);
+            match refusal {
+                None => {
+                    out.extend_from_slice(b"true");
+                    out.extend_from_slice(br#","publications":"#);
+                    json::publications(&mut out, &history.publications);
+                }
+                Some(reason) => {
+                    out.extend_from_slice(br#"false,"reason":"#);
+                    json::string(&mut out, &reason);
+                    out.extend_from_slice(br#","publications":[]"#);
+                }
+            }
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Leaves `channel`: the node registration, the broker subscription if it was the node's
+    /// last subscriber, presence.
+    async fn leave(&mut self, channel: &str) {
+        self.subscriptions.remove(channel);
+        let shared = self.shared.clone();
+        if shared.fanout.unsubscribe(channel, self.conn) {
+            if let Err(e) = shared.broker.unsubscribe(channel).await {
+                tracing::warn!("broker unsubscribe from {channel}: {e}");
+            }
+        }
+        if let Err(e) = shared.broker.leave(channel, &self.info).await {
+            tracing::warn!("presence leave on {channel}: {e}");
+        }
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        id: Option<&Value>,
+        object: &Map<String, Value>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+        if !self.subscriptions.contains_key(channel) {
+            return Err(error(
+                id,
+                "not_subscribed",
+                &format!("not subscribed to {channel:?}"),
+            ));
+        }
+        self.leave(channel).await;
+        let mut out = ok(id);
+        out.push(b'}');
+        Ok(out)
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<&Value>,
+        object: &Map<String, Value>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+        if !self.grants.may_publish(channel) {
+            return Err(error(
+                id,
+                "forbidden",
+                &format!("not allowed to publish to {channel:?}"),
+            ));
+        }
+        if !object.contains_key("data") {
+            return Err(error(id, "bad_request", "missing \"data\""));
+        }
+        if let Err(wait) = self.bucket.take(Instant::now()) {
+            let config = &self.shared.config;
+            return Err(error(
+                id,
+                "rate_limited",
+                &format!(
+                    "publish rate limit: {} per second, bursts of {}; retry in {} ms",
+                    config.publish_rate,
+                    config.publish_burst,
+                    wait.as_millis().max(1)
+                ),
+            ));
+        }
+        let data = serde_json::to_vec(&object["data"])
+            .map(bytes::Bytes::from)
+            .map_err(|e| error(id, "bad_request", &e.to_string()))?;
+        let position = self
+            .shared
+            .broker
+            .publish(channel, data)
+            .await
+            .map_err(|e| error(id, "internal", &e.to_string()))?;
+        self.shared.metrics.publishes.fetch_add(1, Relaxed);
+        let mut out = ok(id);
+        out.extend_from_slice(br#","offset":"#);
+        json::number(&mut out, position.offset);
+        out.extend_from_slice(br#","epoch":"#);
+        json::string(&mut out, &position.epoch);
+        out.push(b'}');
+        Ok(out)
+    }
+
+    async fn presence(
+        &mut self,
+        id: Option<&Value>,
+        object: &Map<String, Value>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+        if !self.grants.may_subscribe(channel) {
+            return Err(error(
+                id,
+                "forbidden",
+                &format!("not allowed to see presence of {channel:?}"),
+            ));
+        }
+        let clients = self
+            .shared
+            .broker
+            .presence(channel)
+            .await
+            .map_err(|e| error(id, "internal", &e.to_string()))?;
+        let mut out = ok(id);
+        out.extend_from_slice(br#","clients":"#);
+        json::clients(&mut out, &clients);
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Leaves every channel (the connection is ending).
+    async fn cleanup(&mut self) {
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.leave(&channel).await;
+        }
+    }
+}
+
+/// Queues a message on the socket without flushing.
+async fn feed(ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
+    poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await?;
+    Pin::new(&mut *ws).start_send(message)
+}
+
+fn parse_since(value: &Value) -> Option<(String, u64)> {
+    let object = value.as_object()?;
+    let epoch = object.get("epoch")?.as_str()?.to_owned();
+    let offset = object.get("offset")?.as_u64()?;
+    Some((epoch, offset))
+}
+
+/// `{"id":ID,"ok":true` (the caller adds fields and the closing brace).
+fn ok(id: Option<&Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"id":"#);
+    write_id(&mut out, id);
+    out.extend_from_slice(br#","ok":true"#);
+    out
+}
+
+/// `{"id":ID,"ok":false,"error":{"code":CODE,"message":MESSAGE}}`
+fn error(id: Option<&Value>, code: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + message.len());
+    out.extend_from_slice(br#"{"id":"#);
+    write_id(&mut out, id);
+    out.extend_from_slice(br#","ok":false,"error":{"code":"#);
+    json::string(&mut out, code);
+    out.extend_from_slice(br#","message":"#);
+    json::string(&mut out, message);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn write_id(out: &mut Vec<u8>, id: Option<&Value>) {
+    match id {
+        Some(id) => {
+            let _ = serde_json::to_writer(&mut *out, id);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
