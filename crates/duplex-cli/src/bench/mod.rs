@@ -1,4 +1,21 @@
-//! `duplex bench`: load generators. Being built.
+//! `duplex bench`: load generators for measuring a WebSocket server (any server, not only
+//! duplex's). `bench/compare.sh` at the top of the repository drives them against duplex and
+//! its peers; docs/performance.md describes the method.
+//!
+//! ```text
+//! duplex bench echo ws://127.0.0.1:9001 --connections 100 --size 20 --duration 10
+//! duplex bench idle ws://127.0.0.1:9001 --connections 10000 --hold 30
+//! duplex bench handshake ws://127.0.0.1:9001 --count 1000
+//! ```
+//!
+//! Every generator runs on one thread (a current-thread runtime of its own), since it is meant
+//! to be pinned to one core next to the server it measures, and prints a last line
+//! `RESULT key=value ...` for scripts.
+
+mod common;
+mod echo;
+mod handshake;
+mod idle;
 
 use std::process::ExitCode;
 
@@ -8,13 +25,38 @@ use crate::CliError;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// What to measure.
-    #[arg(value_parser = ["echo", "idle", "fanout"])]
-    pub kind: String,
+    #[command(subcommand)]
+    pub kind: BenchKind,
+}
+
+/// The load generators.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchKind {
+    /// Echo round trips: N connections, each with exactly one message in flight.
+    Echo(echo::EchoArgs),
+    /// Idle connections: open N upgraded connections and hold them.
+    Idle(idle::IdleArgs),
+    /// Handshakes: connect, upgrade, close, one after the other.
+    Handshake(handshake::HandshakeArgs),
+    /// Hub fan-out (not built yet: comes with the hub).
+    Fanout(FanoutArgs),
+}
+
+/// Placeholder for `duplex bench fanout`.
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    /// Ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
-    Err(CliError(format!(
-        "duplex bench {} is not built yet",
-        args.kind
-    )))
+    match args.kind {
+        BenchKind::Echo(args) => common::on_own_thread(move || echo::run(args)).await,
+        BenchKind::Idle(args) => common::on_own_thread(move || idle::run(args)).await,
+        BenchKind::Handshake(args) => common::on_own_thread(move || handshake::run(args)).await,
+        BenchKind::Fanout(_) => Err(CliError(
+            "bench fanout: not built yet: comes with the hub".into(),
+        )),
+    }
 }

@@ -1,0 +1,125 @@
+//! `duplex bench idle`: opens N upgraded connections (a bounded number of handshakes in flight)
+//! and holds them, answering nothing but what the protocol needs, until `--hold` elapses or
+//! Ctrl-C. What a server spends per idle connection is then its memory growth divided by N.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::StreamExt;
+
+use super::common::{self, Failures, SyncDir};
+use crate::CliError;
+
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    /// ws:// URL of a WebSocket server.
+    url: String,
+    /// Connections to open. Each needs a file descriptor here and one in the server: raise
+    /// `ulimit -n` on both sides past it.
+    #[arg(long, short = 'c', default_value_t = 10_000)]
+    connections: u64,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Seconds to hold the connections once open (Ctrl-C ends the hold early).
+    #[arg(long, default_value_t = 60.0)]
+    hold: f64,
+    /// Lock-step with a harness: once every connection is open (or failed), create
+    /// DIR/open.ready, then hold until DIR/open.go exists (or --hold elapses).
+    #[arg(long, value_name = "DIR")]
+    sync_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
+    println!(
+        "duplex bench idle: {} | {} connections, {} handshakes in flight, hold {} s",
+        args.url, args.connections, args.concurrency, args.hold
+    );
+    let sync = SyncDir::new(args.sync_dir.clone());
+    let bar = common::progress_bar(args.connections, "opening {bar:40} {pos}/{len} {msg}");
+    let options = common::client_options(Duration::from_secs(30));
+    let url = args.url.clone();
+    // Connections the server closed (or that failed) while held.
+    let dropped = Rc::new(Cell::new(0u64));
+    let mut held = Vec::with_capacity(args.connections as usize);
+    let mut failures = Failures::default();
+    let started = Instant::now();
+    let mut opening = futures_util::stream::iter(0..args.connections)
+        .map(|_| duplex::connect_with(&url, options.clone()))
+        .buffer_unordered(args.concurrency.max(1));
+    while let Some(result) = opening.next().await {
+        match result {
+            Ok((mut ws, _response)) => {
+                let dropped = dropped.clone();
+                // Keep reading, so pings are answered and a close from the server is noticed.
+                held.push(tokio::task::spawn_local(async move {
+                    loop {
+                        match ws.recv_event().await {
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                    dropped.set(dropped.get() + 1);
+                }));
+            }
+            Err(e) => failures.add(common::describe(&e)),
+        }
+        bar.inc(1);
+        bar.set_message(format!("{} failed", failures.total()));
+    }
+    drop(opening);
+    let open_secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let opened = held.len() as u64;
+    println!(
+        "  opened {opened}, failed {} in {open_secs:.2} s ({:.0} connections/s)",
+        failures.total(),
+        args.connections as f64 / open_secs
+    );
+    failures.print("    ");
+
+    let bar = common::progress_bar(
+        (args.hold * 10.0) as u64,
+        "holding {bar:40} {elapsed} {msg}",
+    );
+    let hold = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let end = Instant::now() + Duration::from_secs_f64(args.hold);
+        while Instant::now() < end {
+            tick.tick().await;
+            bar.inc(1);
+            bar.set_message(format!("{} open", opened - dropped.get()));
+        }
+    };
+    let mut interrupted = false;
+    tokio::select! {
+        _ = hold => {}
+        result = sync.point("open", &bar) => result?,
+        _ = tokio::signal::ctrl_c() => interrupted = true,
+    }
+    bar.finish_and_clear();
+    let dropped_n = dropped.get();
+    println!(
+        "  held {} s{}: {dropped_n} of {opened} were closed meanwhile",
+        args.hold,
+        if interrupted { " (interrupted)" } else { "" },
+    );
+    // Let go without close handshakes: dropping closes the sockets.
+    for task in &held {
+        task.abort();
+    }
+    println!(
+        "RESULT opened={opened} failed={} dropped={dropped_n} open_secs={open_secs:.3} \
+         conns_per_sec={:.1}",
+        failures.total(),
+        args.connections as f64 / open_secs
+    );
+    if failures.total() > 0 || dropped_n > 0 {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
