@@ -115,10 +115,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shar
             Ok(Ok(Some(parsed))) => parsed,
             // EOF or idle between requests, or a read error: nothing to answer.
             Ok(Ok(None)) | Ok(Err(HeadError::Io)) | Err(_) => return,
-            Ok(Err(HeadError::Invalid(e))) => {
-                let _ = tcp.write_all(&e.response()).await;
-                return;
-            }
+            Ok(Err(HeadError::Invalid(e))) => return refuse(tcp, &e.response()).await,
         };
         buf.advance(consumed);
         if request.uri().path() == "/ws" {
@@ -132,9 +129,9 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shar
         let body = match read_body(&mut tcp, &mut buf, &request, &shared).await {
             Ok(body) => body,
             Err(BodyError::Io) => return,
+            // The rest of the request cannot be framed: answer, then close gracefully.
             Err(BodyError::Reply(response)) => {
-                let _ = tcp.write_all(&response.encode(false, head_only)).await;
-                return;
+                return refuse(tcp, &response.encode(false, head_only)).await;
             }
         };
         let response = route(&shared, &request, body).await;

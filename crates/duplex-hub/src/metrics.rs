@@ -40,6 +40,36 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Relaxed)
+    }
+
+    /// Active subscriptions.
+    pub fn subscriptions(&self) -> i64 {
+        self.subscriptions.load(Relaxed)
+    }
+
+    /// Publications accepted.
+    pub fn publishes(&self) -> u64 {
+        self.publishes.load(Relaxed)
+    }
+
+    /// Pushes queued to subscribers.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Relaxed)
+    }
+
+    /// Connections closed as slow consumers.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.slow_consumers.load(Relaxed)
+    }
+
+    /// Pushes dropped because their queue overflowed.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
     /// Records how long queueing one publication to every local subscriber took.
     pub(crate) fn observe_fanout(&self, elapsed: Duration, deliveries: usize) {
         let secs = elapsed.as_secs_f64();

@@ -64,8 +64,10 @@ pub(crate) struct Outbox {
 #[derive(Debug, Default)]
 struct OutboxState {
     queue: VecDeque<Arc<Delivery>>,
-    /// Bytes queued, plus bytes taken by the task and not yet handed to the socket.
-    bytes: usize,
+    /// Bytes in `queue`.
+    queued: usize,
+    /// Bytes taken by the connection task and not yet handed to the socket.
+    taken: usize,
     overflowed: bool,
 }
 
@@ -88,7 +90,7 @@ impl Outbox {
             metrics.dropped.fetch_add(1, Relaxed);
             return;
         }
-        if state.bytes + cost > self.limit {
+        if state.queued + state.taken + cost > self.limit {
             state.overflowed = true;
             let dropped = state.queue.len() + 1;
             // Free the memory now; the connection is closing.
@@ -101,7 +103,7 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery.clone());
-        state.bytes += cost;
+        state.queued += cost;
         drop(state);
         if was_empty {
             self.ready.notify_one();
@@ -114,13 +116,15 @@ impl Outbox {
         debug_assert!(batch.is_empty());
         let mut state = lock(&self.state);
         std::mem::swap(&mut state.queue, batch);
-        batch.iter().map(|d| d.cost()).sum()
+        let taken = std::mem::take(&mut state.queued);
+        state.taken += taken;
+        taken
     }
 
     /// The taken bytes were handed to the socket.
     pub(crate) fn release(&self, bytes: usize) {
         let mut state = lock(&self.state);
-        state.bytes = state.bytes.saturating_sub(bytes);
+        state.taken = state.taken.saturating_sub(bytes);
     }
 
     /// Resolves when something was queued since the last call returned.
