@@ -402,8 +402,8 @@ mod tests {
     #[test]
     fn env_is_between_flags_and_file() {
         let exe = std::env::current_exe().unwrap();
-        let status = std::process::Command::new(exe)
-            .args(["--exact", "config::tests::env_child", "--nocapture"])
+        let output = std::process::Command::new(exe)
+            .args(["--exact", "config::tests::env_child"])
             .env("DUPLEX_HUB_ENV_CHILD", "1")
             .env("DUPLEX_HISTORY_SIZE", "11")
             .env("DUPLEX_MAX_SUBSCRIPTIONS", "12")
@@ -411,9 +411,13 @@ mod tests {
                 "DUPLEX_ALLOWED_ORIGIN",
                 "https://x.example,https://y.example",
             )
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success());
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
     }
 
     #[test]

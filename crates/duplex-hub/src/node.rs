@@ -18,10 +18,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use duplex::{Message, PreparedMessage, Utf8Bytes};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication};
 use crate::json;
@@ -50,15 +51,25 @@ impl Delivery {
     }
 }
 
+/// Why a connection's outbox was closed: the connection task closes the WebSocket with the
+/// matching code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// The queue overflowed (1013).
+    SlowConsumer,
+    /// The hub is shutting down (1001).
+    Shutdown,
+}
+
 /// A connection's outbound queue, bounded in bytes.
+///
+/// Publishers push without waiting; the connection task is woken through one registered
+/// waker (no per-wake-up registration in a waiter list), when the queue goes from empty to not
+/// empty and when the outbox is closed.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     limit: usize,
-    /// Wakes the connection task when the queue goes from empty to not empty.
-    ready: Notify,
-    /// Wakes the connection task when the queue overflowed.
-    overflow: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +79,25 @@ struct OutboxState {
     queued: usize,
     /// Bytes taken by the connection task and not yet handed to the socket.
     taken: usize,
-    overflowed: bool,
+    closed: Option<Closing>,
+    waker: Option<Waker>,
+}
+
+impl OutboxState {
+    fn register(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
+}
+
+/// What the connection task should do next about its outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboxEvent {
+    /// Something is queued: take it.
+    Ready,
+    /// Close the connection.
+    Closed(Closing),
 }
 
 impl Outbox {
@@ -76,38 +105,78 @@ impl Outbox {
         Outbox {
             state: Mutex::new(OutboxState::default()),
             limit,
-            ready: Notify::new(),
-            overflow: Notify::new(),
         }
     }
 
-    /// Queues `delivery`; never waits. Returns how many pushes were dropped (0 normally).
+    /// Queues `delivery`; never waits. Over the bound, the outbox closes as a slow consumer and
+    /// drops what it held.
     fn push(&self, delivery: &Arc<Delivery>, metrics: &Metrics) {
         let cost = delivery.cost();
         let mut state = lock(&self.state);
-        if state.overflowed {
+        if state.closed.is_some() {
             drop(state);
             metrics.dropped.fetch_add(1, Relaxed);
             return;
         }
         if state.queued + state.taken + cost > self.limit {
-            state.overflowed = true;
+            state.closed = Some(Closing::SlowConsumer);
             let dropped = state.queue.len() + 1;
             // Free the memory now; the connection is closing.
             state.queue = VecDeque::new();
+            state.queued = 0;
+            let waker = state.waker.take();
             drop(state);
             metrics.dropped.fetch_add(dropped as u64, Relaxed);
             metrics.slow_consumers.fetch_add(1, Relaxed);
-            self.overflow.notify_one();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             return;
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery.clone());
         state.queued += cost;
-        drop(state);
         if was_empty {
-            self.ready.notify_one();
+            let waker = state.waker.take();
+            drop(state);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
+    }
+
+    /// Closes the outbox (first reason wins) and wakes the connection task.
+    pub(crate) fn close(&self, why: Closing) {
+        let mut state = lock(&self.state);
+        state.closed.get_or_insert(why);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ready when something is queued or the outbox was closed; otherwise registers the task.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        let mut state = lock(&self.state);
+        if let Some(why) = state.closed {
+            return Poll::Ready(OutboxEvent::Closed(why));
+        }
+        if !state.queue.is_empty() {
+            return Poll::Ready(OutboxEvent::Ready);
+        }
+        state.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Ready once the outbox was closed; otherwise registers the task.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Closing> {
+        let mut state = lock(&self.state);
+        if let Some(why) = state.closed {
+            return Poll::Ready(why);
+        }
+        state.register(cx.waker());
+        Poll::Pending
     }
 
     /// Moves everything queued into `batch` (empty, keeping its capacity) and returns its cost,
@@ -125,16 +194,6 @@ impl Outbox {
     pub(crate) fn release(&self, bytes: usize) {
         let mut state = lock(&self.state);
         state.taken = state.taken.saturating_sub(bytes);
-    }
-
-    /// Resolves when something was queued since the last call returned.
-    pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
-    }
-
-    /// Resolves once the queue overflowed.
-    pub(crate) async fn overflowed(&self) {
-        self.overflow.notified().await;
     }
 }
 
@@ -410,6 +469,16 @@ mod tests {
         outbox.push(&delivery, &metrics);
         assert_eq!(metrics.slow_consumers.load(Relaxed), 1);
         assert_eq!(metrics.dropped.load(Relaxed), 3);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            outbox.poll_event(&mut cx),
+            Poll::Ready(OutboxEvent::Closed(Closing::SlowConsumer))
+        );
+        outbox.close(Closing::Shutdown);
+        assert_eq!(
+            outbox.poll_closed(&mut cx),
+            Poll::Ready(Closing::SlowConsumer)
+        );
         outbox.push(&delivery, &metrics);
         assert_eq!(metrics.slow_consumers.load(Relaxed), 1);
         assert_eq!(metrics.dropped.load(Relaxed), 4);

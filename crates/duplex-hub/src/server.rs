@@ -1,9 +1,10 @@
 //! [`Hub`]: binding, the accept loop, shared state, and shutdown.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use duplex::WebSocketOptions;
@@ -16,7 +17,7 @@ use crate::broker::Broker;
 use crate::config::{Compression, HubConfig};
 use crate::memory::MemoryBroker;
 use crate::metrics::Metrics;
-use crate::node::{Fanout, FanoutOptions};
+use crate::node::{Closing, Fanout, FanoutOptions, Outbox};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The outboxes of open WebSocket sessions, closed on shutdown.
+    pub(crate) sessions: Mutex<HashMap<u64, Arc<Outbox>>>,
     /// Open WebSocket connections, for `max_connections`.
     pub(crate) websockets: AtomicUsize,
     pub(crate) next_conn: AtomicU64,
@@ -117,6 +120,7 @@ impl Hub {
             fanout,
             metrics: metrics.clone(),
             shutdown,
+            sessions: Mutex::new(HashMap::new()),
             websockets: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             ws_config,
@@ -124,6 +128,7 @@ impl Hub {
             deflate,
         });
         let (done_tx, done_rx) = mpsc::channel(1);
+        tokio::spawn(close_sessions_on_shutdown(shared.clone()));
         let accept = tokio::spawn(accept_loop(listener, shared, done_tx));
         Ok(HubHandle {
             addr,
@@ -179,6 +184,13 @@ impl HubHandle {
     }
 }
 
+impl Drop for HubHandle {
+    /// Dropping the handle shuts the hub down (without waiting).
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -205,4 +217,42 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sen
         }
     }
     tracing::info!("stopped accepting connections");
+}
+
+impl Shared {
+    /// Registers a session's outbox so shutdown reaches it. Returns false if the hub is
+    /// already shutting down (the session should close at once).
+    pub(crate) fn register_session(&self, conn: u64, outbox: &Arc<Outbox>) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(conn, outbox.clone());
+        // Registered first, checked second: either this sees the flag or the shutdown task
+        // sees the registration.
+        !*self.shutdown.borrow()
+    }
+
+    pub(crate) fn unregister_session(&self, conn: u64) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn);
+    }
+}
+
+/// On shutdown (or when the handle is dropped), closes every session's outbox: each session
+/// then closes its WebSocket with 1001.
+async fn close_sessions_on_shutdown(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    let outboxes: Vec<Arc<Outbox>> = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    for outbox in outboxes {
+        outbox.close(Closing::Shutdown);
+    }
 }

@@ -1,24 +1,24 @@
 //! One WebSocket connection: its commands, its subscriptions, and the task that drains its
 //! outbox into the socket.
 //!
-//! The task waits on four things at once: the shutdown signal, the outbox overflowing, the
-//! outbox having something, and the next client message. A drained outbox is fed to the
+//! The task waits on two things at once: its outbox (something queued, or closed because it
+//! overflowed or the hub is shutting down) and the next client message. A drained outbox is fed to the
 //! socket frame by frame without flushing, then flushed once: many queued pushes become one
 //! vectored write. Command replies are written directly, so a subscribe reply (with its
 //! recovered publications) always precedes the live publications queued after it.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Instant;
 
 use duplex::{CloseCode, Message, WebSocket};
 use futures_sink::Sink;
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::auth::Grants;
 use crate::broker::{ClientInfo, HistoryQuery};
@@ -26,7 +26,7 @@ use crate::http::channel_field;
 use crate::json;
 use crate::limit::TokenBucket;
 use crate::memory::random_epoch;
-use crate::node::{Delivery, Outbox, Subscriber};
+use crate::node::{Closing, Delivery, Outbox, OutboxEvent, Subscriber};
 use crate::server::Shared;
 
 type Ws = WebSocket<TcpStream>;
@@ -69,9 +69,12 @@ pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     let outbox = Arc::new(Outbox::new(shared.config.queue_bytes));
-    let mut shutdown = shared.shutdown.clone();
+    let conn = shared.next_conn.fetch_add(1, Relaxed);
+    if !shared.register_session(conn, &outbox) {
+        outbox.close(Closing::Shutdown);
+    }
     let mut session = Session {
-        conn: shared.next_conn.fetch_add(1, Relaxed),
+        conn,
         info: ClientInfo {
             client: random_epoch().into(),
             user: grants.user.as_str().into(),
@@ -86,64 +89,83 @@ pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_
             shared.config.publish_burst,
             Instant::now(),
         ),
-        shared,
+        shared: shared.clone(),
         batch: VecDeque::new(),
     };
-    let end = if *shutdown.borrow_and_update() {
-        End::Close(CloseCode::GOING_AWAY, "server shutting down")
-    } else {
-        session.drive(&mut ws, &outbox, &mut shutdown).await
-    };
+    let end = session.drive(&mut ws, &outbox).await;
     session.cleanup().await;
     if let End::Close(code, reason) = end {
         tracing::debug!(client = %session.info.client, code = code.as_u16(), reason, "closing");
         // Bounded by the close timeout.
         let _ = ws.close(code, reason).await;
     }
+    shared.unregister_session(conn);
     metrics.connections.fetch_sub(1, Relaxed);
 }
 
+/// What woke the connection task: any of these may be set at once.
+struct Wake {
+    closing: Option<Closing>,
+    drain: bool,
+    message: Option<Option<Result<Message, duplex::Error>>>,
+}
+
+impl From<Closing> for End {
+    fn from(why: Closing) -> End {
+        match why {
+            Closing::SlowConsumer => End::Close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER),
+            Closing::Shutdown => End::Close(CloseCode::GOING_AWAY, "server shutting down"),
+        }
+    }
+}
+
 impl Session {
-    async fn drive(
-        &mut self,
-        ws: &mut Ws,
-        outbox: &Outbox,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> End {
+    async fn drive(&mut self, ws: &mut Ws, outbox: &Outbox) -> End {
         loop {
-            let message = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    return End::Close(CloseCode::GOING_AWAY, "server shutting down");
+            // Both sources are polled on every wake-up, so a flood of pushes cannot starve the
+            // client's commands (nor the pings and timers that run on the receive path).
+            let wake = poll_fn(|cx| {
+                let (closing, drain) = match outbox.poll_event(cx) {
+                    Poll::Ready(OutboxEvent::Closed(why)) => (Some(why), false),
+                    Poll::Ready(OutboxEvent::Ready) => (None, true),
+                    Poll::Pending => (None, false),
+                };
+                let message = match pin!(ws.recv()).poll(cx) {
+                    Poll::Ready(message) => Some(message),
+                    Poll::Pending => None,
+                };
+                if closing.is_none() && !drain && message.is_none() {
+                    return Poll::Pending;
                 }
-                () = outbox.overflowed() => return End::Close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER),
-                () = outbox.ready() => None,
-                message = ws.recv() => match message {
-                    Some(Ok(message)) => Some(message),
+                Poll::Ready(Wake {
+                    closing,
+                    drain,
+                    message,
+                })
+            })
+            .await;
+            if let Some(why) = wake.closing {
+                return why.into();
+            }
+            if let Some(message) = wake.message {
+                let message = match message {
+                    Some(Ok(message)) => message,
                     Some(Err(e)) => {
                         tracing::debug!(client = %self.info.client, "connection ended: {e}");
                         return End::Gone;
                     }
                     None => return End::Gone,
-                },
-            };
-            // Writing may wait for a slow socket: race it against shutdown and overflow so a
-            // stuck client cannot hold its task (or the shutdown) hostage.
-            let step = async {
-                match message {
-                    None => self.write_outbox(ws).await,
-                    Some(message) => self.handle(ws, message).await,
+                };
+                let step = pin!(self.handle(ws, message));
+                if let Err(end) = until_closed(outbox, step).await {
+                    return end;
                 }
-            };
-            let result = tokio::select! {
-                result = step => result,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    return End::Close(CloseCode::GOING_AWAY, "server shutting down");
+            }
+            if wake.drain {
+                let step = pin!(self.write_outbox(ws));
+                if let Err(end) = until_closed(outbox, step).await {
+                    return end;
                 }
-                () = outbox.overflowed() => return End::Close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER),
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %self.info.client, "write failed: {e}");
-                return End::Gone;
             }
         }
     }
@@ -486,6 +508,26 @@ impl Session {
             self.leave(&channel).await;
         }
     }
+}
+
+/// Runs a step that may wait for a slow socket, unless the outbox is closed meanwhile (a
+/// stuck client must not hold its task, nor the shutdown, hostage).
+async fn until_closed(
+    outbox: &Outbox,
+    mut step: Pin<&mut impl Future<Output = Result<(), duplex::Error>>>,
+) -> Result<(), End> {
+    poll_fn(|cx| {
+        if let Poll::Ready(why) = outbox.poll_closed(cx) {
+            return Poll::Ready(Err(why.into()));
+        }
+        step.as_mut().poll(cx).map(|result| {
+            result.map_err(|e| {
+                tracing::debug!("write failed: {e}");
+                End::Gone
+            })
+        })
+    })
+    .await
 }
 
 /// Queues a message on the socket without flushing.
