@@ -147,6 +147,15 @@ impl Session {
             if let Some(why) = wake.closing {
                 return why.into();
             }
+            // Drain before handling the message: what was queued before a command must not
+            // come after its reply (a resubscribe's recovered publications would be followed
+            // by stale copies from the previous subscription).
+            if wake.drain {
+                let step = pin!(self.write_outbox(ws));
+                if let Err(end) = until_closed(outbox, step).await {
+                    return end;
+                }
+            }
             if let Some(message) = wake.message {
                 let message = match message {
                     Some(Ok(message)) => message,
@@ -157,12 +166,6 @@ impl Session {
                     None => return End::Gone,
                 };
                 let step = pin!(self.handle(ws, message));
-                if let Err(end) = until_closed(outbox, step).await {
-                    return end;
-                }
-            }
-            if wake.drain {
-                let step = pin!(self.write_outbox(ws));
                 if let Err(end) = until_closed(outbox, step).await {
                     return end;
                 }
