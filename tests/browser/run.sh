@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Browser interop: headless Chromium (driven by playwright-core) talks to
 # `duplex serve --echo` on a free 127.0.0.1 port. Exits with node's test status.
+# Every *.test.mjs runs, in one `node --test` (one TAP summary): hub.test.mjs starts
+# `duplex hub` from the same build itself (it restarts it), and skips with DUPLEX_ECHO_CMD.
 #
 #   tests/browser/run.sh                         build duplex-cli (release) and test it
 #   tests/browser/run.sh --test-reporter=tap     extra arguments go to `node --test`

@@ -1,0 +1,391 @@
+// Headless Chromium against `duplex hub`: the demo page (web/index.html) and its client
+// (web/duplex.js), as the hub serves them, in real pages.
+//
+// This file starts the hub itself (node child_process, 127.0.0.1, a free port), because one
+// test kills it and starts it again on the same port. The binary is $DUPLEX_HUB_BIN, else
+// $CARGO_TARGET_DIR/release/duplex, else target/release/duplex (tests/browser/run.sh and
+// run-hub.sh build it). Skipped when $DUPLEX_ECHO_CMD is set: run.sh is then testing another
+// echo server, not duplex.
+//
+// A network drop is made with a TCP relay between one page and the hub: the page is loaded
+// through the relay (so the WebSocket goes through it too: same origin), and the test
+// destroys the relayed connections and refuses new ones for a while, as a dead link would.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target');
+const BIN = process.env.DUPLEX_HUB_BIN || path.join(TARGET, 'release/duplex');
+const CHROMIUM = process.env.DUPLEX_CHROMIUM || '/usr/bin/chromium';
+const SKIP = process.env.DUPLEX_ECHO_CMD ? 'DUPLEX_ECHO_CMD is set: testing another echo server, not the hub' : false;
+const T = { timeout: 45_000, skip: SKIP };
+
+let browser;
+let hub; // the running hub process: { proc, port, log }
+let relay; // TCP relay for the network-drop test
+const contexts = [];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const tag = () => randomBytes(3).toString('hex');
+
+// ---- the hub process ---------------------------------------------------------------------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `duplex hub` on 127.0.0.1:port; resolves once /healthz answers, rejects if it exits. */
+async function startHub(port, ms = 15_000) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('DUPLEX_')));
+  env.RUST_LOG ||= 'info';
+  const proc = spawn(BIN, ['hub', '--listen', `127.0.0.1:${port}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const h = { proc, port, log: [], exited: null, base: `http://127.0.0.1:${port}/` };
+  const keep = (chunk) => {
+    h.log.push(...chunk.toString().split('\n').filter(Boolean));
+    if (h.log.length > 60) h.log.splice(0, h.log.length - 60);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  h.exit = new Promise((resolve) => proc.once('exit', (code, signal) => { h.exited = { code, signal }; resolve(h.exited); }));
+  proc.once('error', (e) => { h.log.push(`spawn error: ${e.message}`); });
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (h.exited) break;
+    try {
+      const res = await fetch(`${h.base}healthz`, { signal: AbortSignal.timeout(1000) });
+      if (res.ok && (await res.text()).trim() === 'ok') return h;
+    } catch { /* not yet */ }
+    await sleep(100);
+  }
+  await stopHub(h, 'SIGKILL');
+  throw new Error(`hub on port ${port} did not become healthy (${JSON.stringify(h.exited)}); log:\n  ${h.log.join('\n  ')}`);
+}
+
+/** Stops a hub we started, by its PID: `signal`, then SIGKILL after 5 s. */
+async function stopHub(h, signal = 'SIGTERM') {
+  if (!h || h.exited) return;
+  h.proc.kill(signal);
+  const done = await Promise.race([h.exit, sleep(5000).then(() => null)]);
+  if (!done) {
+    h.proc.kill('SIGKILL');
+    await h.exit;
+  }
+}
+
+async function api(pathAndQuery, body) {
+  const res = await fetch(hub.base + pathAndQuery, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, `${body === undefined ? 'GET' : 'POST'} /${pathAndQuery} ${JSON.stringify(body) ?? ''} → ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+const publish = (channel, data) => api('api/publish', { channel, data });
+
+// ---- a TCP relay that can play dead ----------------------------------------------------------
+
+async function startRelay(targetPort) {
+  const pairs = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const end = () => { pairs.delete(pair); client.destroy(); upstream.destroy(); };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return {
+    base: `http://127.0.0.1:${server.address().port}/`,
+    /** Kills every relayed connection (both sides at once, no close handshake) and refuses new ones. */
+    cut() {
+      down = true;
+      const n = pairs.size;
+      for (const [a, b] of pairs) { a.resetAndDestroy?.() ?? a.destroy(); b.destroy(); }
+      pairs.clear();
+      return n;
+    },
+    restore() { down = false; },
+    close() {
+      for (const [a, b] of pairs) { a.destroy(); b.destroy(); }
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+// ---- pages ---------------------------------------------------------------------------------
+
+/** A fresh page (its own context: its own localStorage) on the demo; `errors` collects page errors. */
+async function openDemo(base = hub.base) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.errors = [];
+  page.console = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.on('console', (m) => page.console.push(`${m.type()}: ${m.text()}`));
+  await page.goto(base, { timeout: 10_000 });
+  await page.waitForFunction(() => window.duplexDemo?.hub?.state === 'connected', null, { timeout: 10_000 });
+  return page;
+}
+
+/** Enters `name` in the join form (click or Enter) and waits until the page is in #chat. */
+async function join(page, name, how = 'click') {
+  await page.fill('#name', name);
+  if (how === 'click') await page.click('#join-btn');
+  else await page.press('#name', 'Enter');
+  await page.waitForFunction(
+    () => window.duplexDemo.chat?.state === 'subscribed' && window.duplexDemo.hub.state === 'connected' && !document.querySelector('#send').disabled,
+    null, { timeout: 10_000 });
+}
+
+/** Types a chat message and sends it with Enter; waits until the hub took it (input cleared). */
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+  await page.waitForFunction(() => document.querySelector('#text').value === '', null, { timeout: 10_000 });
+}
+
+const texts = (page) => page.$$eval('#messages .msg .text', (nodes) => nodes.map((n) => n.textContent));
+const online = (page) => page.$$eval('#online .user', (nodes) => nodes.map((n) => n.textContent).sort());
+
+/** waitForFunction, with the page's state in the error. */
+async function waitFor(page, fn, arg, ms, what) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const state = await page.evaluate(() => ({
+      state: window.duplexDemo?.hub.state,
+      states: window.duplexDemo?.states.slice(-12),
+      stats: window.duplexDemo?.hub.stats,
+      recoveries: window.duplexDemo?.recoveries,
+      messages: [...document.querySelectorAll('#messages li')].slice(-12).map((n) => n.textContent),
+    })).catch(() => 'page gone');
+    e.message = `${what}: ${e.message}\npage: ${JSON.stringify(state)}\nconsole: ${page.console.slice(-10).join(' | ')}\nhub log:\n  ${hub?.log.slice(-10).join('\n  ')}`;
+    throw e;
+  }
+}
+
+function noPageErrors(...pages) {
+  for (const p of pages) assert.deepEqual(p.errors, [], 'uncaught errors in the page');
+}
+
+before(async () => {
+  if (SKIP) return;
+  assert.ok(fs.existsSync(BIN), `${BIN} not found: build it (cargo build --release -p duplex-cli) or set DUPLEX_HUB_BIN`);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    ],
+  });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      hub = await startHub(await freePort());
+      break;
+    } catch (e) {
+      if (attempt === 3) throw e; // a lost race for the port makes the hub exit: try another
+    }
+  }
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await browser?.close();
+  await relay?.close();
+  await stopHub(hub);
+});
+
+// ---- tests -----------------------------------------------------------------------------------
+
+test('hub serves the demo page and duplex.js', T, async () => {
+  const page = await fetch(hub.base).then((r) => r.text());
+  assert.match(page, /id="messages"/, 'GET / is web/index.html');
+  const js = await fetch(`${hub.base}duplex.js`);
+  assert.match(js.headers.get('content-type'), /javascript/);
+  assert.match(await js.text(), /export class Hub/, 'GET /duplex.js is web/duplex.js');
+});
+
+test('chat: a message typed in one page appears in the other; presence shows both names', T, async () => {
+  const [ada, grace] = [await openDemo(), await openDemo()];
+  await join(ada, 'Ada', 'click');
+  await join(grace, 'Grace', 'enter');
+  for (const p of [ada, grace]) {
+    await waitFor(p, () => [...document.querySelectorAll('#online .user')].map((n) => n.textContent).sort().join() === 'Ada,Grace', null, 10_000, 'presence lists Ada and Grace');
+  }
+  await waitFor(ada, () => [...document.querySelectorAll('#messages .sys')].some((n) => n.textContent === 'Grace joined'), null, 5000, 'Ada sees "Grace joined"');
+  const graceSys = await grace.$$eval('#messages .sys', (nodes) => nodes.map((n) => n.textContent));
+  assert.ok(!graceSys.includes('Ada joined'), `Ada was there before Grace: no "Ada joined" for Grace (${graceSys})`);
+  const presence = await api('api/presence?channel=chat');
+  assert.deepEqual(presence.clients.map((c) => c.user).sort(), ['Ada', 'Grace'], 'the hub sees both users by name (?user=)');
+
+  const hello = `hello from Ada ${tag()}`;
+  await say(ada, hello);
+  await waitFor(grace, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), hello, 5000, 'Grace sees Ada\'s message');
+  const reply = `hi Ada, Grace here ${tag()}`;
+  await grace.fill('#text', reply);
+  await grace.click('#send');
+  await waitFor(ada, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), reply, 5000, 'Ada sees Grace\'s reply');
+
+  // Same order on both pages, each message once; the author is shown.
+  for (const p of [ada, grace]) {
+    const mine = (await texts(p)).filter((t) => t === hello || t === reply);
+    assert.deepEqual(mine, [hello, reply]);
+  }
+  const who = await grace.$$eval('#messages .msg', (nodes, t) => nodes.filter((n) => n.querySelector('.text').textContent === t).map((n) => n.querySelector('.who').textContent), hello);
+  assert.deepEqual(who, ['Ada']);
+
+  // Grace leaves: Ada's presence list follows.
+  await grace.close();
+  await waitFor(ada, () => [...document.querySelectorAll('#online .user')].map((n) => n.textContent).join() === 'Ada', null, 10_000, 'Grace leaves the online list');
+  noPageErrors(ada);
+  await ada.close();
+});
+
+test('ticker: values published with POST /api/publish show up live; the curl line works', T, async () => {
+  const page = await openDemo();
+  await page.waitForFunction(() => window.duplexDemo.ticker?.state === 'subscribed', null, { timeout: 10_000 });
+  const sym = `T${tag()}`.toUpperCase().slice(0, 7);
+  const offsets = [];
+  for (const price of [10.5, 12.25, 11.75]) offsets.push((await publish('ticker', { symbol: sym, price })).offset);
+  assert.deepEqual(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2], 'offsets of one channel go up by one');
+  const tile = `#ticker .tile[data-symbol="${sym}"]`;
+  await waitFor(page, (sel) => document.querySelector(`${sel} .price`)?.textContent === '11.75', tile, 5000, 'the tile shows the last price');
+  assert.match(await page.textContent(`${tile} .chg`), /▼ 0\.50/, 'change against the previous tick');
+  const feed = await page.$$eval('#ticker-feed li', (nodes) => nodes.slice(0, 3).map((n) => n.textContent));
+  assert.deepEqual(feed.map((t) => t.match(/^#(\d+)/)[1]).map(Number), offsets.slice().reverse(), 'feed: newest first, by offset');
+
+  // The page shows a runnable curl line for this very hub.
+  const curl = await page.textContent('#curl');
+  assert.ok(curl.includes(`${hub.base}api/publish`), `curl line names this hub: ${curl}`);
+  let hasCurl = true;
+  try { execFileSync('curl', ['--version'], { stdio: 'ignore' }); } catch { hasCurl = false; }
+  if (hasCurl) {
+    const out = execFileSync('bash', ['-c', curl.replace('curl ', 'curl -sS --max-time 5 ')], { encoding: 'utf8', timeout: 10_000 });
+    assert.match(out, /"offset":\d+/, `curl line output: ${out}`);
+    const price = JSON.parse(curl.match(/'(\{.*\})'/s)[1]).data.price;
+    await waitFor(page, (p) => document.querySelector('#ticker .tile[data-symbol="DPLX"] .price')?.textContent === p.toFixed(2), price, 5000, 'the curl line\'s tick shows up');
+  }
+  noPageErrors(page);
+  await page.close();
+});
+
+test('network drop: the page reconnects by itself and shows what it missed, once, in order', T, async (t) => {
+  relay = await startRelay(hub.port);
+  const carol = await openDemo(relay.base); // through the relay
+  const dave = await openDemo(); // straight to the hub
+  await join(carol, 'Carol');
+  await join(dave, 'Dave');
+  const warmup = `before the drop ${tag()}`;
+  await say(dave, warmup);
+  await waitFor(carol, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), warmup, 5000, 'Carol is live');
+  const before = await carol.evaluate(() => ({ ...window.duplexDemo.hub.stats }));
+  const daveConnects = await dave.evaluate(() => window.duplexDemo.hub.stats.connects);
+
+  const cut = relay.cut();
+  assert.ok(cut >= 1, 'the relay carried the page\'s WebSocket');
+  await waitFor(carol, () => window.duplexDemo.hub.state !== 'connected', null, 5000, 'Carol notices the drop');
+
+  const run = tag();
+  const sent = [1, 2, 3, 4, 5].map((i) => `missed ${run} #${i}`);
+  for (const m of sent) await say(dave, m);
+  await sleep(300);
+  assert.deepEqual((await texts(carol)).filter((t) => t.includes(run)), [], 'nothing reached Carol while the link was down');
+  relay.restore();
+  const t0 = Date.now();
+
+  await waitFor(carol, (run) => [...document.querySelectorAll('#messages .msg .text')].filter((n) => n.textContent.includes(run)).length >= 5, run, 20_000, 'Carol catches up');
+  const reconnectMs = Date.now() - t0;
+  await sleep(500); // anything duplicated would arrive by now
+  assert.deepEqual((await texts(carol)).filter((t) => t.includes(run)), sent, 'each missed message exactly once, in order');
+  const caughtUp = await carol.$$eval('#messages .msg.caught-up .text', (nodes, run) => nodes.filter((n) => n.textContent.includes(run)).length, run);
+  assert.equal(caughtUp, 5, 'the missed messages came from recovery (subscribe with since)');
+
+  const after = await carol.evaluate(() => ({ ...window.duplexDemo.hub.stats }));
+  assert.equal(after.connects, before.connects + 1, 'one reconnect');
+  assert.equal(after.losses, before.losses, 'recovered: no history lost');
+  assert.ok(after.recoveries >= before.recoveries + 2, 'chat and ticker recovered');
+  assert.equal(await carol.isHidden('#banner'), true, 'no history-lost banner');
+  assert.equal(await dave.evaluate(() => window.duplexDemo.hub.stats.connects), daveConnects, 'Dave (not behind the relay) did not reconnect');
+
+  // Live again: a new message arrives once.
+  const live = `after the drop ${run}`;
+  await say(dave, live);
+  await waitFor(carol, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), live, 5000, 'Carol is live again');
+  assert.deepEqual((await texts(carol)).filter((t) => t.includes(run)), [...sent, live]);
+  t.diagnostic(`reconnected and caught up ${reconnectMs} ms after the link came back`);
+  noPageErrors(carol, dave);
+  await carol.close();
+  await dave.close();
+});
+
+test('hub restart: the page reconnects, says history was lost, then receives new publications', T, async () => {
+  const page = await openDemo();
+  await join(page, 'Erin');
+  const beforeText = `before restart ${tag()}`;
+  const first = await publish('chat', { user: 'ops', text: beforeText });
+  await waitFor(page, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), beforeText, 5000, 'a message before the restart');
+  assert.equal(await page.isHidden('#banner'), true);
+
+  const port = hub.port;
+  await stopHub(hub, 'SIGKILL'); // a crash: no close frames
+  await waitFor(page, () => window.duplexDemo.hub.state !== 'connected', null, 5000, 'the page notices the hub is gone');
+  let restarted;
+  for (let attempt = 1; !restarted; attempt++) {
+    try {
+      restarted = await startHub(port); // the same port: the page's URL does not change
+    } catch (e) {
+      if (attempt === 5) throw e;
+      await sleep(500);
+    }
+  }
+  hub = restarted;
+
+  await waitFor(page, () => !document.querySelector('#banner').hidden, null, 20_000, 'the history-lost banner shows');
+  assert.match(await page.textContent('#banner'), /history lost: the hub restarted; you may have missed messages/i);
+  const lost = await page.evaluate(() => window.duplexDemo.recoveries.filter((r) => !r.recovered));
+  const chat = lost.find((r) => r.channel === 'chat');
+  assert.ok(chat, `recovered:false reported for #chat: ${JSON.stringify(lost)}`);
+  assert.equal(chat.previousEpoch, first.epoch);
+  assert.ok(chat.epochChanged && chat.epoch !== first.epoch, 'a new epoch');
+  assert.match(chat.reason, /epoch/);
+
+  await waitFor(page, () => window.duplexDemo.chat.state === 'subscribed' && [...document.querySelectorAll('#online .user')].some((n) => n.textContent === 'Erin'), null, 10_000, 'back in #chat, present again');
+  const afterText = `after restart ${tag()}`;
+  const next = await publish('chat', { user: 'ops', text: afterText });
+  assert.notEqual(next.epoch, first.epoch, 'the restarted hub has a new epoch');
+  await waitFor(page, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), afterText, 5000, 'a publication after the restart shows');
+  assert.equal((await texts(page)).filter((t) => t === afterText).length, 1);
+  noPageErrors(page);
+  await page.close();
+});

@@ -1,0 +1,602 @@
+/**
+ * duplex.js: the browser client of `duplex hub`. One dependency-free ES module.
+ *
+ * ```js
+ * import { Hub } from '/duplex.js';
+ *
+ * const hub = new Hub('/ws', { user: 'alice' });           // or { token: jwt } / { token: async () => jwt }
+ * hub.on('state', (state) => console.log(state));          // connecting | connected | disconnected | closed
+ * const sub = hub.subscribe('chat', {
+ *   onPublication: (data, { offset }) => console.log(offset, data),
+ *   onRecovery: ({ recovered, reason }) => recovered || alert(`history lost: ${reason}`),
+ * });
+ * hub.connect();
+ * const offset = await hub.publish('chat', { text: 'hello' });   // rejects with a DuplexError
+ * ```
+ *
+ * What it does for the application
+ * - Connects to the hub's `/ws` (a relative URL is resolved against the page: http → ws,
+ *   https → wss), with `?user=` (hubs without auth) and/or `?token=` (HS256 JWT).
+ * - Reconnects by itself: exponential backoff with full jitter (`minDelay` 500 ms doubling up
+ *   to `maxDelay` 10 s; the delay is random in [0, that]); the backoff resets once a
+ *   connection has stayed up for `stableAfter` (5 s). The browser's `online` event retries at
+ *   once.
+ * - On reconnect it subscribes every channel again with `since: {epoch, offset}` of the last
+ *   publication it delivered. Recovered publications are delivered in offset order, and no
+ *   publication is ever delivered twice (dedupe by offset within an epoch).
+ * - When the hub cannot recover (it restarted, so the epoch changed, or its history no longer
+ *   reaches back far enough) `onRecovery({recovered: false, reason, epoch, previousEpoch})`
+ *   is called, and the hub's `recovery` event fires, so the page can say what was lost.
+ * - Commands (publish, presence, ping, ...) return promises. They reject with a `DuplexError`
+ *   (`.code`, `.message`): the hub's error (`forbidden`, `rate_limited`, ...), or
+ *   `not_connected`, `disconnected` (the connection dropped with the command in flight),
+ *   `timeout`, `closed`.
+ * - Keepalive: a `ping` command every `pingInterval` (20 s); no reply within `pongTimeout`
+ *   (10 s) means the connection is dead (a half-open TCP connection, a sleeping laptop): it is
+ *   dropped and re-established.
+ *
+ * API
+ * - `new Hub(url = '/ws', options)`; `connect(url, options)` is `new Hub(...)` + `.connect()`.
+ *   Options: `user`, `token` (string or (async) function, called before each connection),
+ *   `minDelay`, `maxDelay`, `stableAfter`, `connectTimeout` (10 s), `commandTimeout` (10 s),
+ *   `pingInterval` (0: off), `pongTimeout`, `WebSocket` (constructor, for non-browsers).
+ * - `hub.connect()`, `hub.close()`, `hub.reconnect()`, `hub.setUser(name)`,
+ *   `hub.setToken(token)` (both reconnect when connected), `hub.state`, `hub.stats`.
+ * - `hub.on(event, fn)` → unsubscribe function; `hub.off(event, fn)`. Events: `state`
+ *   (state, info), `connecting`, `connected` ({attempt}), `disconnected` ({code, reason,
+ *   retryIn}), `recovery` (channel, info), `error` (DuplexError, context).
+ * - `hub.subscribe(channel, handlers)` → `Subscription` ({channel, epoch, offset, state,
+ *   unsubscribe(), presence()}). Handlers (all optional):
+ *     onPublication(data, {channel, offset, epoch, recovered})   recovered: came in a reply
+ *     onJoin({client, user}), onLeave({client, user})
+ *     onPresence(clients)     the full list, kept current from presence + join/leave
+ *     onSubscribed({epoch, offset, recovered, reason, resubscribed})  after every (re)subscribe
+ *     onRecovery({recovered, reason, epoch, previousEpoch, count})   after every resubscribe
+ *     onError(DuplexError)    the hub refused the subscription (forbidden: it is dropped)
+ *   Options: `since: {epoch, offset}` to start from a known position (e.g. after reading
+ *   `/api/history`).
+ * - `hub.publish(channel, data)` → Promise<offset>; `hub.presence(channel)` →
+ *   Promise<[{client, user}]>; `hub.ping()` → Promise<round trip in ms>.
+ * - `hub.debug.drop()` drops the socket as a network failure would (tests, demos).
+ */
+
+const DEFAULTS = {
+  user: undefined,
+  token: undefined,
+  minDelay: 500,
+  maxDelay: 10_000,
+  stableAfter: 5_000,
+  connectTimeout: 10_000,
+  commandTimeout: 10_000,
+  pingInterval: 20_000,
+  pongTimeout: 10_000,
+  WebSocket: undefined,
+};
+
+/** Codes after which a subscription is not retried. */
+const FATAL_SUBSCRIBE = new Set(['forbidden', 'bad_request', 'limit_exceeded']);
+
+/** An error from the hub (its `code` and `message`) or from the client itself. */
+export class DuplexError extends Error {
+  constructor(code, message, extra) {
+    super(message || code);
+    this.name = 'DuplexError';
+    this.code = code;
+    if (extra) Object.assign(this, extra);
+  }
+}
+
+/** One channel subscription; made by `hub.subscribe`. */
+export class Subscription {
+  constructor(hub, channel, handlers) {
+    this.hub = hub;
+    this.channel = channel;
+    this.handlers = handlers;
+    /** Position of the last publication delivered (or of the stream when subscribed). */
+    this.epoch = handlers.since?.epoch ?? null;
+    this.offset = handlers.since?.offset ?? 0;
+    /** pending | subscribed | unsubscribed | failed */
+    this.state = 'pending';
+    this._buffer = null; // pushes that arrive while a subscribe is in flight
+    this._presence = null; // Map client → {client, user}, when onPresence is given
+  }
+
+  /** Leaves the channel; resolves when the hub confirmed (or at once when disconnected). */
+  unsubscribe() {
+    return this.hub._unsubscribe(this);
+  }
+
+  /** Who is subscribed to this channel right now. */
+  presence() {
+    return this.hub.presence(this.channel);
+  }
+
+  _call(name, ...args) {
+    const fn = this.handlers[name];
+    if (typeof fn !== 'function') return;
+    try {
+      fn(...args);
+    } catch (e) {
+      // An application bug must not break the connection's bookkeeping.
+      setTimeout(() => { throw e; });
+    }
+  }
+}
+
+export class Hub {
+  constructor(url = '/ws', options = {}) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this.state = 'idle';
+    this.stats = {
+      connects: 0, // successful opens
+      disconnects: 0,
+      received: 0, // publications delivered to the application
+      recoveredPublications: 0, // of which in a subscribe reply
+      duplicatesDropped: 0,
+      gaps: 0, // live publication after a skipped offset (should stay 0)
+      recoveries: 0, // resubscribes with recovered: true
+      losses: 0, // resubscribes with recovered: false
+    };
+    this._ws = null;
+    this._subs = new Map();
+    this._pending = new Map();
+    this._nextId = 1;
+    this._listeners = new Map();
+    this._attempts = 0;
+    this._timers = { retry: null, stable: null, ping: null, connect: null };
+    this._wanted = false; // connect() called and not close()d
+    this._generation = 0; // bumps on every new socket; stale async work checks it
+    this.debug = {
+      /** Drops the socket as a network failure would: no close handshake is awaited. */
+      drop: () => this._drop('debug drop'),
+      socket: () => this._ws,
+    };
+    if (typeof addEventListener === 'function') {
+      addEventListener('online', () => {
+        if (this._wanted && this.state === 'disconnected') {
+          this._attempts = 0;
+          this._clearTimer('retry');
+          this._open();
+        }
+      });
+    }
+  }
+
+  // ---- events --------------------------------------------------------------------------
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+  }
+
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) || [])]) {
+      try {
+        fn(...args);
+      } catch (e) {
+        setTimeout(() => { throw e; });
+      }
+    }
+  }
+
+  _setState(state, info = {}) {
+    if (this.state === state && state !== 'disconnected') return;
+    this.state = state;
+    this._emit('state', state, info);
+    this._emit(state, info);
+  }
+
+  // ---- connection ----------------------------------------------------------------------
+
+  /** Starts connecting (and reconnecting whenever the connection drops). */
+  connect() {
+    this._wanted = true;
+    if (this.state === 'idle' || this.state === 'closed') this._open();
+    return this;
+  }
+
+  /** Closes for good: no reconnects; in-flight commands reject with `closed`. */
+  close() {
+    this._wanted = false;
+    this._clearTimer('retry');
+    this._teardown(new DuplexError('closed', 'the client was closed'), 1000, 'bye');
+    this._setState('closed');
+  }
+
+  /** Drops the connection (if any) and connects again at once. */
+  reconnect() {
+    this._wanted = true;
+    this._clearTimer('retry');
+    this._teardown(new DuplexError('disconnected', 'reconnecting'), 1000, 'reconnect');
+    this._open();
+  }
+
+  /** The user name sent as `?user=` (hubs without auth); reconnects when connected. */
+  setUser(user) {
+    this.options.user = user;
+    if (this._wanted) this.reconnect();
+  }
+
+  /** The token sent as `?token=`; reconnects when connected. */
+  setToken(token) {
+    this.options.token = token;
+    if (this._wanted) this.reconnect();
+  }
+
+  async _url() {
+    const base = typeof location !== 'undefined' ? location.href : undefined;
+    const url = new URL(this.url, base);
+    if (url.protocol === 'http:') url.protocol = 'ws:';
+    if (url.protocol === 'https:') url.protocol = 'wss:';
+    const { user } = this.options;
+    let { token } = this.options;
+    if (typeof token === 'function') token = await token();
+    if (user) url.searchParams.set('user', user);
+    if (token) url.searchParams.set('token', token);
+    return url.href;
+  }
+
+  async _open() {
+    const generation = ++this._generation;
+    this._setState('connecting', { attempt: this._attempts });
+    let url;
+    try {
+      url = await this._url();
+    } catch (e) {
+      if (generation !== this._generation) return;
+      this._emit('error', new DuplexError('token', `cannot get a token: ${e?.message || e}`), { phase: 'connect' });
+      this._lost({ code: 1006, reason: 'no token' });
+      return;
+    }
+    if (generation !== this._generation || !this._wanted) return;
+    const WS = this.options.WebSocket || globalThis.WebSocket;
+    let ws;
+    try {
+      ws = new WS(url);
+    } catch (e) {
+      this._emit('error', new DuplexError('connect', String(e?.message || e)), { phase: 'connect' });
+      this._lost({ code: 1006, reason: 'bad url' });
+      return;
+    }
+    this._ws = ws;
+    this._timers.connect = setTimeout(() => this._drop('connect timeout'), this.options.connectTimeout);
+    ws.onopen = () => this._onOpen(ws);
+    ws.onmessage = (ev) => this._onMessage(ev.data);
+    ws.onerror = () => {}; // a close event follows, with the details there are
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._lost({ code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
+    };
+  }
+
+  _onOpen(ws) {
+    if (this._ws !== ws) return;
+    this._clearTimer('connect');
+    this.stats.connects++;
+    const attempt = this._attempts;
+    this._timers.stable = setTimeout(() => { this._attempts = 0; }, this.options.stableAfter);
+    this._setState('connected', { attempt });
+    if (this.options.pingInterval > 0) this._schedulePing();
+    for (const sub of this._subs.values()) this._sendSubscribe(sub);
+  }
+
+  _schedulePing() {
+    this._clearTimer('ping');
+    this._timers.ping = setTimeout(async () => {
+      const ws = this._ws;
+      try {
+        await this._command({ op: 'ping' }, this.options.pongTimeout);
+      } catch (e) {
+        if (e.code === 'timeout' && this._ws === ws) {
+          this._drop('keepalive: no reply to ping');
+          return;
+        }
+      }
+      if (this._ws === ws && this.state === 'connected') this._schedulePing();
+    }, this.options.pingInterval);
+  }
+
+  /** Abandons the socket without waiting for a close handshake; treated as a lost connection. */
+  _drop(reason) {
+    if (!this._ws) return;
+    const ws = this._ws;
+    this._detach(ws);
+    try {
+      ws.close(4000, reason.slice(0, 100));
+    } catch {
+      /* already closing */
+    }
+    this._lost({ code: 1006, reason, wasClean: false }, true);
+  }
+
+  _detach(ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (this._ws === ws) this._ws = null;
+  }
+
+  /** Ends the current socket (if any) and fails what was in flight; no reconnect scheduled. */
+  _teardown(error, code, reason) {
+    this._generation++;
+    for (const name of ['stable', 'ping', 'connect']) this._clearTimer(name);
+    const ws = this._ws;
+    if (ws) {
+      this._detach(ws);
+      try {
+        ws.close(code, reason);
+      } catch {
+        /* already closed */
+      }
+    }
+    if (this.state === 'connected') this.stats.disconnects++;
+    this._failPending(error);
+    for (const sub of this._subs.values()) {
+      sub._buffer = null;
+      sub._presence = null;
+      if (sub.state === 'subscribed') sub.state = 'pending';
+    }
+  }
+
+  _lost(info, alreadyDetached = false) {
+    if (!alreadyDetached && this._ws) this._detach(this._ws);
+    this._teardown(new DuplexError('disconnected', `connection lost (${info.code}${info.reason ? ` ${info.reason}` : ''})`));
+    if (!this._wanted) {
+      this._setState('closed');
+      return;
+    }
+    const ceiling = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this._attempts);
+    const delay = Math.floor(Math.random() * ceiling); // full jitter
+    this._attempts = Math.min(this._attempts + 1, 30);
+    this._setState('disconnected', { ...info, retryIn: delay });
+    this._clearTimer('retry');
+    this._timers.retry = setTimeout(() => {
+      this._timers.retry = null;
+      if (this._wanted) this._open();
+    }, delay);
+  }
+
+  _clearTimer(name) {
+    if (this._timers[name]) {
+      clearTimeout(this._timers[name]);
+      this._timers[name] = null;
+    }
+  }
+
+  // ---- commands ------------------------------------------------------------------------
+
+  _command(body, timeout = this.options.commandTimeout) {
+    const ws = this._ws;
+    if (!ws || this.state !== 'connected') {
+      return Promise.reject(new DuplexError('not_connected', 'not connected to the hub'));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new DuplexError('timeout', `no reply to ${body.op} within ${timeout} ms`));
+      }, timeout);
+      this._pending.set(id, { resolve, reject, timer, op: body.op });
+      try {
+        ws.send(JSON.stringify({ id, ...body }));
+      } catch (e) {
+        clearTimeout(timer);
+        this._pending.delete(id);
+        reject(new DuplexError('disconnected', String(e?.message || e)));
+      }
+    });
+  }
+
+  _failPending(error) {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(error);
+    }
+  }
+
+  /** Publishes `data` (any JSON) to `channel`; resolves with the publication's offset. */
+  async publish(channel, data) {
+    const reply = await this._command({ op: 'publish', channel, data });
+    return reply.offset;
+  }
+
+  /** The clients subscribed to `channel`: [{client, user}]. */
+  async presence(channel) {
+    const reply = await this._command({ op: 'presence', channel });
+    return reply.clients || [];
+  }
+
+  /** Round trip of a `ping` command, in milliseconds. */
+  async ping() {
+    const start = performance.now();
+    await this._command({ op: 'ping' });
+    return performance.now() - start;
+  }
+
+  // ---- subscriptions -------------------------------------------------------------------
+
+  /** Subscribes to `channel` (now, and again after every reconnect). See the header. */
+  subscribe(channel, handlers = {}) {
+    if (this._subs.has(channel)) throw new DuplexError('already_subscribed', `already subscribed to ${JSON.stringify(channel)}`);
+    const sub = new Subscription(this, channel, handlers);
+    this._subs.set(channel, sub);
+    if (this.state === 'connected') this._sendSubscribe(sub);
+    return sub;
+  }
+
+  /** The subscription to `channel`, if any. */
+  subscription(channel) {
+    return this._subs.get(channel);
+  }
+
+  async _unsubscribe(sub) {
+    if (this._subs.get(sub.channel) !== sub) return;
+    this._subs.delete(sub.channel);
+    sub.state = 'unsubscribed';
+    sub._buffer = null;
+    if (this.state !== 'connected') return;
+    try {
+      // Commands run in order on the hub, so this follows a subscribe still in flight.
+      await this._command({ op: 'unsubscribe', channel: sub.channel });
+    } catch (e) {
+      if (e.code !== 'not_subscribed' && e.code !== 'disconnected' && e.code !== 'not_connected') throw e;
+    }
+  }
+
+  async _sendSubscribe(sub) {
+    const resubscribed = sub._subscribedOnce === true;
+    const previousEpoch = sub.epoch;
+    const since = resubscribed ? { epoch: sub.epoch, offset: sub.offset } : undefined;
+    sub.state = 'pending';
+    sub._buffer = [];
+    const generation = this._generation;
+    let reply;
+    try {
+      reply = await this._command({ op: 'subscribe', channel: sub.channel, ...(since ? { since } : {}) });
+    } catch (e) {
+      if (this._subs.get(sub.channel) !== sub || generation !== this._generation) return;
+      sub._buffer = null;
+      if (e.code === 'disconnected' || e.code === 'not_connected' || e.code === 'closed') return;
+      if (e.code === 'already_subscribed') {
+        sub.state = 'subscribed';
+        return;
+      }
+      sub._call('onError', e);
+      this._emit('error', e, { channel: sub.channel, op: 'subscribe' });
+      if (FATAL_SUBSCRIBE.has(e.code)) {
+        this._subs.delete(sub.channel);
+        sub.state = 'failed';
+      } else {
+        // internal, timeout: try again on this connection a little later
+        setTimeout(() => {
+          if (this._subs.get(sub.channel) === sub && generation === this._generation && sub.state === 'pending') {
+            this._sendSubscribe(sub);
+          }
+        }, 1000 + Math.random() * 1000);
+      }
+      return;
+    }
+    if (this._subs.get(sub.channel) !== sub || generation !== this._generation) return;
+
+    const buffered = sub._buffer || [];
+    sub._buffer = null;
+    sub.state = 'subscribed';
+    sub._subscribedOnce = true;
+    const info = { channel: sub.channel, epoch: reply.epoch, offset: reply.offset, resubscribed, recovered: reply.recovered, reason: reply.reason };
+    if (reply.recovered === true) {
+      const pubs = (reply.publications || []).slice().sort((a, b) => a.offset - b.offset);
+      let count = 0;
+      for (const p of pubs) if (this._deliver(sub, p, true)) count++;
+      if (reply.offset > sub.offset) sub.offset = reply.offset;
+      sub.epoch = reply.epoch;
+      this.stats.recoveries++;
+      const recovery = { recovered: true, epoch: reply.epoch, previousEpoch, count };
+      sub._call('onSubscribed', info);
+      sub._call('onRecovery', recovery);
+      this._emit('recovery', sub.channel, recovery);
+    } else {
+      // A fresh subscription, or history lost: start from where the stream is now.
+      sub.epoch = reply.epoch;
+      sub.offset = reply.offset;
+      sub._call('onSubscribed', info);
+      if (reply.recovered === false) {
+        this.stats.losses++;
+        const recovery = { recovered: false, reason: reply.reason || 'history lost', epoch: reply.epoch, previousEpoch, count: 0, epochChanged: previousEpoch !== reply.epoch };
+        sub._call('onRecovery', recovery);
+        this._emit('recovery', sub.channel, recovery);
+      }
+    }
+    for (const push of buffered) this._deliver(sub, push, false);
+    if (sub.handlers.onPresence) this._refreshPresence(sub, generation);
+  }
+
+  async _refreshPresence(sub, generation) {
+    // Until the reply, join/leave pushes are not applied: the reply reflects them already.
+    sub._presence = null;
+    let clients;
+    try {
+      clients = await this.presence(sub.channel);
+    } catch (e) {
+      if (e.code !== 'disconnected' && e.code !== 'not_connected') this._emit('error', e, { channel: sub.channel, op: 'presence' });
+      return;
+    }
+    if (this._subs.get(sub.channel) !== sub || generation !== this._generation) return;
+    // Pushes after the reply apply to it: the hub writes a reply before the pushes queued
+    // behind it, and a push for an event the reply already reflects changes nothing.
+    sub._presence = new Map(clients.map((c) => [c.client, c]));
+    sub._call('onPresence', [...sub._presence.values()]);
+  }
+
+  /** Delivers one publication unless it was delivered already; true if delivered. */
+  _deliver(sub, p, recovered) {
+    if (p.offset <= sub.offset) {
+      this.stats.duplicatesDropped++;
+      return false;
+    }
+    if (!recovered && sub.offset > 0 && p.offset > sub.offset + 1) this.stats.gaps++;
+    sub.offset = p.offset;
+    this.stats.received++;
+    if (recovered) this.stats.recoveredPublications++;
+    sub._call('onPublication', p.data, { channel: sub.channel, offset: p.offset, epoch: sub.epoch, recovered });
+    return true;
+  }
+
+  _onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      this._emit('error', new DuplexError('bad_message', 'the hub sent something that is not JSON'), { text });
+      return;
+    }
+    if (msg.id !== undefined && msg.id !== null && msg.op === undefined) {
+      const p = this._pending.get(msg.id);
+      if (!p) return; // timed out already
+      this._pending.delete(msg.id);
+      clearTimeout(p.timer);
+      if (msg.ok) p.resolve(msg);
+      else p.reject(new DuplexError(msg.error?.code || 'error', msg.error?.message, { op: p.op }));
+      return;
+    }
+    if (msg.id === null && msg.ok === false) {
+      // An error the hub could not tie to a command (unparsable input).
+      this._emit('error', new DuplexError(msg.error?.code || 'error', msg.error?.message), { reply: msg });
+      return;
+    }
+    const sub = msg.channel !== undefined ? this._subs.get(msg.channel) : undefined;
+    if (!sub) return;
+    switch (msg.op) {
+      case 'pub':
+        if (sub._buffer) sub._buffer.push(msg);
+        else if (sub.state === 'subscribed') this._deliver(sub, msg, false);
+        break;
+      case 'join':
+      case 'leave': {
+        const client = { client: msg.client, user: msg.user };
+        if (sub._presence) {
+          if (msg.op === 'join') sub._presence.set(msg.client, client);
+          else sub._presence.delete(msg.client);
+        }
+        sub._call(msg.op === 'join' ? 'onJoin' : 'onLeave', client);
+        if (sub._presence) sub._call('onPresence', [...sub._presence.values()]);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/** `new Hub(url, options).connect()`. */
+export function connect(url, options) {
+  return new Hub(url, options).connect();
+}
+
+export { Hub as DuplexClient };
+export default Hub;
