@@ -213,8 +213,10 @@ measure_throughput() {
             record "$server" "$scenario" msgs_per_sec "$rep" "$(kv "$result" msgs_per_sec)"
             record "$server" "$scenario" p50_us "$rep" "$(kv "$result" p50_us)"
             record "$server" "$scenario" p99_us "$rep" "$(kv "$result" p99_us)"
-            read -r a0 u0 s0 <<<"$t0"
-            read -r a1 u1 s1 <<<"$t1"
+            read -r a0 u0 s0 f0 <<<"$t0"
+            read -r a1 u1 s1 f1 <<<"$t1"
+            record "$server" "$scenario" minflt_per_msg "$rep" \
+                "$(awk -v f=$((f1 - f0)) -v n="$msgs" 'BEGIN { printf "%.3f", f / n }')"
             record "$server" "$scenario" cpu_ns_per_msg "$rep" \
                 "$(awk -v d=$((a1 - a0)) -v n="$msgs" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", d / hz * 1e9 / n }')"
             record "$server" "$scenario" cpu_user_ns_per_msg "$rep" \

@@ -132,8 +132,9 @@ cpu_busy() {
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, $8 }' /proc/stat
 }
 
-# cpu_ticks PID: utime+stime of the whole process (all threads), in clock ticks; and each.
-cpu_ticks() { awk '{ print $14 + $15, $14, $15 }' "/proc/$1/stat"; }
+# cpu_ticks PID: "utime+stime utime stime minflt" of the whole process (all threads), CPU
+# time in clock ticks, minor page faults as a count.
+cpu_ticks() { awk '{ print $14 + $15, $14, $15, $10 }' "/proc/$1/stat"; }
 
 # rss_kib PID: resident set size in KiB.
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }

@@ -120,10 +120,12 @@ def main():
             w(row(f"{sc}: ... of which libc memcpy/memmove/memset", (sc, "instr_mem")))
         w(row(f"{sc}: total instructions / msg", (sc, "instr_total"), target=0.95))
         w(row(f"{sc}: server CPU ns / msg (user+sys)", (sc, "cpu_ns_per_msg")))
+        w(row(f"{sc}: server page faults / msg", (sc, "minflt_per_msg"), digits=2))
     w("")
     w("Server CPU ns/msg is the server's utime+stime (`/proc/PID/stat`, all threads) over the "
       "non-instrumented throughput window divided by the echoes in it: a total-cost proxy "
-      "that needs no counters, at 10 ms tick resolution.")
+      "that needs no counters, at 10 ms tick resolution. Page faults are the server's minor faults "
+      "over the same window (memory given back to the kernel and faulted in again).")
     w("")
 
     w("## Throughput and latency (not a target; no instrumentation)")
