@@ -165,17 +165,24 @@ async fn echo(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // One shutdown future for the connection's life, polled after the socket (`biased`):
+    // building a fresh one per message costs more than the echo itself.
+    let shutdown = shutdown.changed();
+    tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
+            biased;
             event = ws.recv_event() => event,
-            _ = shutdown.changed() => {
+            _ = &mut shutdown => {
                 let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
                 return;
             }
         };
+        // feed, not send: the reply goes out when recv_event next polls the socket, together
+        // with the replies to everything else that arrived in the same read.
         let result = match event {
             None => return,
-            Some(Ok(Event::Message(message))) => ws.send(message).await,
+            Some(Ok(Event::Message(message))) => ws.feed(message).await,
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => {
                 tracing::debug!(%peer, "connection failed: {e}");

@@ -3,7 +3,6 @@
 //!
 //! Everything is poll-based; the async methods of the public types are thin wrappers.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{
-    CloseCode, CloseFrame, Config, Connection, Event, Message, Role, State, Transmit, UsageError,
+    CloseCode, CloseFrame, Config, Connection, Event, Message, Role, State, UsageError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -73,10 +72,14 @@ thread_local! {
     /// single-frame messages point into this buffer without a copy, and it is reused once they
     /// are dropped.
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// Where small frames are gathered for streams without vectored writes.
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// How many buffers one vectored write carries at most (two per frame: header and payload).
-const MAX_IO_SLICES: usize = 64;
+/// Small on purpose: the array is built on every write, and a longer queue just takes another
+/// round of the loop.
+const MAX_IO_SLICES: usize = 16;
 /// For streams without vectored writes: small frames are copied together up to this size.
 const GATHER_LIMIT: usize = 16 * 1024;
 
@@ -136,15 +139,8 @@ pub(crate) struct Core<S> {
     /// that stopped early so the application could answer first.
     unfed: bool,
     read_eof: bool,
-    /// Frames taken from the connection, not yet (fully) written.
-    out: VecDeque<Transmit>,
-    /// Bytes of `out.front()` already written.
-    out_offset: usize,
-    /// Bytes in `out` not yet written.
-    out_bytes: usize,
     /// Written bytes that may sit in a buffer of the stream (TLS) until `poll_flush`.
     needs_flush: bool,
-    scratch: Vec<u8>,
     options: WebSocketOptions,
     protocol: Option<String>,
     rx: Rx,
@@ -169,7 +165,7 @@ impl<S> fmt::Debug for Core<S> {
             .field("role", &self.conn.role())
             .field("state", &self.conn.state())
             .field("protocol", &self.protocol)
-            .field("queued_bytes", &self.out_bytes)
+            .field("queued_bytes", &self.conn.pending_transmit_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -196,11 +192,7 @@ impl<S> Core<S> {
                 leftover
             },
             read_eof: false,
-            out: VecDeque::new(),
-            out_offset: 0,
-            out_bytes: 0,
             needs_flush: false,
-            scratch: Vec::new(),
             options,
             protocol,
             rx: Rx::Open,
@@ -339,7 +331,7 @@ impl<S> Core<S> {
 
             // The close handshake is over and our frames are out: a server closes TCP at once
             // (RFC 6455 section 7.1.1), a client waits for the server to do so first.
-            if self.conn.is_closed() && self.out.is_empty() && !self.conn.has_pending_transmit() {
+            if self.conn.is_closed() && !self.conn.has_pending_transmit() {
                 let fin_wait_over = self.read_eof || self.poll_close_expired(cx);
                 if self.conn.role() == Role::Server || fin_wait_over {
                     ready!(self.poll_teardown(cx, true));
@@ -556,17 +548,19 @@ impl<S> Core<S> {
         S: AsyncWrite + Unpin,
     {
         self.check_writable()?;
-        self.pull_transmits();
-        if self.out_bytes >= self.options.write_buffer_size {
+        if self.conn.pending_transmit_bytes() >= self.options.write_buffer_size {
             ready!(self.poll_flush(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.conn.pending_transmit_bytes()
+    }
+
     pub(crate) fn start_send(&mut self, message: Message) -> Result<(), Error> {
         self.check_writable()?;
         self.conn.send(message)?;
-        self.pull_transmits();
         Ok(())
     }
 
@@ -576,7 +570,6 @@ impl<S> Core<S> {
     ) -> Result<(), Error> {
         self.check_writable()?;
         self.conn.send_prepared(prepared)?;
-        self.pull_transmits();
         Ok(())
     }
 
@@ -588,7 +581,6 @@ impl<S> Core<S> {
     ) -> Result<(), Error> {
         self.check_writable()?;
         self.conn.send_fragment(kind, data, fin)?;
-        self.pull_transmits();
         Ok(())
     }
 
@@ -638,22 +630,13 @@ impl<S> Core<S> {
         }
     }
 
-    /// Moves the connection's queued frames into `out`.
-    fn pull_transmits(&mut self) {
-        while let Some(transmit) = self.conn.poll_transmit() {
-            self.out_bytes += transmit.len();
-            self.out.push_back(transmit);
-        }
-    }
-
     /// Writes every queued frame, several per syscall, then flushes the stream.
     fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>>
     where
         S: AsyncWrite + Unpin,
     {
         loop {
-            self.pull_transmits();
-            if self.out.is_empty() {
+            if !self.conn.has_pending_transmit() {
                 if self.needs_flush {
                     let mut wcx =
                         Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
@@ -667,71 +650,41 @@ impl<S> Core<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.needs_flush = true;
-            self.advance(written);
+            self.conn.advance_transmit(written);
         }
     }
 
-    /// One write of as much of `out` as the stream takes.
+    /// One write of as much of the queue as the stream takes: a vectored write of up to
+    /// [`MAX_IO_SLICES`] slices straight from the connection's frames, or, for streams without
+    /// vectored writes, small frames gathered in a per-thread buffer.
     fn poll_write_some(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<usize>>
     where
         S: AsyncWrite + Unpin,
     {
         let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-        let mut count = 0;
-        let mut skip = self.out_offset;
-        'frames: for transmit in &self.out {
-            for part in [transmit.head(), transmit.payload().as_ref()] {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[count] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                count += 1;
-                if count == MAX_IO_SLICES {
-                    break 'frames;
-                }
-            }
-        }
+        let count = self.conn.fill_io_slices(&mut slices);
         let slices = &slices[..count];
-
-        if count > 1 && !self.stream.is_write_vectored() && slices[0].len() < GATHER_LIMIT {
-            // No vectored writes (the default would write one slice per call): copy small
-            // frames together instead, the progress accounting is the same.
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
-            for slice in slices {
-                let room = GATHER_LIMIT.saturating_sub(scratch.len());
-                if room == 0 {
-                    break;
-                }
-                scratch.extend_from_slice(&slice[..slice.len().min(room)]);
-            }
-            let mut wcx = Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
-            let polled = Pin::new(&mut self.stream).poll_write(&mut wcx, &scratch);
-            self.scratch = scratch;
-            return polled;
-        }
-
         let mut wcx = Context::from_waker(write_waker(&self.shared_write_waker, cx, side));
-        Pin::new(&mut self.stream).poll_write_vectored(&mut wcx, slices)
-    }
-
-    /// Marks `n` bytes of `out` written.
-    fn advance(&mut self, mut n: usize) {
-        self.out_bytes -= n;
-        while n > 0 {
-            let front = self.out.front().expect("wrote more than was queued");
-            let left = front.len() - self.out_offset;
-            if n >= left {
-                n -= left;
-                self.out_offset = 0;
-                self.out.pop_front();
-            } else {
-                self.out_offset += n;
-                n = 0;
-            }
+        if count == 1 {
+            return Pin::new(&mut self.stream).poll_write(&mut wcx, &slices[0]);
         }
+        if !self.stream.is_write_vectored() && slices[0].len() < GATHER_LIMIT {
+            // No vectored writes (the default would write one slice per call): copy small
+            // frames together instead; the progress accounting is the same.
+            return GATHER.with(|cell| {
+                let mut gather = cell.borrow_mut();
+                gather.clear();
+                for slice in slices {
+                    let room = GATHER_LIMIT.saturating_sub(gather.len());
+                    if room == 0 {
+                        break;
+                    }
+                    gather.extend_from_slice(&slice[..slice.len().min(room)]);
+                }
+                Pin::new(&mut self.stream).poll_write(&mut wcx, &gather)
+            });
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(&mut wcx, slices)
     }
 }
 
@@ -858,8 +811,8 @@ mod tests {
         }
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(core.poll_flush(&mut cx), Poll::Ready(Ok(()))));
-        assert_eq!(core.out_bytes, 0);
-        assert!(core.out.is_empty());
+        assert_eq!(core.conn.pending_transmit_bytes(), 0);
+        assert!(!core.conn.has_pending_transmit());
 
         let mut server = Connection::new(Role::Server, Config::default());
         let mut wire = BytesMut::from(&core.stream.written[..]);
@@ -876,7 +829,11 @@ mod tests {
     fn several_frames_go_out_in_one_vectored_write() {
         let mut core = core(usize::MAX, true);
         assert_eq!(send_and_decode(&mut core), messages());
-        assert_eq!(core.stream.calls, 1);
+        // 10 frames are 20 slices: two writes of at most MAX_IO_SLICES, not 10 or 20.
+        assert_eq!(
+            core.stream.calls,
+            (2 * messages().len()).div_ceil(MAX_IO_SLICES)
+        );
     }
 
     #[test]
@@ -891,8 +848,12 @@ mod tests {
     fn non_vectored_streams_get_small_frames_gathered() {
         let mut core = core(usize::MAX, false);
         assert_eq!(send_and_decode(&mut core), messages());
-        // 2.6 KB of frames in one gathered write rather than 20 small ones.
-        assert_eq!(core.stream.calls, 1);
+        // 2.6 KB of frames in two gathered writes (of at most MAX_IO_SLICES parts) rather
+        // than 20 small ones.
+        assert_eq!(
+            core.stream.calls,
+            (2 * messages().len()).div_ceil(MAX_IO_SLICES)
+        );
         for max in [1, 5, 64] {
             let mut core = self::core(max, false);
             assert_eq!(send_and_decode(&mut core), messages(), "max {max}");

@@ -110,6 +110,29 @@ where
         poll_fn(|cx| self.core.poll_flush(cx)).await
     }
 
+    /// Queues a message without flushing it: it goes out with the next flush, or as soon as
+    /// the receive side is polled (`recv`, `recv_event`), in one vectored write with whatever
+    /// else is queued. Waits only while more than `write_buffer_size` bytes are queued. An echo
+    /// loop that feeds and then receives sends every reply of a read in one system call.
+    pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.start_send(message)
+    }
+
+    /// [`WebSocket::feed`] for a [`PreparedMessage`](duplex_proto::PreparedMessage).
+    pub async fn feed_prepared(
+        &mut self,
+        prepared: &duplex_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.start_send_prepared(prepared)
+    }
+
+    /// Bytes queued for writing and not yet written to the stream.
+    pub fn queued_bytes(&self) -> usize {
+        self.core.queued_bytes()
+    }
+
     /// Sends a message framed once for many connections (fan-out): see
     /// [`PreparedMessage`](duplex_proto::PreparedMessage). The frame's bytes are shared, not
     /// copied, on every server connection that can take them as they are.
@@ -323,6 +346,26 @@ where
         poll_fn(|cx| lock(&self.shared).poll_ready(cx)).await?;
         lock(&self.shared).start_send(message)?;
         poll_fn(|cx| lock(&self.shared).poll_flush(cx)).await
+    }
+
+    /// Queues a message without flushing; see [`WebSocket::feed`].
+    pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+        poll_fn(|cx| lock(&self.shared).poll_ready(cx)).await?;
+        lock(&self.shared).start_send(message)
+    }
+
+    /// Queues a prepared message without flushing; see [`WebSocket::feed_prepared`].
+    pub async fn feed_prepared(
+        &mut self,
+        prepared: &duplex_proto::PreparedMessage,
+    ) -> Result<(), Error> {
+        poll_fn(|cx| lock(&self.shared).poll_ready(cx)).await?;
+        lock(&self.shared).start_send_prepared(prepared)
+    }
+
+    /// Bytes queued for writing and not yet written to the stream.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.shared).queued_bytes()
     }
 
     /// Sends a message framed once for many connections; see [`WebSocket::send_prepared`].

@@ -38,6 +38,7 @@ mod recv;
 mod tests;
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 
 use bytes::{Bytes, BytesMut};
 
@@ -165,7 +166,7 @@ pub struct Connection {
     #[cfg(feature = "deflate")]
     deflate: Option<Box<DeflateSend>>,
     events: VecDeque<Event>,
-    transmits: VecDeque<Transmit>,
+    transmits: TxQueue,
 }
 
 impl Connection {
@@ -185,7 +186,7 @@ impl Connection {
             #[cfg(feature = "deflate")]
             deflate: None,
             events: VecDeque::new(),
-            transmits: VecDeque::new(),
+            transmits: TxQueue::default(),
         }
     }
 
@@ -370,7 +371,7 @@ impl Connection {
         if let Some(deflate) = &self.deflate {
             let negotiated = &deflate.negotiated;
             if !negotiated.should_compress(prepared.message().len()) {
-                self.transmits.push_back(prepared.plain().clone());
+                self.transmits.push(prepared.plain().clone());
                 return Ok(());
             }
             match prepared.compressed() {
@@ -380,13 +381,13 @@ impl Connection {
                         crate::extensions::deflate::MAX_WINDOW_BITS,
                     ) =>
                 {
-                    self.transmits.push_back(shared.clone());
+                    self.transmits.push(shared.clone());
                     return Ok(());
                 }
                 _ => return self.send(prepared.message().clone()),
             }
         }
-        self.transmits.push_back(prepared.plain().clone());
+        self.transmits.push(prepared.plain().clone());
         Ok(())
     }
 
@@ -468,7 +469,7 @@ impl Connection {
 
     /// The next frame to write.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop()
     }
 
     /// Whether frames are waiting to be written.
@@ -478,7 +479,47 @@ impl Connection {
 
     /// Number of frames waiting to be written.
     pub fn pending_transmits(&self) -> usize {
-        self.transmits.len()
+        self.transmits.frames.len()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_transmit_bytes(&self) -> usize {
+        self.transmits.bytes
+    }
+
+    /// Gather-write interface, an alternative to [`Connection::poll_transmit`] that needs no
+    /// copy of the queue: fills `slices` with the bytes still to write, in order (each frame's
+    /// header, then its payload), and returns how many slices it filled. After writing, report
+    /// the bytes the transport took with [`Connection::advance_transmit`]. Don't mix the two
+    /// interfaces within one frame.
+    ///
+    /// ```
+    /// use std::io::IoSlice;
+    /// use duplex_proto::{Config, Connection, Message, Role};
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// server.send(Message::text("a")).unwrap();
+    /// server.send(Message::text("bc")).unwrap();
+    /// {
+    ///     let mut slices = [IoSlice::new(&[]); 8];
+    ///     assert_eq!(server.fill_io_slices(&mut slices), 4); // two heads, two payloads
+    /// }
+    /// server.advance_transmit(4); // a short write: the first frame and one byte
+    /// assert_eq!(server.pending_transmit_bytes(), 3);
+    /// let mut slices = [IoSlice::new(&[]); 8];
+    /// assert_eq!(server.fill_io_slices(&mut slices), 2);
+    /// assert_eq!((&*slices[0], &*slices[1]), (&b"\x02"[..], &b"bc"[..]));
+    /// ```
+    pub fn fill_io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        self.transmits.fill(slices)
+    }
+
+    /// Marks `n` bytes of the queued frames written (see [`Connection::fill_io_slices`]).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is more than [`Connection::pending_transmit_bytes`].
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.transmits.advance(n);
     }
 
     /// Whether a message that starts with `len` bytes is sent compressed.
@@ -579,7 +620,7 @@ struct FrameBits {
 /// Frames `payload` for the wire: a client masks it into a new buffer (the caller's bytes may be
 /// shared), a server sends the caller's bytes as they are.
 fn push_frame(
-    transmits: &mut VecDeque<Transmit>,
+    transmits: &mut TxQueue,
     role: Role,
     mask_keys: MaskKeySource,
     bits: FrameBits,
@@ -601,7 +642,75 @@ fn push_frame(
         mask,
         payload_len: payload.len() as u64,
     };
-    transmits.push_back(Transmit::new(&header, payload));
+    transmits.push(Transmit::new(&header, payload));
+}
+
+/// Frames waiting to be written, with how much of the first one already was.
+#[derive(Debug, Default)]
+pub(crate) struct TxQueue {
+    frames: VecDeque<Transmit>,
+    /// Bytes of `frames.front()` already written.
+    offset: usize,
+    /// Bytes not yet written, all frames.
+    bytes: usize,
+}
+
+impl TxQueue {
+    fn push(&mut self, transmit: Transmit) {
+        self.bytes += transmit.len();
+        self.frames.push_back(transmit);
+    }
+
+    fn pop(&mut self) -> Option<Transmit> {
+        let transmit = self.frames.pop_front()?;
+        self.bytes -= transmit.len() - self.offset;
+        self.offset = 0;
+        Some(transmit)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        let mut skip = self.offset;
+        for transmit in &self.frames {
+            for part in [transmit.head(), &transmit.payload[..]] {
+                if count == slices.len() {
+                    return count;
+                }
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[count] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.bytes, "advanced past the queued bytes");
+        self.bytes -= n;
+        while n > 0 {
+            let front = self.frames.front().expect("bytes are counted");
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.frames.pop_front();
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // A burst grew the queue: give the memory back rather than hold it while idle.
+            self.frames = VecDeque::new();
+        }
+    }
 }
 
 /// Deterministic keys for connections whose runtime set no source: a SplitMix64 walk. Adequate

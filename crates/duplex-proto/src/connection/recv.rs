@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{Event, FrameBits, MaskKeySource, Transmit, push_frame};
+use super::{Event, FrameBits, MaskKeySource, push_frame};
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
 use crate::error::ProtocolError;
@@ -22,7 +22,7 @@ use crate::utf8::Utf8Validator;
 /// Where the receive path puts what it produces.
 pub(super) struct Output<'a> {
     pub(super) events: &'a mut VecDeque<Event>,
-    pub(super) transmits: &'a mut VecDeque<Transmit>,
+    pub(super) transmits: &'a mut super::TxQueue,
     pub(super) role: Role,
     pub(super) mask_keys: MaskKeySource,
     /// Pongs are sent only while the connection is open (not after our Close).

@@ -801,3 +801,42 @@ mod deflate {
         );
     }
 }
+
+proptest! {
+    /// The gather-write interface yields exactly the bytes `poll_transmit` would, whatever the
+    /// transport takes per write.
+    #[test]
+    fn io_slices_with_short_writes_equal_poll_transmit(
+        sizes in proptest::collection::vec(0usize..300, 1..12),
+        takes in proptest::collection::vec(1usize..400, 1..20),
+        slots in 1usize..6,
+    ) {
+        let mut a = Connection::new(Role::Server, Config::default());
+        let mut b = Connection::new(Role::Server, Config::default());
+        for (i, size) in sizes.iter().enumerate() {
+            let m = Message::binary(vec![i as u8; *size]);
+            a.send(m.clone()).unwrap();
+            b.send(m).unwrap();
+        }
+        let expected = drain(&mut a);
+        let mut written = Vec::new();
+        let mut take = takes.iter().cycle();
+        while b.has_pending_transmit() {
+            let mut slices = vec![std::io::IoSlice::new(&[]); slots];
+            let n = b.fill_io_slices(&mut slices);
+            prop_assert!(n > 0);
+            let mut budget = *take.next().unwrap();
+            let mut wrote = 0;
+            for s in &slices[..n] {
+                let k = s.len().min(budget);
+                written.extend_from_slice(&s[..k]);
+                budget -= k;
+                wrote += k;
+                if budget == 0 { break; }
+            }
+            b.advance_transmit(wrote);
+        }
+        prop_assert_eq!(b.pending_transmit_bytes(), 0);
+        prop_assert_eq!(&written[..], &expected[..]);
+    }
+}
