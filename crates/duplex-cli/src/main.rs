@@ -11,6 +11,7 @@
 mod bench;
 mod connect;
 mod serve;
+mod shutdown;
 
 use std::process::ExitCode;
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::Args;
 use duplex::{CloseCode, Config, Event, ServerOptions};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::shutdown::{Listener, Shutdown};
 use crate::{CliError, Context};
 
 #[derive(Debug, Args)]
@@ -83,7 +84,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     tracing::info!("echo server on {scheme}://{local}");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let signal = shutdown_signal();
@@ -107,10 +108,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         };
         let options = options.clone();
         let tls = tls.clone();
-        let shutdown = shutdown_rx.clone();
+        let listener = shutdown.listen();
         tasks.spawn(async move {
             let _permit = permit;
-            serve_connection(tcp, peer, tls, options, shutdown).await;
+            serve_connection(tcp, peer, tls, options, listener).await;
         });
         // Reap finished tasks so the set does not grow with every connection ever served.
         while tasks.try_join_next().is_some() {}
@@ -120,7 +121,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         tasks.len()
     );
     drop(listener);
-    let _ = shutdown_tx.send(true);
+    shutdown.fire();
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
     });
@@ -135,7 +136,7 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: Option<duplex::tls::TlsAcceptor>,
     options: ServerOptions,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Listener,
 ) {
     let _ = tcp.set_nodelay(true);
     let stream = match tls {
@@ -163,12 +164,8 @@ async fn serve_connection(
 async fn echo(
     mut ws: duplex::WebSocket<duplex::MaybeTlsStream>,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Listener,
 ) {
-    // One shutdown future for the connection's life, polled after the socket (`biased`):
-    // building a fresh one per message costs more than the echo itself.
-    let shutdown = shutdown.changed();
-    tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             biased;

@@ -410,7 +410,7 @@ impl<S> Core<S> {
         match self.conn.recv(buf) {
             // A call that produced events may have stopped before a violation or the peer's
             // Close, so the application can answer first: feed again once they are drained.
-            Ok(()) => self.unfed = self.conn.has_pending_event(),
+            Ok(()) => self.unfed = self.conn.needs_recv(),
             // The connection queued the Close frame with the right code: flush it, then report.
             Err(e) => self.fail(e.into(), true),
         }

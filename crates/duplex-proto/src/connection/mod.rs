@@ -160,6 +160,8 @@ pub struct Connection {
     /// A violation found after other events in the same `recv` call: reported by the next call,
     /// so the application can answer what came before it (Autobahn 3.2, 4.1.3, 5.15).
     pending_error: Option<ProtocolError>,
+    /// The last `recv` stopped early (see `recv`): call it again once events are drained.
+    deferred: bool,
     /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
     sending_fragmented: Option<(DataKind, bool)>,
     /// permessage-deflate's send side, once negotiated.
@@ -179,6 +181,7 @@ impl Connection {
             role,
             incoming: Incoming::new(&config),
             pending_error: None,
+            deferred: false,
             config,
             state: State::Open,
             mask_keys: deterministic_mask_key,
@@ -264,8 +267,8 @@ impl Connection {
     ///
     /// Whatever ends the connection (a violation, the peer's Close) is acted on only in a call
     /// that produced no event before it: otherwise this call returns `Ok` and stops there, so
-    /// the application can answer the messages that came first. **After draining the events,
-    /// call `recv` again**, even with no new bytes, until a call produces no event.
+    /// the application can answer the messages that came first, and [`Connection::needs_recv`]
+    /// says so: **after draining the events, call `recv` again**, even with no new bytes.
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
         if let Some(e) = self.pending_error.take() {
             buf.clear();
@@ -277,6 +280,7 @@ impl Connection {
             return Ok(());
         }
         let events_before = self.events.len();
+        self.deferred = false;
         let mut out = recv::Output {
             events: &mut self.events,
             transmits: &mut self.transmits,
@@ -284,8 +288,11 @@ impl Connection {
             mask_keys: self.mask_keys,
             answer_pings: self.state == State::Open,
             events_before,
+            deferred: false,
         };
-        match self.incoming.consume(buf, &self.config, &mut out) {
+        let consumed = self.incoming.consume(buf, &self.config, &mut out);
+        self.deferred = out.deferred;
+        match consumed {
             Ok(recv::Consumed::NeedMore) => Ok(()),
             Ok(recv::Consumed::PeerClosed(close)) => {
                 self.on_peer_close(close);
@@ -296,6 +303,7 @@ impl Connection {
                 // Let the application see (and answer) what arrived before the violation.
                 buf.clear();
                 self.pending_error = Some(e);
+                self.deferred = true;
                 Ok(())
             }
             Err(e) => {
@@ -309,6 +317,13 @@ impl Connection {
     /// The next event, in the order the frames arrived.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether the last [`Connection::recv`] stopped early, before a violation or the peer's
+    /// Close, so the application could answer what came first: once the events are drained,
+    /// call `recv` again (with no new bytes if none came).
+    pub fn needs_recv(&self) -> bool {
+        self.deferred
     }
 
     /// Whether events are waiting for [`Connection::poll_event`].

@@ -30,6 +30,8 @@ pub(super) struct Output<'a> {
     /// Events queued before this call: the peer's Close waits for a call that starts with none
     /// new, so replies to earlier messages go out before the close handshake ends.
     pub(super) events_before: usize,
+    /// Set when the call stopped before the peer's Close to let earlier events be answered.
+    pub(super) deferred: bool,
 }
 
 /// Why [`Incoming::consume`] returned.
@@ -115,10 +117,13 @@ impl Incoming {
             if header.opcode.is_control() {
                 // At most 125 bytes: wait for all of it, then act on it whole.
                 let len = frame.remaining as usize;
-                if buf.len() < len
-                    || (header.opcode == OpCode::Close && out.events.len() > out.events_before)
-                {
+                if buf.len() < len {
                     self.frame = Some(frame);
+                    return Ok(Consumed::NeedMore);
+                }
+                if header.opcode == OpCode::Close && out.events.len() > out.events_before {
+                    self.frame = Some(frame);
+                    out.deferred = true;
                     return Ok(Consumed::NeedMore);
                 }
                 self.frame = None;

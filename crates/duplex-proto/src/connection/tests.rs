@@ -254,6 +254,7 @@ fn messages_before_a_violation_can_still_be_answered() {
     let mut wire = client_frame(true, 0, 1, b"echo me");
     wire.extend_from_slice(&client_frame(true, 0b010, 1, b"bad"));
     server.recv(&mut wire).unwrap();
+    assert!(server.needs_recv());
     assert_eq!(
         events(&mut server),
         vec![Event::Message(Message::text("echo me"))]
@@ -278,6 +279,7 @@ fn messages_before_the_peers_close_are_answered_before_the_reply() {
     let mut wire = client_frame(true, 0, 1, b"last words");
     wire.extend_from_slice(&client_frame(true, 0, 8, &1000u16.to_be_bytes()));
     server.recv(&mut wire).unwrap();
+    assert!(server.needs_recv());
     assert_eq!(
         events(&mut server),
         vec![Event::Message(Message::text("last words"))]
@@ -285,6 +287,7 @@ fn messages_before_the_peers_close_are_answered_before_the_reply() {
     assert_eq!(server.state(), State::Open);
     server.send(Message::text("last words")).unwrap();
     server.recv(&mut wire).unwrap();
+    assert!(!server.needs_recv());
     assert_eq!(
         events(&mut server),
         vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
