@@ -395,7 +395,7 @@ async fn api_publish(shared: &Shared, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return Response::error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
     };
-    let (channel, data) = match publish_fields(&value) {
+    let (channel, data) = match publish_fields(&value, &body) {
         Ok(fields) => fields,
         Err(message) => return Response::error(StatusCode::BAD_REQUEST, &message),
     };
@@ -414,17 +414,31 @@ async fn api_publish(shared: &Shared, body: Bytes) -> Response {
     }
 }
 
-/// The `channel` and `data` of a publish (HTTP body or WebSocket command), `data` serialized.
-pub(crate) fn publish_fields(value: &Value) -> Result<(&str, Bytes), String> {
+/// The `channel` and `data` of a publish body: `value` is `body` parsed.
+pub(crate) fn publish_fields<'a>(
+    value: &'a Value,
+    body: &[u8],
+) -> Result<(&'a str, Bytes), String> {
     let Value::Object(object) = value else {
         return Err("expected a JSON object with \"channel\" and \"data\"".into());
     };
     let channel = channel_field(object)?;
-    let data = object
-        .get("data")
-        .ok_or_else(|| "missing \"data\"".to_owned())?;
-    let data = serde_json::to_vec(data).map_err(|e| e.to_string())?;
-    Ok((channel, Bytes::from(data)))
+    Ok((channel, raw_data(body)?))
+}
+
+/// The `data` member of a publish exactly as the publisher wrote it: parsing it into a value
+/// and writing it back would reorder keys and round numbers (big integers, `1e2`, `101.50`),
+/// and subscribers must get what was published.
+pub(crate) fn raw_data(body: &[u8]) -> Result<Bytes, String> {
+    #[derive(serde::Deserialize)]
+    struct Publish<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let publish: Publish<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let data = publish.data.ok_or_else(|| "missing \"data\"".to_owned())?;
+    Ok(Bytes::copy_from_slice(data.get().as_bytes()))
 }
 
 /// The `channel` field, checked.

@@ -261,7 +261,7 @@ impl Session {
         match op {
             "subscribe" => self.subscribe(id, &object).await,
             "unsubscribe" => self.unsubscribe(id, &object).await,
-            "publish" => self.publish(id, &object).await,
+            "publish" => self.publish(id, &object, bytes).await,
             "presence" => self.presence(id, &object).await,
             "ping" => {
                 let mut out = ok(id);
@@ -434,6 +434,7 @@ impl Session {
         &mut self,
         id: Option<&Value>,
         object: &Map<String, Value>,
+        bytes: &[u8],
     ) -> Result<Vec<u8>, Vec<u8>> {
         let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
         if !self.grants.may_publish(channel) {
@@ -459,9 +460,7 @@ impl Session {
                 ),
             ));
         }
-        let data = serde_json::to_vec(&object["data"])
-            .map(bytes::Bytes::from)
-            .map_err(|e| error(id, "bad_request", &e.to_string()))?;
+        let data = crate::http::raw_data(bytes).map_err(|m| error(id, "bad_request", &m))?;
         let position = self
             .shared
             .broker

@@ -485,3 +485,40 @@ async fn compressed_and_plain_subscribers_get_the_same_publications() {
     })
     .await;
 }
+
+/// Subscribers get `data` exactly as published: key order, number spelling and integers too big
+/// for a float survive, over HTTP and WebSocket alike.
+#[tokio::test]
+async fn published_data_arrives_byte_for_byte() {
+    within(async {
+        let hub = hub(config()).await;
+        let addr = hub.local_addr();
+        let data =
+            r#"{"symbol":"DPLX","price":101.50,"id":12345678901234567890123,"e":1e2,"a":[1, 2]}"#;
+        let mut subscriber = Client::connect(addr, "").await;
+        subscriber.subscribe("exact").await;
+        let body = format!(r#"{{"channel":"exact","data":{data}}}"#);
+        let response = http(addr, "POST", "/api/publish", &[], Some(body.as_bytes())).await;
+        assert_eq!(response.status, 200);
+        let mut publisher = Client::connect(addr, "").await;
+        publisher
+            .send_text(&format!(
+                r#"{{"id":7,"op":"publish","channel":"exact","data":{data}}}"#
+            ))
+            .await;
+        assert_eq!(publisher.reply(json!(7)).await["ok"], json!(true));
+
+        let mut publications = 0;
+        while publications < 2 {
+            let raw = subscriber.next_raw().await;
+            if raw.contains(r#""op":"pub""#) {
+                assert!(raw.contains(&format!(r#""data":{data}"#)), "{raw}");
+                publications += 1;
+            }
+        }
+        let history = http(addr, "GET", "/api/history?channel=exact", &[], None).await;
+        let text = String::from_utf8(history.body.clone()).unwrap();
+        assert_eq!(text.matches(data).count(), 2, "{text}");
+    })
+    .await;
+}

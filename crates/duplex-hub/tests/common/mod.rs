@@ -73,6 +73,16 @@ impl Client {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
+    /// The next message as the hub wrote it.
+    pub async fn next_raw(&mut self) -> String {
+        let message = tokio::time::timeout(Duration::from_secs(10), self.ws.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("connection open")
+            .expect("no error");
+        String::from_utf8(message.as_bytes().to_vec()).expect("text")
+    }
+
     /// The next message, parsed.
     pub async fn next(&mut self) -> Value {
         let message = tokio::time::timeout(Duration::from_secs(10), self.ws.recv())
