@@ -142,7 +142,7 @@ def main():
     w("")
 
     w("msgs/s is what one generator core gets through one server core: below ~95% server "
-      "CPU busy, the generator (or the round trips) set the pace, not the server. \CPU 0 softirq "
+      "CPU busy, the generator (or the round trips) set the pace, not the server. CPU 0 softirq "
       "is the kernel's network work on the server's core (not charged to the process). \"CPU 0 "
       "busy with anything else\" is interference (other processes on the server's core): the "
       "throughput figures are only as good as it is small.")
