@@ -1,16 +1,19 @@
 //! `duplex serve`: the echo server, for conformance runs and for people testing their clients.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use clap::Args;
-use duplex::{CloseCode, Config, Event, ServerOptions};
+use duplex::{CloseCode, Config, Message, ServerOptions};
+use futures_util::{Sink, Stream};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::shutdown::{Listener, Shutdown};
 use crate::{CliError, Context};
@@ -85,8 +88,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     tracing::info!("echo server on {scheme}://{local}");
 
     let shutdown = Shutdown::new();
-    let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
-    let mut tasks = JoinSet::new();
+    let max_connections = args.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max_connections));
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -109,35 +112,43 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         let options = options.clone();
         let tls = tls.clone();
         let listener = shutdown.listen();
-        tasks.spawn(async move {
-            let _permit = permit;
-            serve_connection(tcp, peer, tls, options, listener).await;
+        // The handshake runs in a task of its own, which then hands the connection to a small
+        // echo task: an async fn's future is as large as its largest state, and the
+        // handshakes' would otherwise stay in the memory of every connection for its life.
+        tokio::spawn(async move {
+            if let Some(ws) = handshake(tcp, peer, tls, options).await {
+                tokio::spawn(EchoTask {
+                    ws,
+                    shutdown: listener,
+                    closing: false,
+                    pending: None,
+                    _permit: permit,
+                });
+            }
         });
-        // Reap finished tasks so the set does not grow with every connection ever served.
-        while tasks.try_join_next().is_some() {}
     }
-    tracing::info!(
-        "shutting down: closing {} connections with 1001",
-        tasks.len()
-    );
+    let open = max_connections - slots.available_permits();
+    tracing::info!("shutting down: closing {open} connections with 1001");
     drop(listener);
     shutdown.fire();
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    });
+    // Every connection holds a permit until its task ends.
+    let drained = tokio::time::timeout(
+        Duration::from_secs(10),
+        slots.acquire_many(max_connections as u32),
+    );
     if drained.await.is_err() {
         tracing::warn!("some connections did not close in time");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve_connection(
+/// TLS (if configured) and the WebSocket handshake.
+async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<duplex::tls::TlsAcceptor>,
     options: ServerOptions,
-    shutdown: Listener,
-) {
+) -> Option<duplex::WebSocket<duplex::MaybeTlsStream>> {
     let _ = tcp.set_nodelay(true);
     let stream = match tls {
         Some(acceptor) => {
@@ -145,50 +156,75 @@ async fn serve_connection(
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::debug!(%peer, "tls: {e}");
-                    return;
+                    return None;
                 }
             }
         }
         None => duplex::MaybeTlsStream::from(tcp),
     };
-    let ws = match duplex::accept_with(stream, options, |_, _| Ok(Default::default())).await {
-        Ok(ws) => ws,
+    match duplex::accept_with(stream, options, |_, _| Ok(Default::default())).await {
+        Ok(ws) => Some(ws),
         Err(e) => {
             tracing::debug!(%peer, "handshake refused: {e}");
-            return;
+            None
         }
-    };
-    echo(ws, peer, shutdown).await;
+    }
 }
 
-async fn echo(
-    mut ws: duplex::WebSocket<duplex::MaybeTlsStream>,
-    peer: SocketAddr,
-    mut shutdown: Listener,
-) {
-    loop {
-        let event = tokio::select! {
-            biased;
-            event = ws.recv_event() => event,
-            _ = &mut shutdown => {
-                let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
-                return;
+/// One echo connection: every message back as it came, until the peer closes or the server
+/// shuts down (then 1001). A hand-written future rather than an async fn so the task holds the
+/// connection and a few words, nothing more.
+struct EchoTask {
+    ws: duplex::WebSocket<duplex::MaybeTlsStream>,
+    shutdown: Listener,
+    closing: bool,
+    /// A message received while the send queue was full.
+    pending: Option<Message>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Future for EchoTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if !this.closing && Pin::new(&mut this.shutdown).poll(cx).is_ready() {
+            this.closing = true;
+            if this
+                .ws
+                .start_close(CloseCode::GOING_AWAY, "server shutting down")
+                .is_err()
+            {
+                return Poll::Ready(());
             }
-        };
-        // feed, not send: the reply goes out when recv_event next polls the socket, together
-        // with the replies to everything else that arrived in the same read.
-        let result = match event {
-            None => return,
-            Some(Ok(Event::Message(message))) => ws.feed(message).await,
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => {
-                tracing::debug!(%peer, "connection failed: {e}");
-                return;
+        }
+        if this.closing {
+            return this.ws.poll_closed(cx).map(|_| ());
+        }
+        loop {
+            if let Some(message) = this.pending.take() {
+                match Pin::new(&mut this.ws).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {
+                        this.pending = Some(message);
+                        return Poll::Pending;
+                    }
+                }
+                // Queued, not flushed: the next receive poll writes every queued reply at once.
+                if Pin::new(&mut this.ws).start_send(message).is_err() {
+                    return Poll::Ready(());
+                }
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, "send: {e}");
-            return;
+            match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => this.pending = Some(message),
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!("connection failed: {e}");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

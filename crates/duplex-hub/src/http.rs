@@ -696,7 +696,8 @@ async fn refuse(mut tcp: TcpStream, response: &[u8]) {
     let linger = async {
         tcp.write_all(response).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future for its life.
+        let mut sink = vec![0u8; 4096];
         while tcp.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };

@@ -120,7 +120,8 @@ enum Rx {
     /// A fatal error: flush what is queued if `flush` (the Close frame of a protocol error), shut
     /// the transport, then report `error`.
     Failing {
-        error: Error,
+        /// Boxed: failing is rare, and the state lives in every connection.
+        error: Box<Error>,
         flush: bool,
     },
     /// The error was reported, or the close handshake finished and the transport was shut.
@@ -142,18 +143,19 @@ pub(crate) struct Core<S> {
     /// Written bytes that may sit in a buffer of the stream (TLS) until `poll_flush`.
     needs_flush: bool,
     options: WebSocketOptions,
-    protocol: Option<String>,
+    protocol: Option<Box<str>>,
     rx: Rx,
     shut_down: bool,
     /// The peer's Close frame, once it arrived.
-    peer_close: Option<Option<CloseFrame>>,
+    /// Boxed, like the rest of what a connection needs only at its end.
+    peer_close: Option<Box<Option<CloseFrame>>>,
     last_rx: Instant,
     close_deadline: Option<Instant>,
     close_timer: Option<Pin<Box<Sleep>>>,
     idle_timer: Option<Pin<Box<Sleep>>>,
     ping_timer: Option<Pin<Box<Sleep>>>,
     /// Set once split: the waker handed to the socket for writes.
-    shared_write_waker: Option<(Arc<WriteWakers>, Waker)>,
+    shared_write_waker: Option<Box<(Arc<WriteWakers>, Waker)>>,
     /// The receive side's waker, to wake it when the send side starts the close (arming a timer
     /// only the receive side polls).
     reader_waker: Option<Waker>,
@@ -194,7 +196,7 @@ impl<S> Core<S> {
             read_eof: false,
             needs_flush: false,
             options,
-            protocol,
+            protocol: protocol.map(String::into_boxed_str),
             rx: Rx::Open,
             shut_down: false,
             peer_close: None,
@@ -229,7 +231,7 @@ impl<S> Core<S> {
     }
 
     pub(crate) fn peer_close(&self) -> Option<&CloseFrame> {
-        self.peer_close.as_ref().and_then(Option::as_ref)
+        self.peer_close.as_deref().and_then(Option::as_ref)
     }
 
     /// Prepares for use from two tasks.
@@ -237,7 +239,7 @@ impl<S> Core<S> {
         if self.shared_write_waker.is_none() {
             let wakers = Arc::new(WriteWakers::default());
             let waker = Waker::from(wakers.clone());
-            self.shared_write_waker = Some((wakers, waker));
+            self.shared_write_waker = Some(Box::new((wakers, waker)));
         }
     }
 
@@ -245,7 +247,10 @@ impl<S> Core<S> {
     fn fail(&mut self, error: Error, flush: bool) {
         if matches!(self.rx, Rx::Open) {
             tracing::debug!(%error, "websocket failed");
-            self.rx = Rx::Failing { error, flush };
+            self.rx = Rx::Failing {
+                error: Box::new(error),
+                flush,
+            };
             self.arm_close_deadline();
         }
     }
@@ -300,7 +305,7 @@ impl<S> Core<S> {
         loop {
             if let Some(event) = self.conn.poll_event() {
                 if let Event::Close(frame) = &event {
-                    self.peer_close = Some(frame.clone());
+                    self.peer_close = Some(Box::new(frame.clone()));
                     self.arm_close_deadline();
                 }
                 // A pong or a close reply may have been queued: send it now, even if the
@@ -319,7 +324,7 @@ impl<S> Core<S> {
                     else {
                         unreachable!("checked above")
                     };
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(*error)));
                 }
                 Rx::Done => return Poll::Ready(None),
             }
@@ -691,11 +696,11 @@ impl<S> Core<S> {
 /// The waker to hand the socket for a write by `side`: the task's own, or once split the shared
 /// one, after recording the task's in its slot.
 fn write_waker<'a>(
-    shared: &'a Option<(Arc<WriteWakers>, Waker)>,
+    shared: &'a Option<Box<(Arc<WriteWakers>, Waker)>>,
     cx: &'a Context<'_>,
     side: Side,
 ) -> &'a Waker {
-    match shared {
+    match shared.as_deref() {
         None => cx.waker(),
         Some((wakers, waker)) => {
             let mut slots = wakers.slots.lock().unwrap_or_else(PoisonError::into_inner);

@@ -182,7 +182,9 @@ where
 {
     options.config.validate()?;
     let deadline = Instant::now() + options.handshake_timeout;
-    let handshake = server_handshake(&mut stream, &options, callback);
+    // Boxed so that the handshake's state (buffers, parsed request) is freed once it is done,
+    // rather than sized into the future of every connection for its whole life.
+    let handshake = Box::pin(server_handshake(&mut stream, &options, callback));
     let (leftover, protocol, negotiated) = match timeout_at(deadline, handshake).await {
         Ok(Ok(done)) => done,
         Ok(Err(Refusal { error, response })) => {
@@ -354,7 +356,8 @@ where
     stream.flush().await?;
     stream.shutdown().await?;
     let linger = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would sit in every connection's future for its whole life.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0usize;
     while drained < 1 << 20 {
         match timeout_at(linger, stream.read(&mut sink)).await {

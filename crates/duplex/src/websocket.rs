@@ -192,6 +192,19 @@ where
         Ok(self.core.peer_close().cloned())
     }
 
+    /// Starts the close handshake without waiting: the Close frame goes out and the handshake
+    /// completes as the receive side is polled (the `Stream` ends once it is over), or drive it
+    /// with [`WebSocket::poll_closed`]. For hand-written futures; async code uses
+    /// [`WebSocket::close`]. A no-op if the handshake already started.
+    pub fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.core.start_close(code, reason)
+    }
+
+    /// Drives the connection to its end after [`WebSocket::start_close`], discarding data.
+    pub fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.core.poll_closed(cx)
+    }
+
     /// Splits into a sending and a receiving half, usable from different tasks.
     ///
     /// The halves share the connection behind a lock held only for the duration of a poll

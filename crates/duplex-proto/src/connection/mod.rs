@@ -159,7 +159,7 @@ pub struct Connection {
     incoming: Incoming,
     /// A violation found after other events in the same `recv` call: reported by the next call,
     /// so the application can answer what came before it (Autobahn 3.2, 4.1.3, 5.15).
-    pending_error: Option<ProtocolError>,
+    pending_error: Option<Box<ProtocolError>>,
     /// The last `recv` stopped early (see `recv`): call it again once events are drained.
     deferred: bool,
     /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
@@ -273,7 +273,7 @@ impl Connection {
         if let Some(e) = self.pending_error.take() {
             buf.clear();
             self.fail(&e);
-            return Err(Error::Protocol(e));
+            return Err(Error::Protocol(*e));
         }
         if self.state == State::Closed {
             buf.clear();
@@ -302,7 +302,7 @@ impl Connection {
             Err(e) if self.events.len() > events_before => {
                 // Let the application see (and answer) what arrived before the violation.
                 buf.clear();
-                self.pending_error = Some(e);
+                self.pending_error = Some(Box::new(e));
                 self.deferred = true;
                 Ok(())
             }
