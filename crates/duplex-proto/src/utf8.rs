@@ -40,6 +40,11 @@ impl Utf8Validator {
 
     /// Validates the next piece of the message.
     pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), InvalidUtf8> {
+        // Most text on the wire is ASCII, and short messages are the common case: a word-wise
+        // check is a few instructions where the general validator's setup costs dozens.
+        if self.partial_len == 0 && chunk.len() < 64 && chunk.is_ascii() {
+            return Ok(());
+        }
         if self.partial_len > 0 {
             let have = usize::from(self.partial_len);
             let need = sequence_len(self.partial[0]) - have;
