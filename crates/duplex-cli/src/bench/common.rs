@@ -91,7 +91,7 @@ impl Failures {
     /// One line per distinct failure, most frequent first.
     pub(crate) fn print(&self, indent: &str) {
         let mut kinds: Vec<_> = self.kinds.iter().collect();
-        kinds.sort_by(|a, b| b.1.cmp(&a.1));
+        kinds.sort_by_key(|kind| std::cmp::Reverse(kind.1));
         for (kind, count) in kinds.iter().take(8) {
             println!("{indent}{count} x {kind}");
         }

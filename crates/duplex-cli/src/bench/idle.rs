@@ -57,12 +57,7 @@ pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
                 let dropped = dropped.clone();
                 // Keep reading, so pings are answered and a close from the server is noticed.
                 held.push(tokio::task::spawn_local(async move {
-                    loop {
-                        match ws.recv_event().await {
-                            Some(Ok(_)) => {}
-                            Some(Err(_)) | None => break,
-                        }
-                    }
+                    while let Some(Ok(_)) = ws.recv_event().await {}
                     dropped.set(dropped.get() + 1);
                 }));
             }
