@@ -227,6 +227,14 @@ impl Incoming {
 
             if !message_done {
                 if !message.compressed {
+                    if !frame_done && message.data.capacity() == 0 {
+                        // A frame arriving over several reads: size the buffer once for the rest
+                        // of it (within the limit already checked, capped so a peer that only
+                        // announces a large frame does not get the memory before sending it),
+                        // instead of growing it read by read.
+                        let frame_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+                        message.data.reserve(frame_len.min(MAX_RESERVE));
+                    }
                     append(&mut message.data, chunk);
                 }
                 continue;
@@ -315,12 +323,19 @@ impl Incoming {
 /// Appends without a copy when `chunk` directly follows `data` in memory (pieces split off one
 /// read buffer), else copies.
 fn append(data: &mut BytesMut, chunk: BytesMut) {
-    if data.is_empty() {
+    if data.capacity() == 0 {
         *data = chunk;
+    } else if data.is_empty() {
+        // Reserved for a frame arriving over several reads (`unsplit` would drop the
+        // reservation for the chunk's own buffer).
+        data.extend_from_slice(&chunk);
     } else {
         data.unsplit(chunk);
     }
 }
+
+/// Most a frame's announced length reserves before its bytes arrive.
+const MAX_RESERVE: usize = 1 << 20;
 
 /// Decodes and checks a Close payload (RFC 6455 section 5.5.1, 7.4).
 fn parse_close(payload: &Bytes) -> Result<Option<CloseFrame>, ProtocolError> {
