@@ -371,7 +371,10 @@ impl<S> Core<S> {
                 };
                 if let Poll::Ready(Ok(n)) = read {
                     if n > 0 {
-                        self.last_rx = Instant::now();
+                        // Read the clock only for the idle timer that needs it.
+                        if self.options.idle_timeout.is_some() {
+                            self.last_rx = Instant::now();
+                        }
                         if self.read_buf.is_empty() {
                             self.feed_from(&mut scratch);
                             if !scratch.is_empty() {
