@@ -28,8 +28,12 @@
 /// ```
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    if buf.len() < 16 {
+    if buf.len() < 8 {
         return apply_mask_scalar(buf, key, offset);
+    }
+    if buf.len() < 128 {
+        // Short payloads (the common case): building the 32-byte key costs more than it saves.
+        return apply_mask_words(buf, key, offset);
     }
     #[cfg(target_arch = "x86_64")]
     if buf.len() >= 256 && std::is_x86_feature_detected!("avx2") {
@@ -59,6 +63,20 @@ pub fn apply_mask_scalar(buf: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, byte) in buf.iter_mut().enumerate() {
         *byte ^= key[(i + offset) & 3];
     }
+}
+
+/// Eight bytes at a time with the key rotated to `offset` (every word starts a multiple of 4
+/// bytes after `buf[0]`, so one key fits all).
+fn apply_mask_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    let rotated = rotate_key(key, offset);
+    let k32 = u32::from_ne_bytes(rotated);
+    let k64 = (u64::from(k32) << 32) | u64::from(k32);
+    let mut words = buf.chunks_exact_mut(8);
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().expect("chunk of 8")) ^ k64;
+        word.copy_from_slice(&w.to_ne_bytes());
+    }
+    apply_mask_scalar(words.into_remainder(), rotated, 0);
 }
 
 /// 32-byte blocks against a 32-byte key rotated to `offset`: every block starts a multiple of 4
@@ -103,6 +121,9 @@ mod tests {
                 let mut blocks = data.clone();
                 apply_mask_blocks(&mut blocks, key, offset);
                 assert_eq!(blocks, slow, "blocks, len {len} offset {offset}");
+                let mut words = data.clone();
+                apply_mask_words(&mut words, key, offset);
+                assert_eq!(words, slow, "words, len {len} offset {offset}");
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     let mut avx2 = data.clone();
