@@ -14,6 +14,7 @@
 
 mod common;
 mod echo;
+mod fanout;
 mod handshake;
 mod idle;
 
@@ -38,16 +39,9 @@ pub enum BenchKind {
     Idle(idle::IdleArgs),
     /// Handshakes: connect, upgrade, close, one after the other.
     Handshake(handshake::HandshakeArgs),
-    /// Hub fan-out (not built yet: comes with the hub).
-    Fanout(FanoutArgs),
-}
-
-/// Placeholder for `duplex bench fanout`.
-#[derive(Debug, clap::Args)]
-pub struct FanoutArgs {
-    /// Ignored.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// Hub fan-out: N subscribers on one channel, M publications; time to first/last
+    /// subscriber, deliveries/s, missing and duplicate deliveries.
+    Fanout(fanout::FanoutArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
@@ -55,8 +49,6 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         BenchKind::Echo(args) => common::on_own_thread(move || echo::run(args)).await,
         BenchKind::Idle(args) => common::on_own_thread(move || idle::run(args)).await,
         BenchKind::Handshake(args) => common::on_own_thread(move || handshake::run(args)).await,
-        BenchKind::Fanout(_) => Err(CliError(
-            "bench fanout: not built yet: comes with the hub".into(),
-        )),
+        BenchKind::Fanout(args) => common::on_own_thread(move || fanout::run(args)).await,
     }
 }
