@@ -1068,14 +1068,43 @@ impl Decompressor {
 /// assert_eq!(&prepared[..], [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
 /// ```
 pub fn compress_once(payload: &[u8], level: u32) -> Bytes {
+    thread_local! {
+        // zlib state is a few hundred KiB to allocate and set up: one no-context compressor per
+        // thread is reused (it resets after every message anyway) instead of one per message.
+        static ONCE: std::cell::RefCell<Option<Compressor>> = const { std::cell::RefCell::new(None) };
+    }
     let mut out = BytesMut::new();
-    Compressor::new(MAX_WINDOW_BITS, level, true).compress(payload, &mut out);
+    ONCE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        let compressor = match &mut *cached {
+            Some(c) if c.level == level.min(9) => c,
+            slot => slot.insert(Compressor::new(MAX_WINDOW_BITS, level, true)),
+        };
+        compressor.compress(payload, &mut out);
+    });
     out.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compress_once_reuses_its_compressor_without_leaking_context() {
+        // Each prepared message must inflate alone: the reused compressor resets in between.
+        for (i, text) in ["first message", "second message", "first message", ""]
+            .iter()
+            .enumerate()
+        {
+            let level = if i == 2 { 6 } else { 1 };
+            let prepared = compress_once(text.as_bytes(), level);
+            let mut out = BytesMut::new();
+            Decompressor::new(15, true)
+                .decompress(&prepared, true, &mut out, 1 << 20)
+                .unwrap();
+            assert_eq!(&out[..], text.as_bytes(), "message {i}");
+        }
+    }
     use crate::extensions::parse;
     use proptest::prelude::*;
 
