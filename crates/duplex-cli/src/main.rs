@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         .init();
     let threads = match &cli.command {
         Command::Serve(args) => args.threads,
+        Command::Hub(args) => args.threads,
         _ => None,
     };
     let runtime = match threads {

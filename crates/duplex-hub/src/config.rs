@@ -73,6 +73,10 @@ pub struct HubArgs {
     /// Seconds between server pings on idle-looking connections (0: none) [default: 25].
     #[arg(long, env = "DUPLEX_PING_INTERVAL")]
     pub ping_interval: Option<u64>,
+    /// Worker threads (default: one per core). 1 runs everything on one thread: fewer
+    /// instructions per delivery, for a hub pinned to one core.
+    #[arg(long, env = "DUPLEX_THREADS")]
+    pub threads: Option<usize>,
 }
 
 /// permessage-deflate policy.

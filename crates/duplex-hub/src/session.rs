@@ -16,7 +16,6 @@ use std::task::Poll;
 use std::time::Instant;
 
 use duplex::{CloseCode, Message, WebSocket};
-use futures_sink::Sink;
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 
@@ -182,14 +181,10 @@ impl Session {
             if !self.filters.is_empty() && self.filtered(&delivery) {
                 continue;
             }
-            if self.shared_deflate {
-                // The shared compressed frame; duplex has no unflushed variant of this.
-                ws.send_prepared(&delivery.prepared).await?;
-            } else {
-                // The same payload Bytes as every other subscriber; only the 2..10-byte frame
-                // head is written per connection.
-                feed(ws, delivery.prepared.message().clone()).await?;
-            }
+            // The frame prepared once for every subscriber (head and payload, compressed when
+            // this connection's parameters allow sharing), queued without a flush: one write
+            // for the whole batch.
+            ws.feed_prepared(&delivery.prepared).await?;
             messages += 1;
             bytes += delivery.prepared.wire_len() as u64;
         }
@@ -530,12 +525,6 @@ async fn until_closed(
         })
     })
     .await
-}
-
-/// Queues a message on the socket without flushing.
-async fn feed(ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
-    poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await?;
-    Pin::new(&mut *ws).start_send(message)
 }
 
 fn parse_since(value: &Value) -> Option<(String, u64)> {
