@@ -17,7 +17,8 @@
 #      subscriber idle before the first and after the last measured publication, so neither
 #      handshakes nor subscribes nor closes are in it; the publications' HTTP requests are.
 # The hub runs on CPU 0 and the generator on CPU 1 (taskset), everything on 127.0.0.1. The hub
-# runs with `--compression off --join-leave false --ping-interval 0 --max-connections 30000`:
+# runs with `--compression off --join-leave false --ping-interval 0 --max-connections 30000`
+# (and `--threads 1` where the build has it):
 # plain fan-out, no presence pushes (with them every subscribe is pushed to every earlier
 # subscriber: N^2/2 pushes while subscribing), no pings inside the window.
 # The table goes to bench/results/fanout-latest.md (and stdout); logs, callgrind dumps and
@@ -151,6 +152,10 @@ CLK_TCK=$(getconf CLK_TCK)
 NO_REP=glibc.cpu.x86_rep_movsb_threshold=1099511627776:glibc.cpu.x86_rep_stosb_threshold=1099511627776
 new_sync() { SYNC=$RUN/sync/$1; rm -rf "$SYNC"; mkdir -p "$SYNC"; }
 HUB_FLAGS=(--compression off --join-leave false --ping-interval 0 --max-connections 30000)
+# One thread for a hub pinned to one core, when this build has the flag.
+if "$DUPLEX" hub --help 2>/dev/null | grep -q -- '--threads'; then
+    HUB_FLAGS+=(--threads 1)
+fi
 
 # start_hub PORT LOG [WRAPPER...]: the hub pinned to SERVER_CPU; sets SERVER_PID (the hub
 # itself: taskset and valgrind exec).
