@@ -11,8 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use duplex::{CloseCode, Message, WebSocket};
@@ -102,6 +104,44 @@ pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_
     metrics.connections.fetch_sub(1, Relaxed);
 }
 
+/// The receive side's waker: notes that the socket (or a timer of the receive path) fired, then
+/// wakes the connection task.
+struct ReceiveWake {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl ReceiveWake {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *task {
+            Some(current) if current.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+}
+
+impl std::task::Wake for ReceiveWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, std::sync::atomic::Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
 /// What woke the connection task: any of these may be set at once.
 struct Wake {
     closing: Option<Closing>,
@@ -120,18 +160,41 @@ impl From<Closing> for End {
 
 impl Session {
     async fn drive(&mut self, ws: &mut Ws, outbox: &Outbox) -> End {
+        // The receive side is polled with a waker of its own that notes it fired: a wake-up by
+        // the outbox alone (every delivery) then skips the socket, whose readiness check and
+        // read attempt cost as much as the delivery itself.
+        let receive = Arc::new(ReceiveWake {
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        let receive_waker = Waker::from(receive.clone());
         loop {
-            // Both sources are polled on every wake-up, so a flood of pushes cannot starve the
-            // client's commands (nor the pings and timers that run on the receive path).
+            // Both sources are looked at on every wake-up, so a flood of pushes cannot starve
+            // the client's commands (nor the pings and timers that run on the receive path).
             let wake = poll_fn(|cx| {
                 let (closing, drain) = match outbox.poll_event(cx) {
                     Poll::Ready(OutboxEvent::Closed(why)) => (Some(why), false),
                     Poll::Ready(OutboxEvent::Ready) => (None, true),
                     Poll::Pending => (None, false),
                 };
-                let message = match pin!(ws.recv()).poll(cx) {
-                    Poll::Ready(message) => Some(message),
-                    Poll::Pending => None,
+                let message = if receive
+                    .fired
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                {
+                    receive.set_task(cx.waker());
+                    let mut rcx = std::task::Context::from_waker(&receive_waker);
+                    match pin!(ws.recv()).poll(&mut rcx) {
+                        Poll::Ready(message) => {
+                            // More may be buffered from the same read: look again next time.
+                            receive
+                                .fired
+                                .store(true, std::sync::atomic::Ordering::Release);
+                            Some(message)
+                        }
+                        Poll::Pending => None,
+                    }
+                } else {
+                    None
                 };
                 if closing.is_none() && !drain && message.is_none() {
                     return Poll::Pending;
