@@ -91,22 +91,7 @@ pubs() {
 
 START=$SECONDS
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
-RUN=$HERE/results/fanout-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RUN/logs" "$RUN/sync" "$RUN/cg" "$RUN/bin"
-RAW=$RUN/raw.tsv
-: >"$RAW"
-SERVER_PID="" GEN_PID="" PERF_PID=""
-cleanup() {
-    [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
-    [ -n "$GEN_PID" ] && kill -TERM "$GEN_PID" 2>/dev/null
-    [ -n "$SERVER_PID" ] && stop_pid "$SERVER_PID"
-    true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-command -v taskset >/dev/null || die "taskset (util-linux) is needed"
-command -v python3 >/dev/null || die "python3 is needed for the report"
+start_run "$HERE/results/fanout-$(date +%Y%m%d-%H%M%S)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (hub on CPU $SERVER_CPU, generator on CPU $CLIENT_CPU)"
 
 # Every subscriber is a descriptor in the generator and one in the hub (both started from

@@ -158,3 +158,24 @@ callgrind_total() { awk '/^summary:/ { print $2; exit }' "$1"; }
 
 # perf_value FILE EVENT: the count of EVENT in `perf stat -x,` output (empty if not counted).
 perf_value() { awk -F, -v ev="$2" '$3 == ev && $1 ~ /^[0-9]+$/ { print $1; exit }' "$1"; }
+
+# start_run DIR: the run's folders and raw results file (RUN, RAW), and a trap that stops
+# whatever the harness started (SERVER_PID, GEN_PID, PERF_PID), by PID, however it exits.
+start_run() {
+    RUN=$1
+    mkdir -p "$RUN/logs" "$RUN/sync" "$RUN/cg" "$RUN/bin"
+    RAW=$RUN/raw.tsv
+    : >"$RAW"
+    SERVER_PID="" GEN_PID="" PERF_PID=""
+    trap run_cleanup EXIT
+    trap 'exit 130' INT TERM
+    command -v taskset >/dev/null || die "taskset (util-linux) is needed"
+    command -v python3 >/dev/null || die "python3 is needed for the report"
+}
+
+run_cleanup() {
+    [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
+    [ -n "$GEN_PID" ] && kill -TERM "$GEN_PID" 2>/dev/null
+    [ -n "$SERVER_PID" ] && stop_pid "$SERVER_PID"
+    true
+}
