@@ -93,17 +93,7 @@ if [ "$(ulimit -n)" -lt "$need" ]; then
     log "warning: ulimit -n is $(ulimit -n): idle test with $IDLE connections"
 fi
 
-case $INSTR in
-auto)
-    if perf_usable; then INSTR=perf
-    elif callgrind_usable; then INSTR=callgrind
-    else INSTR=none; log "warning: no perf counters and no valgrind: instructions not measured"
-    fi ;;
-perf) perf_usable || die "perf cannot count instructions here" ;;
-callgrind) callgrind_usable || die "valgrind/callgrind_control not installed" ;;
-none) ;;
-*) die "--instr: auto, perf, callgrind or none" ;;
-esac
+INSTR=$(choose_instr "$INSTR") || exit 1
 log "instructions: $INSTR; payload: $PAYLOAD; reps: $REPS; window: ${DURATION}s; idle: $IDLE"
 
 if [ "$BUILD" = 1 ]; then

@@ -105,17 +105,7 @@ fi
 [ "$(ulimit -n)" -ge "$need" ] ||
     die "ulimit -n is $(ulimit -n) (hard limit $(ulimit -Hn)); $need needed for $max_n subscribers"
 
-case $INSTR in
-auto)
-    if perf_usable; then INSTR=perf
-    elif callgrind_usable; then INSTR=callgrind
-    else INSTR=none; log "warning: no perf counters and no valgrind: instructions not measured"
-    fi ;;
-perf) perf_usable || die "perf cannot count instructions here" ;;
-callgrind) callgrind_usable || die "valgrind/callgrind_control not installed" ;;
-none) ;;
-*) die "--instr: auto, perf, callgrind or none" ;;
-esac
+INSTR=$(choose_instr "$INSTR") || exit 1
 log "instructions: $INSTR; subscribers: $SUBSCRIBERS; data: $SIZE B; ulimit -n $(ulimit -n)"
 
 if [ "$BUILD" = 1 ]; then

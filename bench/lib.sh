@@ -179,3 +179,19 @@ run_cleanup() {
     [ -n "$SERVER_PID" ] && stop_pid "$SERVER_PID"
     true
 }
+
+# choose_instr auto|perf|callgrind|none: how instructions are counted here. `auto` takes
+# hardware counters (perf) where they work, else callgrind, else nothing; prints the choice.
+choose_instr() {
+    case $1 in
+    auto)
+        if perf_usable; then echo perf
+        elif callgrind_usable; then echo callgrind
+        else log "warning: no perf counters and no valgrind: instructions not measured"; echo none
+        fi ;;
+    perf) perf_usable || die "perf cannot count instructions here"; echo perf ;;
+    callgrind) callgrind_usable || die "valgrind/callgrind_control not installed"; echo callgrind ;;
+    none) echo none ;;
+    *) die "--instr: auto, perf, callgrind or none" ;;
+    esac
+}
