@@ -48,6 +48,8 @@
 
 mod client;
 mod core;
+#[cfg(feature = "engine")]
+pub mod engine;
 mod error;
 mod rng;
 mod server;

@@ -216,9 +216,9 @@ where
 }
 
 #[cfg(feature = "deflate")]
-type Negotiated = duplex_proto::extensions::deflate::Negotiated;
+pub(crate) type Negotiated = duplex_proto::extensions::deflate::Negotiated;
 #[cfg(not(feature = "deflate"))]
-type Negotiated = ();
+pub(crate) type Negotiated = ();
 
 /// The extensions to agree to: permessage-deflate if the client offered an acceptable one
 /// (RFC 7692 section 5.1: the first acceptable offer wins), with the response header value.
@@ -228,7 +228,21 @@ fn negotiate_extensions(
     offer: &ClientOffer,
 ) -> (Option<Negotiated>, Option<String>) {
     #[cfg(feature = "deflate")]
-    if let (Some(config), Some(header)) = (&options.deflate, &offer.extensions) {
+    return negotiate_deflate(options.deflate.as_ref(), offer);
+    #[cfg(not(feature = "deflate"))]
+    {
+        let _ = (options, offer);
+        (None, None)
+    }
+}
+
+/// [`negotiate_extensions`] for any server runtime: the deflate settings to accept, if any.
+#[cfg(feature = "deflate")]
+pub(crate) fn negotiate_deflate(
+    deflate: Option<&duplex_proto::extensions::deflate::DeflateConfig>,
+    offer: &ClientOffer,
+) -> (Option<Negotiated>, Option<String>) {
+    if let (Some(config), Some(header)) = (deflate, &offer.extensions) {
         let offers = match duplex_proto::extensions::parse(header) {
             Ok(offers) => offers,
             Err(e) => {
@@ -245,7 +259,6 @@ fn negotiate_extensions(
             }
         };
     }
-    let _ = (options, offer);
     (None, None)
 }
 

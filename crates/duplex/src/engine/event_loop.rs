@@ -1,0 +1,653 @@
+//! One event loop: an edge-triggered poll over the listener and a slab of connections.
+//!
+//! Every connection is registered once for both readable and writable readiness (edge
+//! triggered, so nothing is re-registered as interest changes). A readable edge reads until a
+//! short read, which means the socket is drained (a further read would only return EAGAIN);
+//! the handler runs for every message; then the queued frames go out with one vectored write.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use duplex_proto::handshake::{HandshakeError, accept_response, parse_request, validate_request};
+use duplex_proto::{CloseCode, Connection, Event, Role, State};
+use http::{HeaderMap, StatusCode};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::slot::{Open, Phase, Slot, Written, shut_write, write_raw};
+use super::{EngineOptions, Handler, Shared, Socket, SocketId};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// The per-thread read buffer: reads go to its front, and what a read brought is split off and
+/// handed to the connection, so single-frame messages point into it without a copy. Its bytes
+/// stay initialized (safe code cannot read into uninitialized memory), so it is replaced by a
+/// fresh zeroed one only when less than `MIN_READ` of it is left: one allocation and zeroing
+/// per ~48 KiB received, not per read.
+const SCRATCH_SIZE: usize = 64 * 1024;
+const MIN_READ: usize = 16 * 1024;
+
+/// A slab entry: the connection, and the generation that tells its ids from a previous
+/// occupant's.
+#[derive(Debug)]
+struct Entry {
+    generation: u32,
+    slot: Option<Slot>,
+}
+
+/// What a step decided about its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Keep,
+    /// Close the socket and free the slot.
+    Drop,
+}
+
+struct EventLoop<'a, H: Handler> {
+    poll: Poll,
+    listener: TcpListener,
+    /// The listener is registered (not shutting down).
+    listening: bool,
+    /// At the connection limit (or out of descriptors): accept again once a slot frees, or at
+    /// the next sweep.
+    accept_paused: bool,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
+    scratch: BytesMut,
+    handler: H,
+    options: &'a EngineOptions,
+    shared: &'a Shared,
+    started: Instant,
+    /// Seconds since `started`, from 1 (0 means "no deadline" in a slot).
+    tick: u32,
+    /// Set when the shutdown began: the tick at which whatever is left is dropped.
+    stopping: Option<u32>,
+}
+
+/// Runs one loop until the engine shuts down and its connections are gone.
+pub(super) fn run<H: Handler>(
+    listener: std::net::TcpListener,
+    handler: H,
+    options: &EngineOptions,
+    shared: &Arc<Shared>,
+) -> io::Result<()> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    shared
+        .wakers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(waker);
+    let mut listener = TcpListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut event_loop = EventLoop {
+        poll,
+        listener,
+        listening: true,
+        accept_paused: false,
+        entries: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        scratch: BytesMut::zeroed(SCRATCH_SIZE),
+        handler,
+        options,
+        shared,
+        started: Instant::now(),
+        tick: 1,
+        stopping: None,
+    };
+    event_loop.run()
+}
+
+/// Whole seconds, rounded up, at least 1: the timers' resolution.
+fn ticks(duration: Duration) -> u32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+impl<H: Handler> EventLoop<'_, H> {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut swept = self.tick;
+        loop {
+            if self.stopping.is_none() && self.shared.shutdown.load(Ordering::Acquire) {
+                self.begin_shutdown();
+            }
+            if self.stopping.is_some() && self.live == 0 {
+                return Ok(());
+            }
+            // Timers are swept once a second while there are connections; an idle loop sleeps.
+            let timeout = (self.live > 0 || self.accept_paused).then(|| {
+                let next = self.started + Duration::from_secs(u64::from(self.tick));
+                next.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
+            });
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.tick = u32::try_from(self.started.elapsed().as_secs() + 1).unwrap_or(u32::MAX);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(index) => {
+                        let readable = event.is_readable() || event.is_read_closed();
+                        let failed = event.is_error();
+                        self.ready(index, readable || failed, event.is_writable() || failed);
+                    }
+                }
+            }
+            if self.tick != swept {
+                swept = self.tick;
+                self.sweep();
+            }
+        }
+    }
+
+    fn id(&self, index: usize) -> SocketId {
+        SocketId {
+            index: index as u32,
+            generation: self.entries[index].generation,
+        }
+    }
+
+    // ---- accepting ----
+
+    fn accept_all(&mut self) {
+        while self.listening {
+            if self.shared.connections.load(Ordering::Relaxed) >= self.options.max_connections {
+                self.accept_paused = true;
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => self.insert(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_paused = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: try again at the next sweep
+                    // rather than spinning.
+                    tracing::warn!("accept: {e}");
+                    self.accept_paused = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let index = match self.free.pop() {
+            Some(index) => index as usize,
+            None => {
+                self.entries.push(Entry {
+                    generation: 0,
+                    slot: None,
+                });
+                self.entries.len() - 1
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("registering a connection: {e}");
+            self.free.push(index as u32);
+            return;
+        }
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.live += 1;
+        self.entries[index].slot = Some(Slot {
+            stream,
+            phase: Phase::Handshake(Vec::new()),
+            last_rx: self.tick,
+            deadline: self
+                .tick
+                .saturating_add(ticks(self.options.handshake_timeout)),
+            write_blocked: false,
+            read_paused: false,
+        });
+    }
+
+    /// Closes the socket, tells the handler if it saw the connection open, frees the slot.
+    fn remove(&mut self, index: usize) {
+        let id = self.id(index);
+        let entry = &mut self.entries[index];
+        let Some(slot) = entry.slot.take() else {
+            return;
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        if let Phase::Open(open) = &slot.phase {
+            if !open.notified {
+                self.handler.on_close(id, CloseCode::ABNORMAL, "");
+            }
+        }
+        // Closing the descriptor takes it out of the epoll set.
+        drop(slot);
+        self.free.push(index as u32);
+        self.live -= 1;
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_paused && self.stopping.is_none() {
+            self.accept_all();
+        }
+    }
+
+    // ---- readiness ----
+
+    fn ready(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(slot) = self.entries.get_mut(index).and_then(|e| e.slot.as_mut()) else {
+            return;
+        };
+        if writable && slot.write_blocked {
+            slot.write_blocked = false;
+            if self.flush(index) == Next::Drop {
+                return self.remove(index);
+            }
+        }
+        if readable && self.read(index) == Next::Drop {
+            self.remove(index);
+        }
+    }
+
+    /// Makes room at the front of the scratch buffer for a read.
+    fn scratch_room(&mut self) -> usize {
+        if self.scratch.len() < MIN_READ {
+            self.scratch = BytesMut::zeroed(SCRATCH_SIZE);
+        }
+        self.scratch.len()
+    }
+
+    /// Reads until the socket is drained (or the connection paused, ended, or failed).
+    fn read(&mut self, index: usize) -> Next {
+        loop {
+            let room = self.scratch_room();
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                return Next::Drop;
+            };
+            if slot.read_paused {
+                return Next::Keep;
+            }
+            let n = match (&slot.stream).read(&mut self.scratch[..]) {
+                Ok(0) => return self.on_eof(index),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Next::Drop,
+            };
+            slot.last_rx = self.tick;
+            let chunk = self.scratch.split_to(n);
+            let next = match slot.phase {
+                Phase::Handshake(_) => self.on_request_bytes(index, chunk),
+                Phase::Open(_) => self.on_frames(index, chunk),
+                // Discarded: the peer's last words after ours.
+                Phase::Linger { .. } => Next::Keep,
+            };
+            if next == Next::Drop {
+                return Next::Drop;
+            }
+            if n < room {
+                // A short read: the socket is drained.
+                return Next::Keep;
+            }
+        }
+    }
+
+    fn on_eof(&mut self, index: usize) -> Next {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        if let Phase::Open(open) = &mut slot.phase {
+            // Whatever the peer's Close asked for is written by now, or never will be.
+            let _ = open.write(&slot.stream);
+        }
+        Next::Drop
+    }
+
+    // ---- the opening handshake ----
+
+    fn on_request_bytes(&mut self, index: usize, chunk: BytesMut) -> Next {
+        let max = self.options.max_handshake_size;
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        let Phase::Handshake(buf) = &mut slot.phase else {
+            return Next::Keep;
+        };
+        // The whole head in one read is the common case: parse it where it landed.
+        let parsed = if buf.is_empty() {
+            parse_request(&chunk, max)
+        } else {
+            buf.extend_from_slice(&chunk);
+            parse_request(buf, max)
+        };
+        let (request, consumed) = match parsed {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => {
+                if buf.is_empty() {
+                    buf.extend_from_slice(&chunk);
+                }
+                return Next::Keep;
+            }
+            Err(e) => return self.refuse(index, e.response()),
+        };
+        let rest = if buf.is_empty() {
+            &chunk[consumed..]
+        } else {
+            &buf[consumed..]
+        };
+        let leftover = BytesMut::from(rest);
+        let offer = match validate_request(&request) {
+            Ok(offer) => offer,
+            Err(e) => return self.refuse(index, e.response()),
+        };
+        let accept = match self.handler.on_upgrade(&request, &offer) {
+            Ok(accept) => accept,
+            Err(reject) => {
+                let headers: HeaderMap = reject.headers.into_iter().collect();
+                let response = duplex_proto::handshake::reject_response(
+                    reject.status,
+                    &reject.reason,
+                    &headers,
+                );
+                return self.refuse(index, response);
+            }
+        };
+        if let Some(protocol) = &accept.protocol {
+            if !offer.protocols.contains(protocol) {
+                let e = HandshakeError::Refused {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: format!(
+                        "the server chose subprotocol {protocol:?}, which was not offered"
+                    ),
+                };
+                return self.refuse(index, e.response());
+            }
+        }
+        let mut conn = Connection::new(Role::Server, self.options.config.clone());
+        #[cfg(feature = "deflate")]
+        let extensions = {
+            let (negotiated, answer) =
+                crate::server::negotiate_deflate(self.options.deflate.as_ref(), &offer);
+            if let Some(negotiated) = negotiated {
+                conn.set_deflate(negotiated);
+            }
+            answer
+        };
+        #[cfg(not(feature = "deflate"))]
+        let extensions: Option<String> = None;
+        let response = accept_response(
+            &offer,
+            accept.protocol.as_deref(),
+            extensions.as_deref(),
+            &accept.headers,
+        );
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        let mut done = 0;
+        match write_raw(&slot.stream, &response, &mut done) {
+            Ok(Written::All) => {}
+            Ok(Written::Blocked) => slot.write_blocked = true,
+            Err(_) => return Next::Drop,
+        }
+        let mut preface = response;
+        preface.drain(..done);
+        slot.deadline = 0;
+        slot.phase = Phase::Open(Box::new(Open {
+            conn,
+            read_buf: BytesMut::new(),
+            preface,
+            last_ping: 0,
+            notified: false,
+        }));
+        let id = self.id(index);
+        if let Some(Phase::Open(open)) = self.entries[index].slot.as_mut().map(|s| &mut s.phase) {
+            self.handler.on_open(&mut Socket {
+                id,
+                conn: &mut open.conn,
+            });
+        }
+        if leftover.is_empty() {
+            self.flush(index)
+        } else {
+            self.on_frames(index, leftover)
+        }
+    }
+
+    /// Answers a bad or refused request with an HTTP error, then lingers.
+    fn refuse(&mut self, index: usize, response: Vec<u8>) -> Next {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        slot.phase = Phase::Linger {
+            out: response,
+            shut: false,
+        };
+        slot.deadline = self.tick.saturating_add(ticks(self.options.close_timeout));
+        self.flush(index)
+    }
+
+    // ---- frames ----
+
+    /// Feeds received bytes to the connection and runs the handler for what they held.
+    fn on_frames(&mut self, index: usize, mut chunk: BytesMut) -> Next {
+        let id = self.id(index);
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        let Phase::Open(open) = &mut slot.phase else {
+            return Next::Keep;
+        };
+        let open: &mut Open = open;
+        let buf = if open.read_buf.is_empty() {
+            &mut chunk
+        } else {
+            open.read_buf.extend_from_slice(&chunk);
+            chunk.clear();
+            &mut open.read_buf
+        };
+        loop {
+            let result = open.conn.recv(buf);
+            while let Some(event) = open.conn.poll_event() {
+                match event {
+                    Event::Message(message) => {
+                        let mut socket = Socket {
+                            id,
+                            conn: &mut open.conn,
+                        };
+                        self.handler.on_message(&mut socket, message);
+                    }
+                    Event::Close(frame) => {
+                        if !open.notified {
+                            open.notified = true;
+                            let (code, reason) = match &frame {
+                                Some(frame) => (frame.code, frame.reason.as_str()),
+                                None => (CloseCode::NO_STATUS, ""),
+                            };
+                            self.handler.on_close(id, code, reason);
+                        }
+                    }
+                    // Pongs are queued by the connection; fragments are off.
+                    Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
+                }
+            }
+            if let Err(e) = result {
+                if let (duplex_proto::Error::Protocol(e), false) = (&e, open.notified) {
+                    open.notified = true;
+                    self.handler.on_close(id, e.close_code(), &e.to_string());
+                }
+                buf.clear();
+                break;
+            }
+            if !open.conn.needs_recv() {
+                break;
+            }
+        }
+        if !chunk.is_empty() {
+            // A partial header or control frame: the only bytes a connection keeps.
+            open.read_buf.extend_from_slice(&chunk);
+        }
+        self.flush(index)
+    }
+
+    // ---- writing ----
+
+    /// Writes what is queued; moves a finished connection on to lingering; pauses and resumes
+    /// reading around the backpressure bound.
+    fn flush(&mut self, index: usize) -> Next {
+        let id = self.id(index);
+        let tick = self.tick;
+        let close_ticks = ticks(self.options.close_timeout);
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        if slot.write_blocked {
+            // Waiting for writable; what the handler queued meanwhile may pass the bound.
+            if let Phase::Open(open) = &slot.phase {
+                if open.conn.pending_transmit_bytes() > self.options.max_backpressure {
+                    slot.read_paused = true;
+                }
+            }
+            return Next::Keep;
+        }
+        match &mut slot.phase {
+            Phase::Handshake(_) => Next::Keep,
+            Phase::Linger { out, shut } => {
+                if !*shut {
+                    let mut done = 0;
+                    let written = write_raw(&slot.stream, out, &mut done);
+                    out.drain(..done);
+                    match written {
+                        Ok(Written::All) => {
+                            *out = Vec::new();
+                            *shut = true;
+                            shut_write(&slot.stream);
+                        }
+                        Ok(Written::Blocked) => slot.write_blocked = true,
+                        Err(_) => return Next::Drop,
+                    }
+                }
+                Next::Keep
+            }
+            Phase::Open(open) => {
+                let was_paused = slot.read_paused;
+                match open.write(&slot.stream) {
+                    Ok(Written::All) => {}
+                    Ok(Written::Blocked) => {
+                        slot.write_blocked = true;
+                        if open.conn.pending_transmit_bytes() > self.options.max_backpressure {
+                            slot.read_paused = true;
+                        }
+                        return Next::Keep;
+                    }
+                    Err(_) => return Next::Drop,
+                }
+                if open.conn.is_closed() {
+                    // Both Close frames are through (or the connection failed and its Close
+                    // is written): the server closes the TCP connection first (section 7.1.1).
+                    slot.phase = Phase::Linger {
+                        out: Vec::new(),
+                        shut: true,
+                    };
+                    shut_write(&slot.stream);
+                    slot.deadline = tick.saturating_add(close_ticks);
+                    return Next::Keep;
+                }
+                if open.conn.state() == State::CloseSent && slot.deadline == 0 {
+                    slot.deadline = tick.saturating_add(close_ticks);
+                }
+                if was_paused {
+                    slot.read_paused = false;
+                    self.handler.on_drain(&mut Socket {
+                        id,
+                        conn: &mut open.conn,
+                    });
+                    // The readable edge may have come and gone while paused.
+                    return self.read(index);
+                }
+                Next::Keep
+            }
+        }
+    }
+
+    // ---- timers and shutdown ----
+
+    /// Once a second: handshake, idle, ping and close deadlines.
+    fn sweep(&mut self) {
+        let tick = self.tick;
+        let idle = self.options.idle_timeout.map(ticks);
+        let ping = self.options.ping_interval.map(ticks);
+        if self.stopping.is_some_and(|deadline| tick >= deadline) {
+            for index in 0..self.entries.len() {
+                self.remove(index);
+            }
+            return;
+        }
+        if self.accept_paused && self.stopping.is_none() {
+            self.accept_all();
+        }
+        for index in 0..self.entries.len() {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                continue;
+            };
+            if slot.deadline != 0 && tick >= slot.deadline {
+                self.remove(index);
+                continue;
+            }
+            let Phase::Open(open) = &mut slot.phase else {
+                continue;
+            };
+            if open.conn.state() != State::Open {
+                continue;
+            }
+            let quiet = tick.saturating_sub(slot.last_rx.max(open.last_ping));
+            if idle.is_some_and(|idle| tick.saturating_sub(slot.last_rx) >= idle) {
+                let _ = open.conn.close(CloseCode::GOING_AWAY, "idle timeout");
+            } else if ping.is_some_and(|ping| quiet >= ping) {
+                open.last_ping = tick;
+                let _ = open.conn.ping(bytes::Bytes::new());
+            } else {
+                continue;
+            }
+            if self.flush(index) == Next::Drop {
+                self.remove(index);
+            }
+        }
+    }
+
+    /// Stops accepting and starts the close handshake (1001) on every connection.
+    fn begin_shutdown(&mut self) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.listening = false;
+        self.accept_paused = false;
+        self.stopping = Some(self.tick.saturating_add(ticks(self.options.close_timeout)));
+        for index in 0..self.entries.len() {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                continue;
+            };
+            if let Phase::Open(open) = &mut slot.phase {
+                let _ = open
+                    .conn
+                    .close(CloseCode::GOING_AWAY, "server shutting down");
+            } else if let Phase::Handshake(_) = slot.phase {
+                self.remove(index);
+                continue;
+            }
+            if self.flush(index) == Next::Drop {
+                self.remove(index);
+            }
+        }
+    }
+}

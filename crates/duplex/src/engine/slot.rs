@@ -1,0 +1,116 @@
+//! One connection of an event loop: its socket, where it stands, and its writes.
+
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+
+use bytes::BytesMut;
+use duplex_proto::Connection;
+use mio::net::TcpStream;
+
+/// How many buffers one vectored write carries (two per frame: header and payload).
+const MAX_IO_SLICES: usize = 16;
+
+/// A connection of the slab.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) stream: TcpStream,
+    pub(super) phase: Phase,
+    /// Loop tick (seconds since the loop started, from 1) of the last bytes received.
+    pub(super) last_rx: u32,
+    /// Tick at which the handshake, the close handshake or the linger gives up; 0: none.
+    pub(super) deadline: u32,
+    /// The last write stopped short: wait for the socket to be writable.
+    pub(super) write_blocked: bool,
+    /// Too much is queued: the socket is not read until it is written out.
+    pub(super) read_paused: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Reading the request head; what arrived so far when it came in pieces.
+    Handshake(Vec<u8>),
+    /// Upgraded.
+    Open(Box<Open>),
+    /// Writing the last bytes (a refusal), then the write side is shut and what the peer still
+    /// sends is discarded until it closes, so closing does not reset the connection before the
+    /// peer read our last bytes.
+    Linger { out: Vec<u8>, shut: bool },
+}
+
+/// An upgraded connection.
+#[derive(Debug)]
+pub(super) struct Open {
+    pub(super) conn: Connection,
+    /// Bytes not consumed by the connection: a partial frame header or control frame, or the
+    /// bytes sent right behind the request head. Unallocated most of the time.
+    pub(super) read_buf: BytesMut,
+    /// Raw bytes to write before any frame: what a short write left of the 101 response.
+    pub(super) preface: Vec<u8>,
+    /// Tick of the last ping sent.
+    pub(super) last_ping: u32,
+    /// `on_close` was called.
+    pub(super) notified: bool,
+}
+
+/// What writing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Everything queued is written.
+    All,
+    /// The socket is full: wait for writable.
+    Blocked,
+}
+
+/// Writes `buf` from `*done` on; advances `*done`.
+pub(super) fn write_raw(stream: &TcpStream, buf: &[u8], done: &mut usize) -> io::Result<Written> {
+    while *done < buf.len() {
+        match (&*stream).write(&buf[*done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Written::All)
+}
+
+impl Open {
+    /// Writes the preface and the connection's transmits, vectored, until done or blocked.
+    pub(super) fn write(&mut self, stream: &TcpStream) -> io::Result<Written> {
+        if !self.preface.is_empty() {
+            let mut done = 0;
+            let written = write_raw(stream, &self.preface, &mut done);
+            self.preface.drain(..done);
+            if written? == Written::Blocked {
+                return Ok(Written::Blocked);
+            }
+            self.preface = Vec::new();
+        }
+        while self.conn.has_pending_transmit() {
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let count = self.conn.fill_io_slices(&mut slices);
+            let total: usize = slices[..count].iter().map(|s| s.len()).sum();
+            match (&*stream).write_vectored(&slices[..count]) {
+                Ok(0) if total > 0 => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.conn.advance_transmit(n);
+                    // A short write means the socket buffer is full: trying again now would
+                    // only return EAGAIN.
+                    if n < total {
+                        return Ok(Written::Blocked);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Written::All)
+    }
+}
+
+/// Shuts the write side: the peer reads an end of stream after our last bytes.
+pub(super) fn shut_write(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+}

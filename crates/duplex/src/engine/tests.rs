@@ -1,0 +1,428 @@
+//! The engine against real sockets on 127.0.0.1: the tokio client for whole conversations, raw
+//! bytes for what a well-behaved client never sends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duplex_proto::{CloseCode, Message};
+use http::StatusCode;
+
+use super::{Engine, EngineHandle, EngineOptions, Handler, Socket, SocketId};
+use crate::{Accept, ClientOffer, Reject};
+
+type Closes = Arc<Mutex<Vec<(u16, String)>>>;
+
+/// Echoes, counts messages, records closes; refuses paths starting with /private.
+#[derive(Clone, Default)]
+struct Echo {
+    received: Arc<Mutex<usize>>,
+    closes: Closes,
+}
+
+impl Handler for Echo {
+    fn on_upgrade(
+        &mut self,
+        request: &http::Request<()>,
+        _: &ClientOffer,
+    ) -> Result<Accept, Reject> {
+        if request.uri().path().starts_with("/private") {
+            return Err(Reject::new(StatusCode::UNAUTHORIZED, "token required"));
+        }
+        Ok(Accept::default())
+    }
+
+    fn on_message(&mut self, socket: &mut Socket<'_>, message: Message) {
+        *self.received.lock().unwrap() += 1;
+        let _ = socket.send(message);
+    }
+
+    fn on_close(&mut self, _: SocketId, code: CloseCode, reason: &str) {
+        self.closes
+            .lock()
+            .unwrap()
+            .push((code.as_u16(), reason.to_owned()));
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    handle: EngineHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    fn start(options: EngineOptions, echo: Echo) -> Server {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let engine = Engine::new(options);
+        let handle = engine.handle();
+        let thread = std::thread::spawn(move || engine.run(listener, move || echo.clone()));
+        Server {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Shuts down and waits for `run` to return.
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+fn raw_connect(addr: SocketAddr, path: &str, version: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8(head).unwrap())
+}
+
+fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
+    assert!(payload.len() < 126);
+    frame.push(0x80 | payload.len() as u8);
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// Reads one unmasked server frame with a short payload: (first byte, payload).
+fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = usize::from(head[1] & 0x7f);
+    assert!(len < 126);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).unwrap();
+    (head[0], payload)
+}
+
+fn assert_eof(tcp: &mut TcpStream) {
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bytes after the close frame: {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_text_binary_and_large_messages_with_and_without_compression() {
+    let mut server = Server::start(EngineOptions::default(), Echo::default());
+    for deflate in [true, false] {
+        let mut options = crate::ClientOptions::default();
+        if !deflate {
+            options.deflate = None;
+        }
+        let (mut ws, response) = crate::connect_with(&server.url(), options).await.unwrap();
+        assert_eq!(
+            response.headers.contains_key("sec-websocket-extensions"),
+            deflate
+        );
+        let large: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        let messages = [
+            Message::text("hello"),
+            Message::text("h\u{e9}llo \u{1f30d}"),
+            Message::binary(Bytes::from_static(&[0, 1, 2, 255])),
+            Message::binary(large),
+            Message::text(""),
+        ];
+        for message in &messages {
+            ws.send(message.clone()).await.unwrap();
+        }
+        for message in &messages {
+            assert_eq!(&ws.recv().await.unwrap().unwrap(), message);
+        }
+        ws.close(CloseCode(4000), "bye").await.unwrap();
+    }
+    // The peer's code reaches on_close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.handle.connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.handle.connections(), 0);
+    assert!(server.stop() < Duration::from_secs(2));
+}
+
+#[test]
+fn fragments_with_a_ping_in_between_are_reassembled_and_the_pong_comes_first() {
+    let echo = Echo::default();
+    let server = Server::start(EngineOptions::default(), echo.clone());
+    let (mut tcp, head) = raw_connect(server.addr, "/", "13");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut wire = masked(0x1, false, b"hel");
+    wire.extend(masked(0x9, true, b"ping!"));
+    wire.extend(masked(0x0, true, b"lo"));
+    // Byte by byte: every frame boundary falls in every possible place.
+    for byte in wire {
+        tcp.write_all(&[byte]).unwrap();
+    }
+    assert_eq!(read_frame(&mut tcp), (0x8a, b"ping!".to_vec()));
+    assert_eq!(read_frame(&mut tcp), (0x81, b"hello".to_vec()));
+    tcp.write_all(&masked(0x8, true, &[0x03, 0xe8])).unwrap();
+    assert_eq!(read_frame(&mut tcp), (0x88, vec![0x03, 0xe8]));
+    assert_eof(&mut tcp);
+    assert_eq!(*echo.received.lock().unwrap(), 1);
+    assert_eq!(*echo.closes.lock().unwrap(), vec![(1000, String::new())]);
+}
+
+#[test]
+fn protocol_violations_get_their_close_code_then_a_closed_socket() {
+    let echo = Echo::default();
+    let server = Server::start(EngineOptions::default(), echo.clone());
+    // An unmasked client frame: 1002.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(read_frame(&mut tcp).0, 0x88);
+    assert_eof(&mut tcp);
+    // Invalid UTF-8 in a text frame: 1007, and the message is not delivered.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    tcp.write_all(&masked(0x1, true, &[b'a', 0xff])).unwrap();
+    let (first, payload) = read_frame(&mut tcp);
+    assert_eq!((first, &payload[..2]), (0x88, &[0x03, 0xef][..]));
+    assert_eof(&mut tcp);
+    // A message past the limit: 1009.
+    let mut options = EngineOptions::default();
+    options.config.max_message_size = 10;
+    let small = Server::start(options, echo.clone());
+    let (mut tcp, _) = raw_connect(small.addr, "/", "13");
+    tcp.write_all(&masked(0x2, true, &[0u8; 11])).unwrap();
+    let (first, payload) = read_frame(&mut tcp);
+    assert_eq!((first, &payload[..2]), (0x88, &[0x03, 0xf1][..]));
+    assert_eof(&mut tcp);
+    assert_eq!(*echo.received.lock().unwrap(), 0);
+    let codes: Vec<u16> = echo.closes.lock().unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(codes, [1002, 1007, 1009]);
+}
+
+#[test]
+fn bad_handshakes_get_the_right_status_and_a_reason() {
+    let server = Server::start(EngineOptions::default(), Echo::default());
+    let (_, head) = raw_connect(server.addr, "/", "8");
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    assert!(head.contains("Sec-WebSocket-Version: 13"), "{head}");
+    let (_, head) = raw_connect(server.addr, "/private/room", "13");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.to_lowercase().contains("upgrade"), "{response}");
+    // A head larger than the limit: 431.
+    let options = EngineOptions {
+        max_handshake_size: 256,
+        ..Default::default()
+    };
+    let small = Server::start(options, Echo::default());
+    let mut tcp = TcpStream::connect(small.addr).unwrap();
+    let filler = "a".repeat(300);
+    let _ = write!(tcp, "GET / HTTP/1.1\r\nX-Filler: {filler}\r\n\r\n");
+    let mut response = String::new();
+    let _ = tcp.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_with_1001_and_returns() {
+    let mut server = Server::start(EngineOptions::default(), Echo::default());
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(crate::connect(&server.url()).await.unwrap().0);
+    }
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    for ws in &mut clients {
+        match ws.recv_event().await {
+            Some(Ok(crate::Event::Close(Some(frame)))) => {
+                assert_eq!(frame.code, CloseCode::GOING_AWAY)
+            }
+            other => panic!("expected a 1001 close, got {other:?}"),
+        }
+    }
+    drop(clients);
+    assert!(stopping.await.unwrap() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_clients_wait_until_a_slot_frees() {
+    let options = EngineOptions {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let server = Server::start(options, Echo::default());
+    let (mut first, _) = crate::connect(&server.url()).await.unwrap();
+    let url = server.url();
+    let mut second = tokio::spawn(async move { crate::connect(&url).await.map(|c| c.0) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "the second connection was served past the cap"
+    );
+    first.close(CloseCode::NORMAL, "").await.unwrap();
+    let mut second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second connection is served once the first closed")
+        .unwrap()
+        .unwrap();
+    second.send(Message::text("now")).await.unwrap();
+    assert_eq!(second.recv().await.unwrap().unwrap(), Message::text("now"));
+}
+
+#[test]
+fn a_client_that_does_not_read_is_not_read_either_and_loses_nothing() {
+    let echo = Echo::default();
+    let options = EngineOptions {
+        max_backpressure: 256 * 1024,
+        ..Default::default()
+    };
+    let server = Server::start(options, echo.clone());
+    let (tcp, head) = raw_connect(server.addr, "/", "13");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // More than the kernel buffers both ways hold (several MiB each on loopback).
+    const COUNT: usize = 1000;
+    const SIZE: usize = 64 * 1024;
+    let payload = |i: usize| {
+        let mut payload = vec![(i % 251) as u8; SIZE];
+        payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        payload
+    };
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = sent.clone();
+    let mut writing = tcp.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            writing.write_all(&masked_any(0x2, &payload(i))).unwrap();
+            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Wait until the writer is stuck: every buffer between the two is full.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = usize::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last || now == COUNT || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let (sent_now, received) = (
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        *echo.received.lock().unwrap(),
+    );
+    assert!(
+        sent_now < COUNT && received < COUNT,
+        "the server read {received} of {sent_now} messages from a client that reads nothing"
+    );
+    let mut reading = tcp;
+    for i in 0..COUNT {
+        let (first, bytes) = read_any_frame(&mut reading);
+        assert_eq!(first, 0x82);
+        assert!(bytes == payload(i), "echo {i} differs");
+    }
+    writer.join().unwrap();
+    assert_eq!(*echo.received.lock().unwrap(), COUNT);
+}
+
+/// A masked client frame of any length.
+fn masked_any(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x5a, 0x01, 0xc3, 0x7e];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// Reads one unmasked server frame of any length.
+fn read_any_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).unwrap();
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut len = [0u8; 2];
+            tcp.read_exact(&mut len).unwrap();
+            usize::from(u16::from_be_bytes(len))
+        }
+        127 => {
+            let mut len = [0u8; 8];
+            tcp.read_exact(&mut len).unwrap();
+            u64::from_be_bytes(len) as usize
+        }
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).unwrap();
+    (head[0], payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_with_1001_and_pinged_before() {
+    let options = EngineOptions {
+        idle_timeout: Some(Duration::from_secs(2)),
+        ping_interval: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let server = Server::start(options, Echo::default());
+    let (mut ws, _) = crate::connect(&server.url()).await.unwrap();
+    let started = Instant::now();
+    // Our client answers pings by itself, and the pongs count as traffic: stay open while
+    // reading. Stop reading the socket to go quiet, then read again: a ping came, then 1001.
+    let mut pinged = false;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(6), ws.recv_event()).await {
+            Ok(Some(Ok(crate::Event::Ping(_)))) => pinged = true,
+            Ok(Some(Ok(crate::Event::Close(frame)))) => break frame,
+            other => panic!("unexpected {other:?}"),
+        }
+        if pinged {
+            // Silence from here: no more pongs.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    assert!(pinged);
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::GOING_AWAY));
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
