@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite conformance run for duplex, both roles:
-#   server suite: `duplex serve --echo` on a free 127.0.0.1 port, tested by wstest's fuzzing client
+#   server suite: `duplex serve --echo` (the engine) on a free 127.0.0.1 port, tested by wstest's
+#                 fuzzing client; then the same without compression cases for the tokio server
+#                 (`--runtime tokio`: the protocol core is shared, the I/O driver is not)
 #   client suite: the `autobahn-client` example, run against wstest's fuzzing server
 # Reports: conformance/reports/{server,client}/index.html (and index.json).
 # The last line is "conformance: N passed, N failed"; exit status 1 if anything failed.
@@ -17,7 +19,8 @@ usage: conformance/run-all.sh [options]
   --strict            every case must be OK (INFORMATIONAL allowed), closing behavior
                       too; every other case is listed and counted failed (the default)
   --no-strict         NON-STRICT / WRONG CODE etc. pass (the suite's own pass rule)
-  --server-only       only the server suite      --client-only   only the client suite
+  --server-only       only the server suites     --client-only   only the client suite
+  --no-tokio-server   skip the second server suite (the tokio runtime, cases 1-11)
   --no-build          do not run cargo build; use the binaries already in the target dir
   --timeout SECS      limit for each suite (default $DUPLEX_AUTOBAHN_TIMEOUT or 1200)
   --server-cmd CMD    server under test instead of duplex; {port} is replaced by the port
@@ -48,7 +51,7 @@ AGENT=duplex
 cases="*"
 exclude="${DUPLEX_AUTOBAHN_EXCLUDE-}"
 strict=--strict
-do_server=1 do_client=1 build=1 verbose=""
+do_server=1 do_client=1 do_tokio=1 build=1 verbose=""
 limit="${DUPLEX_AUTOBAHN_TIMEOUT:-1200}"
 server_cmd="" client_cmd=""
 add_exclude() { exclude=${exclude:+$exclude,}$1; }
@@ -67,6 +70,7 @@ while [ $# -gt 0 ]; do
         --no-strict) strict=""; shift ;;
         --server-only) do_client=0; shift ;;
         --client-only) do_server=0; shift ;;
+        --no-tokio-server) do_tokio=0; shift ;;
         --no-build) build=0; shift ;;
         --verbose) verbose=--verbose; shift ;;
         -h|--help) usage ;;
@@ -135,8 +139,11 @@ build_ok() {   # cargo build args...
 }
 
 # ---------------------------------------------------------------- server suite
+# Args: label, report folder, runtime (engine or tokio), extra exclusions.
 run_server_suite() {
-    local label="conformance server" out="$REPORTS/server" cmd port pid="" tries started=0 rc=0
+    local label=$1 out=$2 runtime=$3 more_exclude=$4 cmd port pid="" tries started=0 rc=0
+    local excluded=$exclude
+    [ -n "$more_exclude" ] && excluded=${excluded:+$excluded,}$more_exclude
     mkdir -p "$out"
     rm -f "$out/index.json" "$out/index.html" "$out/summary.txt"   # no stale results
     if [ -z "$server_cmd" ]; then
@@ -150,8 +157,8 @@ run_server_suite() {
             say "starting server under test: $cmd"
             bash -c "exec $cmd" </dev/null >"$out/server.log" 2>&1 &
         else
-            say "starting $DUPLEX_BIN serve --echo --listen 127.0.0.1:$port"
-            "$DUPLEX_BIN" serve --echo --listen "127.0.0.1:$port" </dev/null >"$out/server.log" 2>&1 &
+            say "starting $DUPLEX_BIN serve --echo --runtime $runtime --listen 127.0.0.1:$port"
+            "$DUPLEX_BIN" serve --echo --runtime "$runtime" --listen "127.0.0.1:$port" </dev/null >"$out/server.log" 2>&1 &
         fi
         pid=$!; pids+=("$pid")
         for _ in $(seq 200); do   # up to 20 s
@@ -177,7 +184,7 @@ run_server_suite() {
 
     rc=0
     "$CONF/run.sh" server "ws://127.0.0.1:$port" --agent "$AGENT" --out "$out" \
-        --cases "$cases" ${exclude:+--exclude "$exclude"} $strict $verbose \
+        --cases "$cases" ${excluded:+--exclude "$excluded"} $strict $verbose \
         --timeout "$limit" --label "$label" 2>&1 | tee "$out/summary.txt" || rc=$?
     if ! kill -0 "$pid" 2>/dev/null; then
         local src=0; wait "$pid" || src=$?
@@ -239,7 +246,13 @@ run_client_suite() {
 start=$(date +%s)
 say "cases: $cases; excluded: ${exclude:-none}; $([ -n "$strict" ] && echo 'strict: every case must be OK' || echo 'not strict')"
 if [ "$do_server" = 1 ]; then
-    t=$(date +%s); run_server_suite; say "server suite took $(( $(date +%s) - t )) s"
+    t=$(date +%s); run_server_suite "conformance server" "$REPORTS/server" engine ""
+    say "server suite took $(( $(date +%s) - t )) s"
+    if [ "$do_tokio" = 1 ] && [ -z "$server_cmd" ]; then
+        t=$(date +%s)
+        run_server_suite "conformance server-tokio" "$REPORTS/server-tokio" tokio '12.*,13.*'
+        say "server suite (tokio) took $(( $(date +%s) - t )) s"
+    fi
 fi
 if [ "$do_client" = 1 ]; then
     t=$(date +%s); run_client_suite; say "client suite took $(( $(date +%s) - t )) s"

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let threads = match &cli.command {
-        Command::Serve(args) => args.threads,
+        Command::Serve(args) => args.tokio_threads(),
         Command::Hub(args) => args.threads,
         _ => None,
     };

@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use clap::Args;
+use duplex::engine::{Engine, EngineOptions, Handler, Socket};
 use duplex::{CloseCode, Config, Message, ServerOptions};
 use futures_util::{Sink, Stream};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,6 +52,37 @@ pub struct ServeArgs {
     /// is what benchmarks pinned to one core want.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Which server runs the connections: `engine` (one epoll loop per thread and no task per
+    /// connection: the leanest; plain ws:// only), `tokio` (a task per connection, through
+    /// `duplex::accept`), or `auto`: the engine, or tokio for wss://.
+    #[arg(long, value_enum, default_value_t = Runtime::Auto)]
+    runtime: Runtime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Runtime {
+    Auto,
+    Engine,
+    Tokio,
+}
+
+impl ServeArgs {
+    fn uses_engine(&self) -> bool {
+        match self.runtime {
+            Runtime::Engine => true,
+            Runtime::Tokio => false,
+            Runtime::Auto => self.tls_cert.is_none(),
+        }
+    }
+
+    /// Threads of the tokio runtime `main` starts: with the engine it only waits for signals.
+    pub fn tokio_threads(&self) -> Option<usize> {
+        if self.uses_engine() {
+            Some(1)
+        } else {
+            self.threads
+        }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
@@ -65,6 +97,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         ..Config::default()
     };
     config.validate().context(|| "limits".into())?;
+    if args.uses_engine() {
+        return run_engine(args, config).await;
+    }
     let mut options = ServerOptions {
         config,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
@@ -140,6 +175,71 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         tracing::warn!("some connections did not close in time");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Echo on the engine: one event loop per thread (`--threads`, default one per core), no task
+/// per connection. Its thread runs beside this (current-thread) runtime, which waits for
+/// SIGINT/SIGTERM.
+async fn run_engine(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
+    if args.tls_cert.is_some() {
+        return Err(CliError(
+            "the engine serves plain ws://: use --runtime tokio (or auto) for wss://".into(),
+        ));
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    let mut options = EngineOptions {
+        config,
+        threads,
+        max_connections: args.max_connections,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        ..EngineOptions::default()
+    };
+    if args.no_deflate {
+        options.deflate = None;
+    }
+    let listener = std::net::TcpListener::bind(args.listen)
+        .context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr().context(|| "local address".into())?;
+    tracing::info!("echo server on ws://{local} (engine, {threads} loops)");
+    let engine = Engine::new(options);
+    let handle = engine.handle();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("duplex-engine-0".into())
+        .spawn(move || {
+            let _ = done_tx.send(engine.run(listener, || EngineEcho));
+        })
+        .context(|| "starting the engine".into())?;
+    tokio::pin!(done_rx);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let result = tokio::select! {
+        result = &mut done_rx => result,
+        _ = &mut signal => {
+            tracing::info!("shutting down: closing {} connections with 1001", handle.connections());
+            handle.shutdown();
+            done_rx.await
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(CliError(format!("engine: {e}"))),
+        Err(_) => Err(CliError("the engine thread panicked".into())),
+    }
+}
+
+/// Every message back as it came.
+struct EngineEcho;
+
+impl Handler for EngineEcho {
+    fn on_message(&mut self, socket: &mut Socket<'_>, message: Message) {
+        // Fails only once the connection is closing, when there is no one left to answer.
+        let _ = socket.send(message);
+    }
 }
 
 /// TLS (if configured) and the WebSocket handshake.
