@@ -46,6 +46,36 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     apply_mask_blocks(buf, key, offset);
 }
 
+/// [`apply_mask`] for a whole payload (offset 0), inlined where short payloads are the rule:
+/// no key rotation, and the short cases without a call.
+///
+/// ```
+/// use duplex_proto::mask::{apply_mask, apply_mask_from_start};
+/// let key = [9, 8, 7, 6];
+/// let mut a = *b"twenty bytes of text";
+/// let mut b = a;
+/// apply_mask_from_start(&mut a, key);
+/// apply_mask(&mut b, key, 0);
+/// assert_eq!(a, b);
+/// ```
+#[inline]
+pub fn apply_mask_from_start(buf: &mut [u8], key: [u8; 4]) {
+    if buf.len() >= 128 {
+        return apply_mask(buf, key, 0);
+    }
+    let k32 = u32::from_ne_bytes(key);
+    let k64 = (u64::from(k32) << 32) | u64::from(k32);
+    let mut words = buf.chunks_exact_mut(8);
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().expect("chunk of 8")) ^ k64;
+        word.copy_from_slice(&w.to_ne_bytes());
+    }
+    let rest = words.into_remainder();
+    for (i, byte) in rest.iter_mut().enumerate() {
+        *byte ^= key[i & 3];
+    }
+}
+
 /// [`apply_mask_blocks`] compiled with AVX2: 32 bytes per instruction instead of 16.
 ///
 /// # Safety
@@ -76,7 +106,15 @@ fn apply_mask_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
         let w = u64::from_ne_bytes(word.try_into().expect("chunk of 8")) ^ k64;
         word.copy_from_slice(&w.to_ne_bytes());
     }
-    apply_mask_scalar(words.into_remainder(), rotated, 0);
+    let rest = words.into_remainder();
+    if rest.len() >= 4 {
+        let (word, tail) = rest.split_at_mut(4);
+        let w = u32::from_ne_bytes(word.try_into().expect("4 bytes")) ^ k32;
+        word.copy_from_slice(&w.to_ne_bytes());
+        apply_mask_scalar(tail, rotated, 0);
+    } else {
+        apply_mask_scalar(rest, rotated, 0);
+    }
 }
 
 /// 32-byte blocks against a 32-byte key rotated to `offset`: every block starts a multiple of 4
@@ -135,6 +173,19 @@ mod tests {
                     assert_eq!(avx2, slow, "avx2, len {len} offset {offset}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn from_start_matches_scalar_for_every_length() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..300 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 11 + 1) as u8).collect();
+            let mut fast = data.clone();
+            let mut slow = data.clone();
+            apply_mask_from_start(&mut fast, key);
+            apply_mask_scalar(&mut slow, key, 0);
+            assert_eq!(fast, slow, "len {len}");
         }
     }
 

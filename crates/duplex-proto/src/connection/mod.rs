@@ -688,6 +688,16 @@ impl TxQueue {
     }
 
     fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        // One whole frame waiting: the usual case after answering a message.
+        if let (1, 0, [first, second, ..]) = (self.frames.len(), self.offset, &mut *slices) {
+            let transmit = &self.frames[0];
+            *first = IoSlice::new(transmit.head());
+            if transmit.payload.is_empty() {
+                return 1;
+            }
+            *second = IoSlice::new(&transmit.payload);
+            return 2;
+        }
         let mut count = 0;
         let mut skip = self.offset;
         for transmit in &self.frames {
@@ -709,6 +719,13 @@ impl TxQueue {
 
     fn advance(&mut self, mut n: usize) {
         assert!(n <= self.bytes, "advanced past the queued bytes");
+        if n == self.bytes && self.frames.capacity() <= 16 {
+            // Everything was written: the usual case.
+            self.frames.clear();
+            self.offset = 0;
+            self.bytes = 0;
+            return;
+        }
         self.bytes -= n;
         while n > 0 {
             let front = self.frames.front().expect("bytes are counted");

@@ -97,6 +97,14 @@ impl Incoming {
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
         loop {
+            if self.frame.is_none() {
+                if buf.is_empty() {
+                    return Ok(Consumed::NeedMore);
+                }
+                if self.message.is_none() && self.consume_whole_frame(buf, config, out)? {
+                    continue;
+                }
+            }
             let mut frame = match self.frame {
                 Some(frame) => frame,
                 None => {
@@ -256,6 +264,70 @@ impl Incoming {
             };
             out.events.push_back(Event::Message(message));
         }
+    }
+
+    /// The common case in one step: a whole unfragmented, uncompressed text or binary frame
+    /// shorter than 64 KiB, masked as the role requires, entirely in `buf`, with no message in
+    /// progress. Anything else returns `false` having consumed nothing, and the general path
+    /// takes it (errors included: a frame over a limit is left to it to report).
+    #[inline]
+    fn consume_whole_frame(
+        &mut self,
+        buf: &mut BytesMut,
+        config: &Config,
+        out: &mut Output<'_>,
+    ) -> Result<bool, ProtocolError> {
+        let [b0, b1, ..] = buf[..] else {
+            return Ok(false);
+        };
+        // FIN set, no RSV bit, and an opcode that starts a message.
+        let kind = match b0 {
+            0x81 => DataKind::Text,
+            0x82 => DataKind::Binary,
+            _ => return Ok(false),
+        };
+        if config.streaming_receive || (b1 & 0x80 != 0) != out.role.requires_masked_incoming() {
+            return Ok(false);
+        }
+        let (len, mut start) = match b1 & 0x7f {
+            126 => match buf.get(2..4) {
+                Some(&[hi, lo]) => (usize::from(u16::from_be_bytes([hi, lo])), 4),
+                _ => return Ok(false),
+            },
+            127 => return Ok(false),
+            len => (usize::from(len), 2),
+        };
+        if len > config.max_frame_size || len > config.max_message_size {
+            return Ok(false);
+        }
+        let key = if b1 & 0x80 != 0 {
+            let Some(&[k0, k1, k2, k3]) = buf.get(start..start + 4) else {
+                return Ok(false);
+            };
+            start += 4;
+            Some([k0, k1, k2, k3])
+        } else {
+            None
+        };
+        if buf.len() < start + len {
+            return Ok(false);
+        }
+        buf.advance(start);
+        let mut payload = buf.split_to(len);
+        if let Some(key) = key {
+            crate::mask::apply_mask_from_start(&mut payload, key);
+        }
+        let message = match kind {
+            DataKind::Text => {
+                if crate::utf8::validate(&payload).is_err() {
+                    return Err(ProtocolError::InvalidUtf8);
+                }
+                Message::Text(Utf8Bytes::from_validated(payload.freeze()))
+            }
+            DataKind::Binary => Message::Binary(payload.freeze()),
+        };
+        out.events.push_back(Event::Message(message));
+        Ok(true)
     }
 
     /// What can be judged from the header alone, before any payload is read (RFC 6455 section

@@ -843,3 +843,55 @@ proptest! {
         prop_assert_eq!(&written[..], &expected[..]);
     }
 }
+
+/// Whole single frames take a shortcut in `recv`; these are the cases at its edges, each
+/// checked to give what the general path gives.
+#[test]
+fn whole_frame_shortcut_keeps_every_rule() {
+    // Delivered: short, 16-bit length, empty, text and binary, several in one buffer.
+    let mut server = Connection::new(Role::Server, Config::default());
+    let long: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = client_frame(true, 0, 0x1, "héllo".as_bytes());
+    wire.extend_from_slice(&client_frame(true, 0, 0x2, &long));
+    wire.extend_from_slice(&client_frame(true, 0, 0x2, b""));
+    server.recv(&mut wire).unwrap();
+    assert!(wire.is_empty());
+    assert_eq!(
+        events(&mut server),
+        [
+            Event::Message(Message::text("héllo")),
+            Event::Message(Message::binary(long)),
+            Event::Message(Message::binary(Bytes::new())),
+        ]
+    );
+    // Refused with the same codes as frame by frame.
+    assert_eq!(
+        server_fails_with(client_frame(true, 0, 0x1, &[b'a', 0xc3])).1,
+        Some(1007)
+    );
+    assert_eq!(
+        server_fails_with(raw_frame(true, 0, 0x1, None, b"unmasked")).1,
+        Some(1002)
+    );
+    let mut small = Connection::new(
+        Role::Server,
+        Config {
+            max_message_size: 4,
+            ..Config::default()
+        },
+    );
+    assert!(matches!(
+        small.recv(&mut client_frame(true, 0, 0x2, b"12345")),
+        Err(Error::Protocol(ProtocolError::MessageTooLarge { .. }))
+    ));
+    // A message, then the peer's Close in the same buffer: the message first, the close on
+    // the next call.
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = client_frame(true, 0, 0x1, b"last");
+    wire.extend_from_slice(&client_frame(true, 0, 0x8, &1000u16.to_be_bytes()));
+    server.recv(&mut wire).unwrap();
+    assert_eq!(events(&mut server), [Event::Message(Message::text("last"))]);
+    assert!(server.needs_recv());
+    server.recv(&mut wire).unwrap();
+    assert!(matches!(&events(&mut server)[..], [Event::Close(Some(_))]));
+}
