@@ -230,7 +230,9 @@ impl Fanout {
         }
         if tally.dropped > 0 {
             metrics.dropped.fetch_add(tally.dropped, Relaxed);
-            metrics.slow_consumers.fetch_add(tally.slow_consumers, Relaxed);
+            metrics
+                .slow_consumers
+                .fetch_add(tally.slow_consumers, Relaxed);
         }
     }
 }
@@ -285,7 +287,9 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_is_shared_by_every_subscriber() {
         let fanout = fanout();
-        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(1 << 20, None, None))).collect();
+        let outboxes: Vec<Arc<Outbox>> = (0..3)
+            .map(|_| Arc::new(Outbox::new(1 << 20, None, None)))
+            .collect();
         for (conn, outbox) in outboxes.iter().enumerate() {
             let subscriber = Subscriber {
                 conn: conn as u64,

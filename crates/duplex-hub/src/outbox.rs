@@ -31,9 +31,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
+use duplex_proto::Role;
 use duplex_proto::Transmit;
 use duplex_proto::extensions::deflate::Negotiated;
-use duplex_proto::Role;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -310,6 +310,21 @@ impl Outbox {
         state.filters.push(Filter { channel, upto });
     }
 
+    /// Drops the queued pushes of `channel` and its filter (the connection left it).
+    pub(crate) fn forget_channel(&self, channel: u64) {
+        let mut state = lock(&self.state);
+        let mut freed = 0;
+        state.queue.retain(|delivery| {
+            let keep = delivery.channel != channel;
+            if !keep {
+                freed += delivery.cost();
+            }
+            keep
+        });
+        state.queued -= freed;
+        state.filters.retain(|f| f.channel != channel);
+    }
+
     /// Moves everything queued that passes the filters into `batch` (empty, keeping its
     /// capacity) and returns the cost taken, which stays counted against the bound until
     /// [`Outbox::release`]. Holds direct writes: the batch goes out through the task's
@@ -423,8 +438,8 @@ impl AsyncWrite for OutboxStream {
         loop {
             let mut state = lock(&outbox.state);
             state.held = true;
-            let written = finish_partial(tcp, &mut state)
-                .and_then(|()| tcp.try_write_vectored(bufs));
+            let written =
+                finish_partial(tcp, &mut state).and_then(|()| tcp.try_write_vectored(bufs));
             drop(state);
             match written {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

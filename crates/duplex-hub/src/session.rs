@@ -43,7 +43,8 @@ struct Session {
     shared_deflate: bool,
     /// Subscribed channels. Inserted before the node registration is awaited, so that a
     /// cancelled subscribe is still cleaned up.
-    subscriptions: HashMap<String, ()>,
+    /// The value is the channel's `LocalChannel::id` once registered (0 before).
+    subscriptions: HashMap<String, u64>,
     bucket: TokenBucket,
     shared: Arc<Shared>,
     batch: VecDeque<Arc<Delivery>>,
@@ -373,7 +374,7 @@ impl Session {
             ));
         }
 
-        self.subscriptions.insert(channel.to_owned(), ());
+        self.subscriptions.insert(channel.to_owned(), 0);
         let shared = self.shared.clone();
         let subscriber = Subscriber {
             conn: self.conn,
@@ -386,7 +387,10 @@ impl Session {
             .subscribe(channel, subscriber, &*shared.broker)
             .await
         {
-            Ok(local) => local,
+            Ok(local) => {
+                self.subscriptions.insert(channel.to_owned(), local.id);
+                local
+            }
             Err(e) => {
                 self.subscriptions.remove(channel);
                 return Err(error(id, "internal", &e.to_string()));
@@ -450,11 +454,16 @@ impl Session {
     }
 
     /// Leaves `channel`: the node registration, the broker subscription if it was the node's
-    /// last subscriber, presence.
+    /// last subscriber, presence. Pushes of the channel still queued are dropped: nothing of
+    /// it follows the unsubscribe reply.
     async fn leave(&mut self, channel: &str) {
-        self.subscriptions.remove(channel);
+        let id = self.subscriptions.remove(channel);
         let shared = self.shared.clone();
-        if shared.fanout.unsubscribe(channel, self.conn) {
+        let last = shared.fanout.unsubscribe(channel, self.conn);
+        if let Some(id) = id.filter(|&id| id != 0) {
+            self.outbox.forget_channel(id);
+        }
+        if last {
             if let Err(e) = shared.broker.unsubscribe(channel).await {
                 tracing::warn!("broker unsubscribe from {channel}: {e}");
             }
