@@ -211,22 +211,19 @@ impl Outbox {
                 if !state.filters.is_empty() && state.filtered(delivery) {
                     return;
                 }
-                match try_write_frame(tcp, frame, 0) {
-                    Ok(n) => {
-                        tally.written += 1;
-                        tally.written_bytes += frame.len() as u64;
-                        if n < frame.len() {
-                            // The rest first, by the task, once the socket is writable.
-                            state.partial = Some(Partial {
-                                frame: frame.clone(),
-                                written: n,
-                            });
-                            state.wake();
-                        }
-                        return;
+                // Would block, or failed (the task meets the error when it writes): queue.
+                if let Ok(n) = try_write_frame(tcp, frame, 0) {
+                    tally.written += 1;
+                    tally.written_bytes += frame.len() as u64;
+                    if n < frame.len() {
+                        // The rest first, by the task, once the socket is writable.
+                        state.partial = Some(Partial {
+                            frame: frame.clone(),
+                            written: n,
+                        });
+                        state.wake();
                     }
-                    // Would block, or failed (the task meets the error when it writes): queue.
-                    Err(_) => {}
+                    return;
                 }
             }
         }
