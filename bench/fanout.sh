@@ -274,7 +274,7 @@ groups = [
     ("tokio: wake-ups, scheduling, task polls", r"tokio::runtime::(scheduler|task|context)|LocalKey|wake_by|schedule|worker_to_notify"),
     ("tokio: socket readiness (read and write interest)", r"tokio::runtime::io|poll_evented|PollEvented|ReadBuf|registration"),
     ("duplex: frames, write queue, flush (WebSocket core)", r"^duplex::|duplex_proto::"),
-    ("hub: outbox push/take/release, filters", r"duplex_hub::node::|vec_deque|VecDeque|Arc<duplex_hub::node::Delivery>"),
+    ("hub: outbox (direct writes, queue, filters)", r"duplex_hub::(node|outbox)::|vec_deque|VecDeque|Arc<duplex_hub::node::Delivery>"),
     ("hub: connection task (session select loop, its future state machines)", r"duplex_hub::session|duplex_hub::http::serve|accept_loop|poll_fn::PollFn"),
     ("hub: publish (HTTP request, JSON, broker, envelope)", r"duplex_hub::(http|json|memory|broker|metrics)|serde_json|httparse|Fanout"),
     ("libc: system call wrappers", r"^(writev|write|read|readv|recv|send|epoll_wait|__pthread_(en|dis)able_asynccancel|syscall)"),

@@ -23,6 +23,7 @@ use tokio::time::timeout;
 use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::json;
+use crate::outbox::OutboxStream;
 use crate::server::Shared;
 
 /// Largest request head.
@@ -607,8 +608,9 @@ async fn upgrade(
     {
         return;
     }
+    let (stream, outbox) = OutboxStream::new(tcp, shared.config.queue_bytes, negotiated);
     let ws = WebSocket::from_raw(
-        tcp,
+        stream,
         Role::Server,
         shared.ws_config.clone(),
         shared.ws_options.clone(),
@@ -626,7 +628,7 @@ async fn upgrade(
         None => ws,
     };
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(ws, shared.clone(), grants, shared_deflate).await;
+    crate::session::run(ws, outbox, shared.clone(), grants, shared_deflate).await;
 }
 
 /// Origin and token checks: the grants, or the refusal's status and reason.

@@ -42,6 +42,7 @@ mod limit;
 mod memory;
 mod metrics;
 mod node;
+mod outbox;
 mod server;
 mod session;
 

@@ -1,24 +1,21 @@
-//! Fan-out: the node's local subscribers per channel, and each connection's bounded outbox.
+//! Fan-out: the node's local subscribers per channel.
 //!
 //! ```text
 //!  broker ──on_publication──▶ Fanout ──(encode once: PreparedMessage)──▶ Arc<Delivery>
-//!                                 │ for each local subscriber: Outbox::push (no await)
+//!                                 │ for each local subscriber: Outbox::deliver (no await)
 //!                                 ▼
-//!   Outbox (per connection): VecDeque<Arc<Delivery>> + byte count, bound = queue_bytes
-//!                                 │ connection task drains it all at once,
-//!                                 ▼ feeds every frame to the socket, flushes once
-//!                             WebSocket
+//!   Outbox (per connection, see outbox.rs): nothing queued ahead? one non-blocking writev of
+//!   the shared frame straight to the socket; otherwise (or on WouldBlock / a partial write)
+//!   the bounded queue, drained by the connection task when the socket is writable
 //! ```
 //!
-//! A publication is serialized and framed once; each subscriber's queue gets a clone of one
-//! `Arc`, and each socket gets the same payload `Bytes`. Publishing never waits for a
-//! socket: a queue that would grow past its bound marks its connection as a slow consumer
-//! (closed with 1013 by its task) and drops what it held.
+//! A publication is serialized and framed once; each socket gets the same payload `Bytes`.
+//! Publishing never waits for a socket: a queue that would grow past its bound marks its
+//! connection as a slow consumer (closed with 1013 by its task) and drops what it held.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use duplex::{Message, PreparedMessage, Utf8Bytes};
@@ -27,6 +24,7 @@ use tokio::sync::OnceCell;
 use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication};
 use crate::json;
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Tally};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
@@ -46,154 +44,9 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn cost(&self) -> usize {
+    /// What it counts against an outbox's bound.
+    pub(crate) fn cost(&self) -> usize {
         self.prepared.wire_len()
-    }
-}
-
-/// Why a connection's outbox was closed: the connection task closes the WebSocket with the
-/// matching code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Closing {
-    /// The queue overflowed (1013).
-    SlowConsumer,
-    /// The hub is shutting down (1001).
-    Shutdown,
-}
-
-/// A connection's outbound queue, bounded in bytes.
-///
-/// Publishers push without waiting; the connection task is woken through one registered
-/// waker (no per-wake-up registration in a waiter list), when the queue goes from empty to not
-/// empty and when the outbox is closed.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    state: Mutex<OutboxState>,
-    limit: usize,
-}
-
-#[derive(Debug, Default)]
-struct OutboxState {
-    queue: VecDeque<Arc<Delivery>>,
-    /// Bytes in `queue`.
-    queued: usize,
-    /// Bytes taken by the connection task and not yet handed to the socket.
-    taken: usize,
-    closed: Option<Closing>,
-    waker: Option<Waker>,
-}
-
-impl OutboxState {
-    fn register(&mut self, waker: &Waker) {
-        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.waker = Some(waker.clone());
-        }
-    }
-}
-
-/// What the connection task should do next about its outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutboxEvent {
-    /// Something is queued: take it.
-    Ready,
-    /// Close the connection.
-    Closed(Closing),
-}
-
-impl Outbox {
-    pub(crate) fn new(limit: usize) -> Outbox {
-        Outbox {
-            state: Mutex::new(OutboxState::default()),
-            limit,
-        }
-    }
-
-    /// Queues `delivery`; never waits. Over the bound, the outbox closes as a slow consumer and
-    /// drops what it held.
-    fn push(&self, delivery: &Arc<Delivery>, metrics: &Metrics) {
-        let cost = delivery.cost();
-        let mut state = lock(&self.state);
-        if state.closed.is_some() {
-            drop(state);
-            metrics.dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        if state.queued + state.taken + cost > self.limit {
-            state.closed = Some(Closing::SlowConsumer);
-            let dropped = state.queue.len() + 1;
-            // Free the memory now; the connection is closing.
-            state.queue = VecDeque::new();
-            state.queued = 0;
-            let waker = state.waker.take();
-            drop(state);
-            metrics.dropped.fetch_add(dropped as u64, Relaxed);
-            metrics.slow_consumers.fetch_add(1, Relaxed);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            return;
-        }
-        let was_empty = state.queue.is_empty();
-        state.queue.push_back(delivery.clone());
-        state.queued += cost;
-        if was_empty {
-            let waker = state.waker.take();
-            drop(state);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
-    }
-
-    /// Closes the outbox (first reason wins) and wakes the connection task.
-    pub(crate) fn close(&self, why: Closing) {
-        let mut state = lock(&self.state);
-        state.closed.get_or_insert(why);
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Ready when something is queued or the outbox was closed; otherwise registers the task.
-    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
-        let mut state = lock(&self.state);
-        if let Some(why) = state.closed {
-            return Poll::Ready(OutboxEvent::Closed(why));
-        }
-        if !state.queue.is_empty() {
-            return Poll::Ready(OutboxEvent::Ready);
-        }
-        state.register(cx.waker());
-        Poll::Pending
-    }
-
-    /// Ready once the outbox was closed; otherwise registers the task.
-    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Closing> {
-        let mut state = lock(&self.state);
-        if let Some(why) = state.closed {
-            return Poll::Ready(why);
-        }
-        state.register(cx.waker());
-        Poll::Pending
-    }
-
-    /// Moves everything queued into `batch` (empty, keeping its capacity) and returns its cost,
-    /// which stays counted against the bound until [`Outbox::release`].
-    pub(crate) fn take(&self, batch: &mut VecDeque<Arc<Delivery>>) -> usize {
-        debug_assert!(batch.is_empty());
-        let mut state = lock(&self.state);
-        std::mem::swap(&mut state.queue, batch);
-        let taken = std::mem::take(&mut state.queued);
-        state.taken += taken;
-        taken
-    }
-
-    /// The taken bytes were handed to the socket.
-    pub(crate) fn release(&self, bytes: usize) {
-        let mut state = lock(&self.state);
-        state.taken = state.taken.saturating_sub(bytes);
     }
 }
 
@@ -361,12 +214,26 @@ impl Fanout {
             offset,
             prepared,
         });
+        // Under the channel's lock, so that every subscriber gets the channel's publications in
+        // the same order; each delivery is one non-blocking write or one queue push.
+        let mut tally = Tally::default();
         for subscriber in &subs.list {
-            subscriber.outbox.push(&delivery, &self.metrics);
+            subscriber.outbox.deliver(&delivery, &mut tally);
         }
         let n = subs.list.len();
         drop(subs);
-        self.metrics.observe_fanout(start.elapsed(), n);
+        let metrics = &self.metrics;
+        metrics.observe_fanout(start.elapsed(), n);
+        if tally.written > 0 {
+            metrics.messages_out.fetch_add(tally.written, Relaxed);
+            metrics.bytes_out.fetch_add(tally.written_bytes, Relaxed);
+        }
+        if tally.dropped > 0 {
+            metrics.dropped.fetch_add(tally.dropped, Relaxed);
+            metrics
+                .slow_consumers
+                .fetch_add(tally.slow_consumers, Relaxed);
+        }
     }
 }
 
@@ -398,6 +265,7 @@ impl BrokerHandler for Fanout {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::collections::VecDeque;
 
     fn fanout() -> Fanout {
         Fanout::new(
@@ -419,7 +287,9 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_is_shared_by_every_subscriber() {
         let fanout = fanout();
-        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        let outboxes: Vec<Arc<Outbox>> = (0..3)
+            .map(|_| Arc::new(Outbox::new(1 << 20, None, None)))
+            .collect();
         for (conn, outbox) in outboxes.iter().enumerate() {
             let subscriber = Subscriber {
                 conn: conn as u64,
@@ -452,61 +322,5 @@ mod tests {
             );
         }
         assert_eq!(fanout.metrics.deliveries.load(Relaxed), 3);
-    }
-
-    #[test]
-    fn overflow_drops_and_signals_once() {
-        let metrics = Metrics::default();
-        let outbox = Outbox::new(100);
-        let delivery = Arc::new(Delivery {
-            channel: 1,
-            offset: 1,
-            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
-        });
-        outbox.push(&delivery, &metrics);
-        outbox.push(&delivery, &metrics);
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 0);
-        outbox.push(&delivery, &metrics);
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 1);
-        assert_eq!(metrics.dropped.load(Relaxed), 3);
-        let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(
-            outbox.poll_event(&mut cx),
-            Poll::Ready(OutboxEvent::Closed(Closing::SlowConsumer))
-        );
-        outbox.close(Closing::Shutdown);
-        assert_eq!(
-            outbox.poll_closed(&mut cx),
-            Poll::Ready(Closing::SlowConsumer)
-        );
-        outbox.push(&delivery, &metrics);
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 1);
-        assert_eq!(metrics.dropped.load(Relaxed), 4);
-    }
-
-    #[test]
-    fn taken_bytes_count_until_released() {
-        let metrics = Metrics::default();
-        let outbox = Outbox::new(100);
-        let delivery = Arc::new(Delivery {
-            channel: 1,
-            offset: 1,
-            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
-        });
-        outbox.push(&delivery, &metrics);
-        let mut batch = VecDeque::new();
-        let taken = outbox.take(&mut batch);
-        assert_eq!(taken, 42);
-        outbox.push(&delivery, &metrics);
-        outbox.push(&delivery, &metrics);
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 1, "still counted");
-        let outbox = Outbox::new(100);
-        outbox.push(&delivery, &metrics);
-        batch.clear();
-        let taken = outbox.take(&mut batch);
-        outbox.release(taken);
-        outbox.push(&delivery, &metrics);
-        outbox.push(&delivery, &metrics);
-        assert_eq!(metrics.slow_consumers.load(Relaxed), 1, "released");
     }
 }

@@ -17,7 +17,8 @@ use crate::broker::Broker;
 use crate::config::{Compression, HubConfig};
 use crate::memory::MemoryBroker;
 use crate::metrics::Metrics;
-use crate::node::{Closing, Fanout, FanoutOptions, Outbox};
+use crate::node::{Fanout, FanoutOptions};
+use crate::outbox::{Closing, Outbox};
 
 /// What every connection task shares.
 #[derive(Debug)]

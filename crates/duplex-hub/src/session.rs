@@ -1,11 +1,14 @@
-//! One WebSocket connection: its commands, its subscriptions, and the task that drains its
-//! outbox into the socket.
+//! One WebSocket connection: its commands, its subscriptions, and the task that finishes what
+//! the fan-out could not write straight to the socket.
 //!
-//! The task waits on two things at once: its outbox (something queued, or closed because it
-//! overflowed or the hub is shutting down) and the next client message. A drained outbox is fed to the
-//! socket frame by frame without flushing, then flushed once: many queued pushes become one
-//! vectored write. Command replies are written directly, so a subscribe reply (with its
-//! recovered publications) always precedes the live publications queued after it.
+//! Publishers write pushes to the socket themselves while nothing is queued ahead of them (see
+//! `outbox.rs`); this task is woken only when a socket would block or took part of a frame. It
+//! waits on two things at once: its outbox (something queued or partly written, or closed
+//! because it overflowed or the hub is shutting down) and the next client message. A drained
+//! outbox is fed to the socket frame by frame without flushing, then flushed once: many queued
+//! pushes become one vectored write. While a command runs, direct writes are held and pushes
+//! queue up, so a subscribe reply (with its recovered publications) always precedes the live
+//! publications after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
@@ -17,9 +20,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
-use duplex::{CloseCode, Message, WebSocket};
+use duplex::{CloseCode, Message, State, WebSocket};
 use serde_json::{Map, Value};
-use tokio::net::TcpStream;
 
 use crate::auth::Grants;
 use crate::broker::{ClientInfo, HistoryQuery};
@@ -27,18 +29,11 @@ use crate::http::channel_field;
 use crate::json;
 use crate::limit::TokenBucket;
 use crate::memory::random_epoch;
-use crate::node::{Closing, Delivery, Outbox, OutboxEvent, Subscriber};
+use crate::node::{Delivery, Subscriber};
+use crate::outbox::{Closing, Outbox, OutboxEvent, OutboxStream};
 use crate::server::Shared;
 
-type Ws = WebSocket<TcpStream>;
-
-/// Live publications of a channel at or below `upto` are dropped: the subscribe reply carried
-/// them (or the client subscribed after them).
-#[derive(Debug, Clone, Copy)]
-struct Filter {
-    channel: u64,
-    upto: u64,
-}
+pub(crate) type Ws = WebSocket<OutboxStream>;
 
 struct Session {
     conn: u64,
@@ -48,8 +43,8 @@ struct Session {
     shared_deflate: bool,
     /// Subscribed channels. Inserted before the node registration is awaited, so that a
     /// cancelled subscribe is still cleaned up.
-    subscriptions: HashMap<String, ()>,
-    filters: Vec<Filter>,
+    /// The value is the channel's `LocalChannel::id` once registered (0 before).
+    subscriptions: HashMap<String, u64>,
     bucket: TokenBucket,
     shared: Arc<Shared>,
     batch: VecDeque<Arc<Delivery>>,
@@ -65,11 +60,17 @@ enum End {
 
 const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and recover with since";
 
-pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_deflate: bool) {
+/// Runs the connection `ws`, whose stream writes through `outbox` (see [`OutboxStream::new`]).
+pub(crate) async fn run(
+    mut ws: Ws,
+    outbox: Arc<Outbox>,
+    shared: Arc<Shared>,
+    grants: Grants,
+    shared_deflate: bool,
+) {
     let metrics = shared.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
-    let outbox = Arc::new(Outbox::new(shared.config.queue_bytes));
     let conn = shared.next_conn.fetch_add(1, Relaxed);
     if !shared.register_session(conn, &outbox) {
         outbox.close(Closing::Shutdown);
@@ -84,7 +85,6 @@ pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_
         outbox: outbox.clone(),
         shared_deflate,
         subscriptions: HashMap::new(),
-        filters: Vec::new(),
         bucket: TokenBucket::new(
             shared.config.publish_rate,
             shared.config.publish_burst,
@@ -94,6 +94,8 @@ pub(crate) async fn run(mut ws: Ws, shared: Arc<Shared>, grants: Grants, shared_
         batch: VecDeque::new(),
     };
     let end = session.drive(&mut ws, &outbox).await;
+    // Whatever is written from here on (the Close frame) is the last.
+    outbox.hold();
     session.cleanup().await;
     if let End::Close(code, reason) = end {
         tracing::debug!(client = %session.info.client, code = code.as_u16(), reason, "closing");
@@ -183,7 +185,8 @@ impl Session {
                 {
                     receive.set_task(cx.waker());
                     let mut rcx = std::task::Context::from_waker(&receive_waker);
-                    match pin!(ws.recv()).poll(&mut rcx) {
+                    let polled = pin!(ws.recv()).poll(&mut rcx);
+                    match polled {
                         Poll::Ready(message) => {
                             // More may be buffered from the same read: look again next time.
                             receive
@@ -191,7 +194,14 @@ impl Session {
                                 .store(true, std::sync::atomic::Ordering::Release);
                             Some(message)
                         }
-                        Poll::Pending => None,
+                        Poll::Pending => {
+                            // The receive side may have written (a pong): once that is out,
+                            // publishers may write directly again.
+                            if ws.queued_bytes() == 0 && ws.state() == State::Open {
+                                outbox.resume();
+                            }
+                            None
+                        }
                     }
                 } else {
                     None
@@ -227,23 +237,31 @@ impl Session {
                     }
                     None => return End::Gone,
                 };
+                // Pushes queue up until the reply is out (and are drained, filtered, next).
+                outbox.hold();
                 let step = pin!(self.handle(ws, message));
                 if let Err(end) = until_closed(outbox, step).await {
                     return end;
                 }
             }
+            // Everything this task wrote is out and nothing is queued: publishers write
+            // directly again (a no-op while something is queued: drained next round).
+            if ws.queued_bytes() == 0 && ws.state() == State::Open {
+                outbox.resume();
+            }
         }
     }
 
-    /// Sends everything queued, one flush for the lot.
+    /// Finishes a partly written frame, then sends everything queued, one flush for the lot.
     async fn write_outbox(&mut self, ws: &mut Ws) -> Result<(), duplex::Error> {
+        poll_fn(|cx| self.outbox.poll_write_partial(cx))
+            .await
+            .map_err(duplex::Error::Io)?;
         let mut batch = std::mem::take(&mut self.batch);
+        // Filtered (live copies of what a subscribe reply carried are dropped).
         let taken = self.outbox.take(&mut batch);
         let (mut messages, mut bytes) = (0u64, 0u64);
         for delivery in batch.drain(..) {
-            if !self.filters.is_empty() && self.filtered(&delivery) {
-                continue;
-            }
             // The frame prepared once for every subscriber (head and payload, compressed when
             // this connection's parameters allow sharing), queued without a flush: one write
             // for the whole batch.
@@ -258,25 +276,6 @@ impl Session {
         metrics.messages_out.fetch_add(messages, Relaxed);
         metrics.bytes_out.fetch_add(bytes, Relaxed);
         Ok(())
-    }
-
-    fn filtered(&mut self, delivery: &Delivery) -> bool {
-        if delivery.offset == 0 {
-            return false;
-        }
-        let Some(i) = self
-            .filters
-            .iter()
-            .position(|f| f.channel == delivery.channel)
-        else {
-            return false;
-        };
-        if delivery.offset <= self.filters[i].upto {
-            return true;
-        }
-        // Past the recovered range: later publications only go up.
-        self.filters.swap_remove(i);
-        false
     }
 
     async fn handle(&mut self, ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
@@ -375,7 +374,7 @@ impl Session {
             ));
         }
 
-        self.subscriptions.insert(channel.to_owned(), ());
+        self.subscriptions.insert(channel.to_owned(), 0);
         let shared = self.shared.clone();
         let subscriber = Subscriber {
             conn: self.conn,
@@ -388,7 +387,10 @@ impl Session {
             .subscribe(channel, subscriber, &*shared.broker)
             .await
         {
-            Ok(local) => local,
+            Ok(local) => {
+                self.subscriptions.insert(channel.to_owned(), local.id);
+                local
+            }
             Err(e) => {
                 self.subscriptions.remove(channel);
                 return Err(error(id, "internal", &e.to_string()));
@@ -407,12 +409,9 @@ impl Session {
             }
         };
         let top = history.position.offset;
-        // 3. Live copies of what the reply covers are dropped when the outbox is drained.
-        self.filters.retain(|f| f.channel != local.id);
-        self.filters.push(Filter {
-            channel: local.id,
-            upto: top,
-        });
+        // 3. Live copies of what the reply covers are dropped (queued ones when the outbox is
+        //    drained after the reply, later ones as they are written).
+        self.outbox.set_filter(local.id, top);
         if let Err(e) = shared.broker.join(channel, &self.info).await {
             tracing::warn!("presence join on {channel}: {e}");
         }
@@ -455,11 +454,16 @@ impl Session {
     }
 
     /// Leaves `channel`: the node registration, the broker subscription if it was the node's
-    /// last subscriber, presence.
+    /// last subscriber, presence. Pushes of the channel still queued are dropped: nothing of
+    /// it follows the unsubscribe reply.
     async fn leave(&mut self, channel: &str) {
-        self.subscriptions.remove(channel);
+        let id = self.subscriptions.remove(channel);
         let shared = self.shared.clone();
-        if shared.fanout.unsubscribe(channel, self.conn) {
+        let last = shared.fanout.unsubscribe(channel, self.conn);
+        if let Some(id) = id.filter(|&id| id != 0) {
+            self.outbox.forget_channel(id);
+        }
+        if last {
             if let Err(e) = shared.broker.unsubscribe(channel).await {
                 tracing::warn!("broker unsubscribe from {channel}: {e}");
             }

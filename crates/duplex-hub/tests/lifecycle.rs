@@ -159,3 +159,51 @@ async fn graceful_shutdown_closes_every_client_with_1001() {
     })
     .await;
 }
+
+/// Publishers write straight to a subscriber's socket only while nothing is queued ahead: once
+/// the socket would block (or takes part of a frame) the rest queues up, and the subscriber gets
+/// every publication once, in order, when it reads again, including those published while it
+/// catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_within_the_bound_gets_everything_once_in_order() {
+    within(async {
+        let hub = hub(HubConfig {
+            max_message_size: 16 * 1024,
+            queue_bytes: 64 * 1024 * 1024,
+            join_leave: false,
+            ..config()
+        })
+        .await;
+        let addr = hub.local_addr();
+        let mut slow = stalled_client(addr).await;
+        slow.subscribe("backlog").await;
+        let plain = duplex::ClientOptions {
+            deflate: None,
+            ..Default::default()
+        };
+        let mut publisher = Client::connect_with(addr, "", plain).await.unwrap();
+        // Sizes that do not divide socket buffers evenly, so writes end inside frames.
+        let data = |n: u64| json!({"n": n, "pad": "y".repeat((n as usize * 997) % 9000)});
+        const STALLED: u64 = 800;
+        const TOTAL: u64 = 1_600;
+        for n in 1..=STALLED {
+            publisher.publish("backlog", data(n)).await;
+        }
+        let reader = tokio::spawn(async move {
+            for expected in 1..=TOTAL {
+                let push = slow.publication().await;
+                assert_eq!(push["offset"], expected, "in order, no gap, no duplicate");
+                assert_eq!(push["data"], data(expected));
+            }
+            slow.assert_quiet().await;
+        });
+        // More while it catches up: they queue behind the backlog, then go direct again.
+        for n in STALLED + 1..=TOTAL {
+            publisher.publish("backlog", data(n)).await;
+        }
+        reader.await.unwrap();
+        assert_eq!(hub.metrics().slow_consumer_disconnects(), 0);
+        assert_eq!(hub.metrics().dropped_messages(), 0);
+    })
+    .await;
+}

@@ -234,6 +234,68 @@ async fn recovery_racing_live_publications_has_no_gap_or_duplicate() {
     .await;
 }
 
+/// One connection unsubscribes and subscribes again with `since` while HTTP publications
+/// flood the channel (written straight to its socket between its commands): every round's
+/// reply, the pushes before the unsubscribe reply and the live pushes after the subscribe reply
+/// add up to 1, 2, 3, ... with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_on_one_connection_while_publications_race_has_no_gap_or_duplicate() {
+    within(async {
+        let hub = hub(HubConfig {
+            history_size: 10_000,
+            join_leave: false,
+            ..config()
+        })
+        .await;
+        let addr = hub.local_addr();
+        let mut client = Client::connect(addr, "").await;
+        let reply = client.subscribe("resub");
+        let epoch = reply.await["epoch"].clone();
+        const TOTAL: u64 = 1_500;
+        let flood = tokio::spawn(async move {
+            for n in 1..=TOTAL {
+                publish_http(addr, "resub", json!(n)).await;
+            }
+        });
+        let mut seen: Vec<u64> = Vec::new();
+        for round in 0.. {
+            // Live pushes for a while.
+            let until = (seen.last().copied().unwrap_or(0) + 20 + round % 7).min(TOTAL);
+            while seen.last().copied().unwrap_or(0) < until {
+                seen.push(client.publication().await["offset"].as_u64().unwrap());
+            }
+            if until == TOTAL {
+                break;
+            }
+            let reply = client
+                .call(json!({"op": "unsubscribe", "channel": "resub"}))
+                .await;
+            assert_eq!(reply["ok"], true, "{reply}");
+            seen.extend(
+                client
+                    .take_pushes()
+                    .iter()
+                    .map(|p| p["offset"].as_u64().unwrap()),
+            );
+            let since = seen.last().copied().unwrap_or(0);
+            let reply = client
+                .call(json!({"op": "subscribe", "channel": "resub", "since": {"epoch": epoch, "offset": since}}))
+                .await;
+            assert_eq!(reply["recovered"], true, "{reply}");
+            assert!(
+                client.take_pushes().is_empty(),
+                "nothing live before the subscribe reply"
+            );
+            seen.extend(offsets(&reply["publications"]));
+        }
+        flood.await.unwrap();
+        let expected: Vec<u64> = (1..=TOTAL).collect();
+        assert_eq!(seen, expected);
+        client.assert_quiet().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn recovery_fails_loudly_when_history_is_too_short_or_epoch_differs() {
     within(async {

@@ -125,6 +125,11 @@ impl Client {
         message
     }
 
+    /// The pushes that arrived while waiting for replies and were not read yet.
+    pub fn take_pushes(&mut self) -> Vec<Value> {
+        self.pushes.drain(..).collect()
+    }
+
     /// The next publication push, skipping presence events.
     pub async fn publication(&mut self) -> Value {
         loop {

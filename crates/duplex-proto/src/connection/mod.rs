@@ -379,31 +379,17 @@ impl Connection {
         if self.sending_fragmented.is_some() {
             return Err(UsageError::FragmentOrder.into());
         }
-        if self.role.masks_outgoing() {
-            return self.send(prepared.message().clone());
-        }
         #[cfg(feature = "deflate")]
-        if let Some(deflate) = &self.deflate {
-            let negotiated = &deflate.negotiated;
-            if !negotiated.should_compress(prepared.message().len()) {
-                self.transmits.push(prepared.plain().clone());
-                return Ok(());
+        let shared = prepared.frame_for(self.role, self.deflate.as_ref().map(|d| &d.negotiated));
+        #[cfg(not(feature = "deflate"))]
+        let shared = (!self.role.masks_outgoing()).then(|| prepared.plain());
+        match shared {
+            Some(frame) => {
+                self.transmits.push(frame.clone());
+                Ok(())
             }
-            match prepared.compressed() {
-                Some(shared)
-                    if negotiated.accepts_prepared(
-                        self.role,
-                        crate::extensions::deflate::MAX_WINDOW_BITS,
-                    ) =>
-                {
-                    self.transmits.push(shared.clone());
-                    return Ok(());
-                }
-                _ => return self.send(prepared.message().clone()),
-            }
+            None => self.send(prepared.message().clone()),
         }
-        self.transmits.push(prepared.plain().clone());
-        Ok(())
     }
 
     /// Queues one piece of a fragmented message (streaming out, RFC 6455 section 5.4).

@@ -75,14 +75,53 @@ impl PreparedMessage {
     }
 
     /// The uncompressed frame.
+    #[cfg(not(feature = "deflate"))]
     pub(super) fn plain(&self) -> &Transmit {
         &self.plain
     }
 
-    /// The compressed frame, if prepared.
+    /// The frame [`Connection::send_prepared`](super::Connection::send_prepared) queues for
+    /// this message on a connection with `role` and permessage-deflate parameters `deflate`
+    /// (`None`: not negotiated), when that frame is one of the shared ones; `None` when the
+    /// connection must encode the message itself (a client masks every frame; with context
+    /// takeover, or without a prepared compressed frame, it compresses for itself alone).
+    ///
+    /// For runtimes that write a prepared frame to a socket without going through the
+    /// connection's queue (the hub writes it straight to each subscriber's socket): the bytes
+    /// are valid for that connection exactly when this returns them.
+    ///
+    /// ```
+    /// use duplex_proto::{Message, PreparedMessage, Role};
+    /// let prepared = PreparedMessage::new(Message::text("tick"));
+    /// let frame = prepared.frame_for(Role::Server, None).unwrap();
+    /// assert_eq!(frame.head(), [0x81, 4]);
+    /// assert_eq!(&frame.payload()[..], b"tick");
+    /// assert!(prepared.frame_for(Role::Client, None).is_none()); // clients mask
+    /// ```
     #[cfg(feature = "deflate")]
-    pub(super) fn compressed(&self) -> Option<&Transmit> {
-        self.compressed.as_ref()
+    pub fn frame_for(
+        &self,
+        role: crate::Role,
+        deflate: Option<&crate::extensions::deflate::Negotiated>,
+    ) -> Option<&Transmit> {
+        if role.masks_outgoing() {
+            return None;
+        }
+        let Some(negotiated) = deflate else {
+            return Some(&self.plain);
+        };
+        if !negotiated.should_compress(self.message.len()) {
+            return Some(&self.plain);
+        }
+        match &self.compressed {
+            Some(shared)
+                if negotiated
+                    .accepts_prepared(role, crate::extensions::deflate::MAX_WINDOW_BITS) =>
+            {
+                Some(shared)
+            }
+            _ => None,
+        }
     }
 
     /// Bytes on the wire for the uncompressed frame.

@@ -1,0 +1,525 @@
+//! A connection's outbound path, shared by the fan-out and the connection's task: the socket's
+//! write half, the bounded queue, and the rules for who may write when.
+//!
+//! ```text
+//!  publisher (fan-out, no .await)                  connection task
+//!   │ Outbox::deliver, under the state lock         │ WebSocket<OutboxStream>: replies, pongs,
+//!   │  nothing ahead (not held, queue empty,        │ the Close frame, drained deliveries;
+//!   │  no partial frame, open)? ──▶ try_writev ─┐   │ every write goes through the same lock,
+//!   │  else, or WouldBlock ──▶ queue + wake     │   │ finishes a partial frame first and
+//!   │  partial write ──▶ rest kept + wake       ▼   ▼ holds direct writes
+//!   └───────────────────────────────────────▶ socket (OwnedWriteHalf)
+//! ```
+//!
+//! In the common case a delivery is one non-blocking `writev` by the publisher: no task wake-up,
+//! no scheduling, no poll (the uWebSockets model). Only when the socket would block, or took part
+//! of the frame, do the rest and every later delivery go to the queue (bounded in bytes: the
+//! queue, the frame being finished and what the task took all count), and the task finishes
+//! them when the socket is writable.
+//!
+//! Direct writes are **held** while the task's `WebSocket` has bytes of its own in flight (set by
+//! every write through [`OutboxStream`]), while it drains the queue, and while it handles a
+//! command: a subscribe reply (with the publications it recovered) must precede the live ones
+//! after it, and live copies of what it carried are dropped by the channel's [`Filter`] (applied
+//! to direct writes and to the drained queue alike, always in delivery order). The task lifts the
+//! hold ([`Outbox::resume`]) only when its `WebSocket` has nothing queued, the close handshake has
+//! not started, and the queue is empty; after the Close frame nothing is written directly.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+
+use duplex_proto::Role;
+use duplex_proto::Transmit;
+use duplex_proto::extensions::deflate::Negotiated;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::node::Delivery;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent between statements; a panic elsewhere must not wedge
+    // every publisher.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a connection's outbox was closed: the connection task closes the WebSocket with the
+/// matching code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// The queue overflowed (1013).
+    SlowConsumer,
+    /// The hub is shutting down (1001).
+    Shutdown,
+}
+
+/// What the connection task should do next about its outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboxEvent {
+    /// Something is queued, or a frame was written in part: drain.
+    Ready,
+    /// Close the connection.
+    Closed(Closing),
+}
+
+/// Live publications of a channel at or below `upto` are dropped: the subscribe reply carried
+/// them (or the client subscribed after them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filter {
+    pub(crate) channel: u64,
+    pub(crate) upto: u64,
+}
+
+/// What one fan-out did, added to the metrics once per publication.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Frames written straight to sockets, and their bytes.
+    pub(crate) written: u64,
+    pub(crate) written_bytes: u64,
+    /// Deliveries dropped (closed or overflowing outboxes).
+    pub(crate) dropped: u64,
+    /// Outboxes that overflowed.
+    pub(crate) slow_consumers: u64,
+}
+
+/// A connection's outbound path: see the module docs.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    limit: usize,
+    /// The socket's write half; `None` (unit tests) queues everything.
+    tcp: Option<OwnedWriteHalf>,
+    /// The connection's permessage-deflate parameters: which prepared frame is valid for it.
+    deflate: Option<Negotiated>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Arc<Delivery>>,
+    /// Bytes in `queue`.
+    queued: usize,
+    /// Bytes taken by the connection task and not yet handed to the socket.
+    taken: usize,
+    /// The rest of a frame a publisher wrote in part: it goes out before anything else.
+    partial: Option<Partial>,
+    /// Direct writes wait: the task's WebSocket has bytes in flight, or the task is draining
+    /// or handling a command, or the connection is closing.
+    held: bool,
+    closed: Option<Closing>,
+    filters: Vec<Filter>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    frame: Transmit,
+    written: usize,
+}
+
+impl Partial {
+    fn rest(&self) -> usize {
+        self.frame.len() - self.written
+    }
+}
+
+impl OutboxState {
+    fn register(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether `delivery` is a live copy of what a subscribe reply carried. Called in delivery
+    /// order (on direct writes and on the drained queue), so a filter goes once the first
+    /// publication past its range passes.
+    fn filtered(&mut self, delivery: &Delivery) -> bool {
+        if delivery.offset == 0 {
+            return false;
+        }
+        let Some(i) = self
+            .filters
+            .iter()
+            .position(|f| f.channel == delivery.channel)
+        else {
+            return false;
+        };
+        if delivery.offset <= self.filters[i].upto {
+            return true;
+        }
+        // Past the recovered range: later publications only go up.
+        self.filters.swap_remove(i);
+        false
+    }
+}
+
+/// Writes as much of `frame` from byte `from` as the socket takes now.
+fn try_write_frame(tcp: &OwnedWriteHalf, frame: &Transmit, from: usize) -> io::Result<usize> {
+    let head = frame.head();
+    let (a, b) = if from < head.len() {
+        (&head[from..], &frame.payload()[..])
+    } else {
+        (&frame.payload()[from - head.len()..], &[][..])
+    };
+    let n = tcp.try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)])?;
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+impl Outbox {
+    /// An outbox bounded at `limit` bytes writing to `tcp` (if any) for a connection with
+    /// permessage-deflate parameters `deflate`.
+    pub(crate) fn new(
+        limit: usize,
+        tcp: Option<OwnedWriteHalf>,
+        deflate: Option<Negotiated>,
+    ) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            limit,
+            tcp,
+            deflate,
+        }
+    }
+
+    /// Sends `delivery`: straight to the socket when nothing is ahead of it, else queued (the
+    /// task is woken). Never waits. Over the bound, the outbox closes as a slow consumer and
+    /// drops what it held.
+    pub(crate) fn deliver(&self, delivery: &Arc<Delivery>, tally: &mut Tally) {
+        let mut state = lock(&self.state);
+        if state.closed.is_some() {
+            tally.dropped += 1;
+            return;
+        }
+        if !state.held && state.queue.is_empty() && state.partial.is_none() && state.taken == 0 {
+            if let (Some(tcp), Some(frame)) = (
+                &self.tcp,
+                delivery
+                    .prepared
+                    .frame_for(Role::Server, self.deflate.as_ref()),
+            ) {
+                if !state.filters.is_empty() && state.filtered(delivery) {
+                    return;
+                }
+                // Would block, or failed (the task meets the error when it writes): queue.
+                if let Ok(n) = try_write_frame(tcp, frame, 0) {
+                    tally.written += 1;
+                    tally.written_bytes += frame.len() as u64;
+                    if n < frame.len() {
+                        // The rest first, by the task, once the socket is writable.
+                        state.partial = Some(Partial {
+                            frame: frame.clone(),
+                            written: n,
+                        });
+                        state.wake();
+                    }
+                    return;
+                }
+            }
+        }
+        let cost = delivery.cost();
+        let partial = state.partial.as_ref().map_or(0, Partial::rest);
+        if state.queued + state.taken + partial + cost > self.limit {
+            state.closed = Some(Closing::SlowConsumer);
+            tally.dropped += state.queue.len() as u64 + 1;
+            tally.slow_consumers += 1;
+            // Free the memory now; the connection is closing (a partial frame is still
+            // finished first: the Close frame must not land inside it).
+            state.queue = VecDeque::new();
+            state.queued = 0;
+            state.wake();
+            return;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(delivery.clone());
+        state.queued += cost;
+        if was_empty {
+            state.wake();
+        }
+    }
+
+    /// Closes the outbox (first reason wins) and wakes the connection task.
+    pub(crate) fn close(&self, why: Closing) {
+        let mut state = lock(&self.state);
+        state.closed.get_or_insert(why);
+        state.held = true;
+        state.wake();
+    }
+
+    /// Ready when something is queued or partly written, or the outbox was closed; otherwise
+    /// registers the task.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        let mut state = lock(&self.state);
+        if let Some(why) = state.closed {
+            return Poll::Ready(OutboxEvent::Closed(why));
+        }
+        if !state.queue.is_empty() || state.partial.is_some() {
+            return Poll::Ready(OutboxEvent::Ready);
+        }
+        state.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Ready once the outbox was closed; otherwise registers the task.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Closing> {
+        let mut state = lock(&self.state);
+        if let Some(why) = state.closed {
+            return Poll::Ready(why);
+        }
+        state.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Holds direct writes until [`Outbox::resume`]: the task is about to write itself.
+    pub(crate) fn hold(&self) {
+        lock(&self.state).held = true;
+    }
+
+    /// Lets publishers write directly again, unless something is queued or partly written (the
+    /// task drains it first, then calls this again) or the outbox is closed. The caller
+    /// guarantees that its WebSocket has nothing queued and is open.
+    pub(crate) fn resume(&self) {
+        let mut state = lock(&self.state);
+        if state.queue.is_empty()
+            && state.partial.is_none()
+            && state.taken == 0
+            && state.closed.is_none()
+        {
+            state.held = false;
+        }
+    }
+
+    /// Live publications of `channel` up to `upto` are dropped from now on (until one past it
+    /// passes).
+    pub(crate) fn set_filter(&self, channel: u64, upto: u64) {
+        let mut state = lock(&self.state);
+        state.filters.retain(|f| f.channel != channel);
+        state.filters.push(Filter { channel, upto });
+    }
+
+    /// Drops the queued pushes of `channel` and its filter (the connection left it).
+    pub(crate) fn forget_channel(&self, channel: u64) {
+        let mut state = lock(&self.state);
+        let mut freed = 0;
+        state.queue.retain(|delivery| {
+            let keep = delivery.channel != channel;
+            if !keep {
+                freed += delivery.cost();
+            }
+            keep
+        });
+        state.queued -= freed;
+        state.filters.retain(|f| f.channel != channel);
+    }
+
+    /// Moves everything queued that passes the filters into `batch` (empty, keeping its
+    /// capacity) and returns the cost taken, which stays counted against the bound until
+    /// [`Outbox::release`]. Holds direct writes: the batch goes out through the task's
+    /// WebSocket.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Arc<Delivery>>) -> usize {
+        debug_assert!(batch.is_empty());
+        let mut state = lock(&self.state);
+        state.held = true;
+        std::mem::swap(&mut state.queue, batch);
+        if !state.filters.is_empty() {
+            batch.retain(|delivery| !state.filtered(delivery));
+        }
+        let taken = std::mem::take(&mut state.queued);
+        state.taken += taken;
+        taken
+    }
+
+    /// The taken bytes were handed to the socket.
+    pub(crate) fn release(&self, bytes: usize) {
+        let mut state = lock(&self.state);
+        state.taken = state.taken.saturating_sub(bytes);
+    }
+
+    /// Finishes a frame a publisher wrote in part.
+    pub(crate) fn poll_write_partial(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(tcp) = &self.tcp else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            let mut state = lock(&self.state);
+            match finish_partial(tcp, &mut state) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(state);
+                    ready!(tcp.as_ref().poll_write_ready(cx))?;
+                }
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+/// Writes the rest of the partial frame, if any, as far as the socket takes it now: `Ok` once
+/// nothing is left.
+fn finish_partial(tcp: &OwnedWriteHalf, state: &mut OutboxState) -> io::Result<()> {
+    while let Some(partial) = &mut state.partial {
+        partial.written += try_write_frame(tcp, &partial.frame, partial.written)?;
+        if partial.rest() == 0 {
+            state.partial = None;
+        }
+    }
+    Ok(())
+}
+
+/// The stream under the connection task's `WebSocket`: reads from the socket's read half,
+/// writes through the outbox, so that its frames and the publishers' direct writes never
+/// interleave inside a frame (see the module docs). Every write holds direct writes until the
+/// task resumes them.
+#[derive(Debug)]
+pub(crate) struct OutboxStream {
+    read: OwnedReadHalf,
+    outbox: Arc<Outbox>,
+}
+
+impl OutboxStream {
+    /// Splits `tcp`: the write half goes to a new outbox bounded at `limit` bytes.
+    pub(crate) fn new(
+        tcp: TcpStream,
+        limit: usize,
+        deflate: Option<Negotiated>,
+    ) -> (OutboxStream, Arc<Outbox>) {
+        let (read, write) = tcp.into_split();
+        let outbox = Arc::new(Outbox::new(limit, Some(write), deflate));
+        (
+            OutboxStream {
+                read,
+                outbox: outbox.clone(),
+            },
+            outbox,
+        )
+    }
+}
+
+impl AsyncRead for OutboxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OutboxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let outbox = &*self.outbox;
+        let Some(tcp) = &outbox.tcp else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        loop {
+            let mut state = lock(&outbox.state);
+            state.held = true;
+            let written =
+                finish_partial(tcp, &mut state).and_then(|()| tcp.try_write_vectored(bufs));
+            drop(state);
+            match written {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(tcp.as_ref().poll_write_ready(cx))?;
+                }
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// A no-op: the write half is shared with the publishers and shut (FIN) when the outbox is
+    /// dropped, at the end of the connection's task.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duplex::{Message, PreparedMessage};
+
+    #[test]
+    fn overflow_drops_and_signals_once() {
+        let mut tally = Tally::default();
+        let outbox = Outbox::new(100, None, None);
+        let delivery = Arc::new(Delivery {
+            channel: 1,
+            offset: 1,
+            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
+        });
+        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &mut tally);
+        assert_eq!(tally.slow_consumers, 0);
+        outbox.deliver(&delivery, &mut tally);
+        assert_eq!(tally.slow_consumers, 1);
+        assert_eq!(tally.dropped, 3);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            outbox.poll_event(&mut cx),
+            Poll::Ready(OutboxEvent::Closed(Closing::SlowConsumer))
+        );
+        outbox.close(Closing::Shutdown);
+        assert_eq!(
+            outbox.poll_closed(&mut cx),
+            Poll::Ready(Closing::SlowConsumer)
+        );
+        outbox.deliver(&delivery, &mut tally);
+        assert_eq!(tally.slow_consumers, 1);
+        assert_eq!(tally.dropped, 4);
+    }
+
+    #[test]
+    fn taken_bytes_count_until_released() {
+        let mut tally = Tally::default();
+        let outbox = Outbox::new(100, None, None);
+        let delivery = Arc::new(Delivery {
+            channel: 1,
+            offset: 1,
+            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
+        });
+        outbox.deliver(&delivery, &mut tally);
+        let mut batch = VecDeque::new();
+        let taken = outbox.take(&mut batch);
+        assert_eq!(taken, 42);
+        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &mut tally);
+        assert_eq!(tally.slow_consumers, 1, "still counted");
+        let outbox = Outbox::new(100, None, None);
+        outbox.deliver(&delivery, &mut tally);
+        batch.clear();
+        let taken = outbox.take(&mut batch);
+        outbox.release(taken);
+        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &mut tally);
+        assert_eq!(tally.slow_consumers, 1, "released");
+    }
+}
