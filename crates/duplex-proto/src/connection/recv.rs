@@ -89,8 +89,62 @@ impl Incoming {
         self.inflate = Some(Box::new(decompressor));
     }
 
+    /// See [`Connection::whole_frame_len`](super::Connection::whole_frame_len).
+    pub(super) fn whole_frame_len(
+        &self,
+        buf: &[u8],
+        config: &Config,
+        role: Role,
+        at_least: usize,
+    ) -> Option<usize> {
+        if self.frame.is_some() || config.streaming_receive {
+            return None;
+        }
+        let (header, header_len) = FrameHeader::decode(buf).ok()??;
+        let size_so_far = match (&self.message, header.opcode) {
+            (None, OpCode::Binary) => 0,
+            (Some(message), OpCode::Continuation)
+                if message.kind == DataKind::Binary && !message.compressed =>
+            {
+                message.size
+            }
+            _ => return None,
+        };
+        let acceptable = header.rsv == 0
+            && header.payload_len >= at_least as u64
+            && header.mask.is_some() == role.requires_masked_incoming()
+            && header.payload_len <= config.max_frame_size as u64
+            && size_so_far + header.payload_len <= config.max_message_size as u64;
+        let len = usize::try_from(header.payload_len).ok()?;
+        acceptable.then(|| header_len + len)
+    }
+
     /// Consumes as much of `buf` as possible.
+    ///
+    /// Whole single frames are taken here, in a small function; the general path (a function
+    /// large enough that merely entering it costs more than a small frame's whole work) runs
+    /// only for what they cannot take.
+    #[inline]
     pub(super) fn consume(
+        &mut self,
+        buf: &mut BytesMut,
+        config: &Config,
+        out: &mut Output<'_>,
+    ) -> Result<Consumed, ProtocolError> {
+        while self.frame.is_none() && self.message.is_none() {
+            if buf.is_empty() {
+                return Ok(Consumed::NeedMore);
+            }
+            if !self.consume_whole_frame(buf, config, out)? {
+                break;
+            }
+        }
+        self.consume_general(buf, config, out)
+    }
+
+    /// [`Incoming::consume`] for everything: partial and fragmented frames, control frames,
+    /// compression, errors.
+    fn consume_general(
         &mut self,
         buf: &mut BytesMut,
         config: &Config,
@@ -313,7 +367,12 @@ impl Incoming {
             return Ok(false);
         }
         buf.advance(start);
-        let mut payload = buf.split_to(len);
+        let mut payload = if buf.len() == len {
+            // The frame ends the buffer (one message per read): take it all, no split.
+            std::mem::take(buf)
+        } else {
+            buf.split_to(len)
+        };
         if let Some(key) = key {
             crate::mask::apply_mask_from_start(&mut payload, key);
         }

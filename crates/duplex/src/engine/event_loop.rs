@@ -14,7 +14,11 @@ use bytes::BytesMut;
 use duplex_proto::handshake::{HandshakeError, accept_response, parse_request, validate_request};
 use duplex_proto::{CloseCode, Connection, Event, Role, State};
 use http::{HeaderMap, StatusCode};
-use mio::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::slot::{Open, Phase, Slot, Written, shut_write, write_raw};
@@ -30,6 +34,27 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// per ~48 KiB received, not per read.
 const SCRATCH_SIZE: usize = 64 * 1024;
 const MIN_READ: usize = 16 * 1024;
+
+/// Binary frames from this size on are read into a buffer of their own (see `read_large`).
+const LARGE_FRAME: usize = 16 * 1024;
+/// Spare capacity kept past a large frame's end in its buffer.
+const HEADROOM: usize = 8 * 1024;
+
+/// The size of the large binary frame `buf` starts with, if it does.
+fn large_frame(open: &Open, buf: &[u8]) -> Option<usize> {
+    if !open.read_buf.is_empty() {
+        return None;
+    }
+    open.conn.whole_frame_len(buf, LARGE_FRAME)
+}
+
+/// What a read step leaves to its loop.
+enum Step {
+    /// Read again.
+    Again,
+    /// Done with this readiness event.
+    Stop(Next),
+}
 
 /// A slab entry: the connection, and the generation that tells its ids from a previous
 /// occupant's.
@@ -168,7 +193,7 @@ impl<H: Handler> EventLoop<'_, H> {
                 return;
             }
             match self.listener.accept() {
-                Ok((stream, _)) => self.insert(stream),
+                Ok((stream, _)) => self.insert(stream.into()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_paused = false;
                     return;
@@ -186,7 +211,7 @@ impl<H: Handler> EventLoop<'_, H> {
         }
     }
 
-    fn insert(&mut self, mut stream: TcpStream) {
+    fn insert(&mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let index = match self.free.pop() {
             Some(index) => index as usize,
@@ -199,7 +224,7 @@ impl<H: Handler> EventLoop<'_, H> {
             }
         };
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            &mut SourceFd(&stream.as_raw_fd()),
             Token(index),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -279,6 +304,14 @@ impl<H: Handler> EventLoop<'_, H> {
             if slot.read_paused {
                 return Next::Keep;
             }
+            if let Phase::Open(open) = &slot.phase {
+                if open.read_buf.is_empty() && (open.held_target > 0 || open.expect > 0) {
+                    match self.read_large(index) {
+                        Step::Again => continue,
+                        Step::Stop(next) => return next,
+                    }
+                }
+            }
             let n = match (&slot.stream).read(&mut self.scratch[..]) {
                 Ok(0) => return self.on_eof(index),
                 Ok(n) => n,
@@ -288,6 +321,23 @@ impl<H: Handler> EventLoop<'_, H> {
             };
             slot.last_rx = self.tick;
             let chunk = self.scratch.split_to(n);
+            if let Phase::Open(open) = &mut slot.phase {
+                if let Some(total) = large_frame(open, &chunk) {
+                    // The start of a large binary frame, the rest still to come: read that
+                    // straight behind it in a buffer of its own (this copy happens once per
+                    // connection: from now on such frames are read there from their start).
+                    open.expect = total;
+                    if total > chunk.len() {
+                        open.held = Vec::with_capacity(total + HEADROOM);
+                        open.held.extend_from_slice(&chunk);
+                        open.held_target = total;
+                        if n < room {
+                            return Next::Keep;
+                        }
+                        continue;
+                    }
+                }
+            }
             let next = match slot.phase {
                 Phase::Handshake(_) => self.on_request_bytes(index, chunk),
                 Phase::Open(_) => self.on_frames(index, chunk),
@@ -301,6 +351,82 @@ impl<H: Handler> EventLoop<'_, H> {
                 // A short read: the socket is drained.
                 return Next::Keep;
             }
+        }
+    }
+
+    /// Reads into the connection's large-frame buffer: the rest of a large binary frame, or a
+    /// whole one where the previous frame was large (`expect`, a guess at its size). Reads go
+    /// into the buffer's spare capacity without zeroing it first (what `io::copy` into a `Vec`
+    /// does), and the frame is fed whole, so its payload is never copied in user space.
+    fn read_large(&mut self, index: usize) -> Step {
+        let tick = self.tick;
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Step::Stop(Next::Drop);
+        };
+        let Phase::Open(open) = &mut slot.phase else {
+            return Step::Stop(Next::Keep);
+        };
+        let target = if open.held_target > 0 {
+            open.held_target
+        } else {
+            open.expect
+        };
+        let mut buf = std::mem::take(&mut open.held);
+        if buf.capacity() < target + HEADROOM {
+            // Room past the frame: `io::copy` reserves 8 KiB of spare capacity before each
+            // read, and must never have to move what was read.
+            buf.reserve_exact(target + HEADROOM - buf.len());
+        }
+        let before = buf.len();
+        let want = (target - before) as u64;
+        let result = std::io::copy(&mut (&slot.stream).take(want), &mut buf);
+        if buf.len() > before {
+            slot.last_rx = tick;
+        }
+        let (drained, eof) = match result {
+            // Short of the limit without an error: the end of the stream.
+            Ok(_) => (buf.len() < target, buf.len() < target),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (true, false),
+            Err(_) => return Step::Stop(Next::Drop),
+        };
+        if buf.is_empty() {
+            // Nothing came (the frame before ended exactly at the limit): keep the guess.
+            return if eof {
+                Step::Stop(self.on_eof(index))
+            } else {
+                Step::Stop(Next::Keep)
+            };
+        }
+        match large_frame(open, &buf) {
+            Some(total) => {
+                open.expect = total;
+                if buf.len() < total && !eof {
+                    if buf.capacity() < total + HEADROOM {
+                        // Larger than the guess.
+                        buf.reserve_exact(total + HEADROOM - buf.len());
+                    }
+                    open.held = buf;
+                    open.held_target = total;
+                    return if drained {
+                        Step::Stop(Next::Keep)
+                    } else {
+                        Step::Again
+                    };
+                }
+            }
+            // A small frame after large ones: back to the shared buffer after this.
+            None => open.expect = 0,
+        }
+        open.held_target = 0;
+        if self.on_frames(index, BytesMut::from(bytes::Bytes::from(buf))) == Next::Drop {
+            return Step::Stop(Next::Drop);
+        }
+        if eof {
+            Step::Stop(self.on_eof(index))
+        } else if drained {
+            Step::Stop(Next::Keep)
+        } else {
+            Step::Again
         }
     }
 
@@ -409,6 +535,9 @@ impl<H: Handler> EventLoop<'_, H> {
             conn,
             read_buf: BytesMut::new(),
             preface,
+            held: Vec::new(),
+            held_target: 0,
+            expect: 0,
             last_ping: 0,
             notified: false,
         }));
@@ -442,6 +571,7 @@ impl<H: Handler> EventLoop<'_, H> {
     // ---- frames ----
 
     /// Feeds received bytes to the connection and runs the handler for what they held.
+    #[inline]
     fn on_frames(&mut self, index: usize, mut chunk: BytesMut) -> Next {
         let id = self.id(index);
         let Some(slot) = self.entries[index].slot.as_mut() else {
@@ -506,10 +636,9 @@ impl<H: Handler> EventLoop<'_, H> {
 
     /// Writes what is queued; moves a finished connection on to lingering; pauses and resumes
     /// reading around the backpressure bound.
+    #[inline]
     fn flush(&mut self, index: usize) -> Next {
-        let id = self.id(index);
         let tick = self.tick;
-        let close_ticks = ticks(self.options.close_timeout);
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
@@ -554,6 +683,10 @@ impl<H: Handler> EventLoop<'_, H> {
                     }
                     Err(_) => return Next::Drop,
                 }
+                if open.conn.state() == State::Open && !was_paused {
+                    return Next::Keep;
+                }
+                let close_ticks = ticks(self.options.close_timeout);
                 if open.conn.is_closed() {
                     // Both Close frames are through (or the connection failed and its Close
                     // is written): the server closes the TCP connection first (section 7.1.1).
@@ -570,6 +703,15 @@ impl<H: Handler> EventLoop<'_, H> {
                 }
                 if was_paused {
                     slot.read_paused = false;
+                    let id = SocketId {
+                        index: index as u32,
+                        generation: self.entries[index].generation,
+                    };
+                    let Some(Phase::Open(open)) =
+                        self.entries[index].slot.as_mut().map(|s| &mut s.phase)
+                    else {
+                        return Next::Drop;
+                    };
                     self.handler.on_drain(&mut Socket {
                         id,
                         conn: &mut open.conn,

@@ -5,7 +5,7 @@ use std::net::Shutdown;
 
 use bytes::BytesMut;
 use duplex_proto::Connection;
-use mio::net::TcpStream;
+use std::net::TcpStream;
 
 /// How many buffers one vectored write carries (two per frame: header and payload).
 const MAX_IO_SLICES: usize = 16;
@@ -13,6 +13,8 @@ const MAX_IO_SLICES: usize = 16;
 /// A connection of the slab.
 #[derive(Debug)]
 pub(super) struct Slot {
+    /// Non-blocking; registered with the loop's poll by its descriptor. A std stream rather
+    /// than mio's: std's reads into a `Vec`'s spare capacity skip zeroing it first.
     pub(super) stream: TcpStream,
     pub(super) phase: Phase,
     /// Loop tick (seconds since the loop started, from 1) of the last bytes received.
@@ -46,6 +48,13 @@ pub(super) struct Open {
     pub(super) read_buf: BytesMut,
     /// Raw bytes to write before any frame: what a short write left of the 101 response.
     pub(super) preface: Vec<u8>,
+    /// A large binary frame being read into a buffer of its own, and its size once complete
+    /// (0: none). See `EventLoop::read_large`.
+    pub(super) held: Vec<u8>,
+    pub(super) held_target: usize,
+    /// The size of the last large binary frame: the next read goes straight into a buffer of
+    /// that size, on the guess that large frames follow large frames. 0: read small.
+    pub(super) expect: usize,
     /// Tick of the last ping sent.
     pub(super) last_ping: u32,
     /// `on_close` was called.
@@ -90,7 +99,12 @@ impl Open {
         while self.conn.has_pending_transmit() {
             let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
             let count = self.conn.fill_io_slices(&mut slices);
-            let total: usize = slices[..count].iter().map(|s| s.len()).sum();
+            let total = if count < MAX_IO_SLICES {
+                // The slices hold everything queued.
+                self.conn.pending_transmit_bytes()
+            } else {
+                slices.iter().map(|s| s.len()).sum()
+            };
             match (&*stream).write_vectored(&slices[..count]) {
                 Ok(0) if total > 0 => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {

@@ -356,10 +356,15 @@ fn a_client_that_does_not_read_is_not_read_either_and_loses_nothing() {
     assert_eq!(*echo.received.lock().unwrap(), COUNT);
 }
 
-/// A masked client frame of any length.
+/// A masked client frame of any length (FIN set).
 fn masked_any(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    masked_first(0x80 | opcode, payload)
+}
+
+/// A masked client frame of any length with this first byte (FIN, RSV, opcode).
+fn masked_first(first: u8, payload: &[u8]) -> Vec<u8> {
     let key = [0x5a, 0x01, 0xc3, 0x7e];
-    let mut frame = vec![0x80 | opcode];
+    let mut frame = vec![first];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n <= 0xffff => {
@@ -425,4 +430,59 @@ async fn idle_connections_are_closed_with_1001_and_pinged_before() {
     assert!(pinged);
     assert_eq!(close.map(|f| f.code), Some(CloseCode::GOING_AWAY));
     assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+/// Large binary frames are read into buffers of their own; every way they can arrive must still
+/// give the same messages: in pieces, fragmented, between small and text frames, with a ping
+/// inside a fragmented message.
+#[test]
+fn large_frames_arriving_every_way_are_echoed_intact() {
+    let echo = Echo::default();
+    let server = Server::start(EngineOptions::default(), echo.clone());
+    let (mut tcp, head) = raw_connect(server.addr, "/", "13");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let bytes = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n).map(|i| ((i * 31 + seed) % 256) as u8).collect()
+    };
+    let big_a = bytes(20_000, 1);
+    let big_b = bytes(100_000, 2);
+    let big_c = bytes(70_000, 3);
+    let text: String = "é".repeat(30_000);
+    // 1. a large frame in three pieces with pauses; 2. the same size again (read on the
+    // guess); 3. a small one (the guess is wrong); 4. a fragmented binary message of two
+    // large frames with a ping between; 5. large text (not held: checked as it arrives).
+    let wire_a = masked_any(0x2, &big_a);
+    for piece in wire_a.chunks(7_000) {
+        tcp.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    tcp.write_all(&masked_any(0x2, &big_a)).unwrap();
+    tcp.write_all(&masked_any(0x2, b"small")).unwrap();
+    tcp.write_all(&masked_first(0x02, &big_b[..60_000]))
+        .unwrap();
+    tcp.write_all(&masked_first(0x89, b"mid")).unwrap();
+    tcp.write_all(&masked_first(0x80, &big_b[60_000..]))
+        .unwrap();
+    tcp.write_all(&masked_any(0x2, &big_c)).unwrap();
+    tcp.write_all(&masked_any(0x1, text.as_bytes())).unwrap();
+    let expected: [(u8, &[u8]); 7] = [
+        (0x82, &big_a),
+        (0x82, &big_a),
+        (0x82, b"small"),
+        (0x8a, b"mid"),
+        (0x82, &big_b),
+        (0x82, &big_c),
+        (0x81, text.as_bytes()),
+    ];
+    for (i, (first, payload)) in expected.into_iter().enumerate() {
+        let (got_first, got) = read_any_frame(&mut tcp);
+        assert_eq!(got_first, first, "frame {i}");
+        assert!(
+            got == payload,
+            "frame {i}: {} bytes, expected {}",
+            got.len(),
+            payload.len()
+        );
+    }
+    assert_eq!(*echo.received.lock().unwrap(), 6);
 }
