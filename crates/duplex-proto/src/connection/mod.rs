@@ -245,6 +245,7 @@ impl Connection {
     }
 
     /// Where the close handshake stands.
+    #[inline]
     pub fn state(&self) -> State {
         self.state
     }
@@ -252,6 +253,7 @@ impl Connection {
     /// Whether the connection is finished: both Close frames exchanged or the connection failed.
     /// Once [`Connection::has_pending_transmit`] is false too, the transport should be shut (a
     /// server closes TCP first, RFC 6455 section 7.1.1; a client waits briefly for that).
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
@@ -313,6 +315,7 @@ impl Connection {
     /// that produced no event before it: otherwise this call returns `Ok` and stops there, so
     /// the application can answer the messages that came first, and [`Connection::needs_recv`]
     /// says so: **after draining the events, call `recv` again**, even with no new bytes.
+    #[inline]
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
         if let Some(e) = self.pending_error.take() {
             buf.clear();
@@ -359,6 +362,7 @@ impl Connection {
     }
 
     /// The next event, in the order the frames arrived.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -366,6 +370,7 @@ impl Connection {
     /// Whether the last [`Connection::recv`] stopped early, before a violation or the peer's
     /// Close, so the application could answer what came first: once the events are drained,
     /// call `recv` again (with no new bytes if none came).
+    #[inline]
     pub fn needs_recv(&self) -> bool {
         self.deferred
     }
@@ -376,6 +381,7 @@ impl Connection {
     }
 
     /// Queues a whole message as one frame.
+    #[inline]
     pub fn send(&mut self, message: Message) -> Result<(), Error> {
         self.check_open()?;
         if self.sending_fragmented.is_some() {
@@ -518,6 +524,7 @@ impl Connection {
     }
 
     /// Whether frames are waiting to be written.
+    #[inline]
     pub fn has_pending_transmit(&self) -> bool {
         !self.transmits.is_empty()
     }
@@ -528,6 +535,7 @@ impl Connection {
     }
 
     /// Bytes waiting to be written.
+    #[inline]
     pub fn pending_transmit_bytes(&self) -> usize {
         self.transmits.bytes
     }
@@ -554,6 +562,7 @@ impl Connection {
     /// assert_eq!(server.fill_io_slices(&mut slices), 2);
     /// assert_eq!((&*slices[0], &*slices[1]), (&b"\x02"[..], &b"bc"[..]));
     /// ```
+    #[inline]
     pub fn fill_io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         self.transmits.fill(slices)
     }
@@ -563,6 +572,7 @@ impl Connection {
     /// # Panics
     ///
     /// If `n` is more than [`Connection::pending_transmit_bytes`].
+    #[inline]
     pub fn advance_transmit(&mut self, n: usize) {
         self.transmits.advance(n);
     }
@@ -577,6 +587,7 @@ impl Connection {
         false
     }
 
+    #[inline]
     fn check_open(&self) -> Result<(), Error> {
         match self.state {
             State::Open => Ok(()),
@@ -608,6 +619,7 @@ impl Connection {
         self.queue_frame(true, OpCode::Close, payload);
     }
 
+    #[inline]
     fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: Bytes) {
         push_frame(
             &mut self.transmits,
@@ -664,6 +676,7 @@ struct FrameBits {
 
 /// Frames `payload` for the wire: a client masks it into a new buffer (the caller's bytes may be
 /// shared), a server sends the caller's bytes as they are.
+#[inline]
 fn push_frame(
     transmits: &mut TxQueue,
     role: Role,
@@ -671,17 +684,30 @@ fn push_frame(
     bits: FrameBits,
     payload: Bytes,
 ) {
-    if !role.masks_outgoing() && payload.len() <= 125 {
-        // A server's short frame (most replies): two header bytes, nothing to mask.
-        let mut head = [0u8; MAX_HEADER_LEN];
-        head[0] = (u8::from(bits.fin) << 7) | ((bits.rsv & 0x7) << 4) | bits.opcode as u8;
-        head[1] = payload.len() as u8;
-        transmits.push(Transmit {
-            head,
-            head_len: 2,
-            payload,
-        });
-        return;
+    if !role.masks_outgoing() {
+        // A server's frame under 64 KiB (most replies): nothing to mask, a 7- or 16-bit length.
+        let first = (u8::from(bits.fin) << 7) | ((bits.rsv & 0x7) << 4) | bits.opcode as u8;
+        let len = payload.len();
+        if len <= 125 {
+            let mut head = [0u8; MAX_HEADER_LEN];
+            head[0] = first;
+            head[1] = len as u8;
+            return transmits.push(Transmit {
+                head,
+                head_len: 2,
+                payload,
+            });
+        }
+        if let Ok(len) = u16::try_from(len) {
+            let mut head = [0u8; MAX_HEADER_LEN];
+            let [hi, lo] = len.to_be_bytes();
+            head[..4].copy_from_slice(&[first, 126, hi, lo]);
+            return transmits.push(Transmit {
+                head,
+                head_len: 4,
+                payload,
+            });
+        }
     }
     let mask = role.masks_outgoing().then(mask_keys);
     let payload = match mask {
@@ -713,6 +739,7 @@ pub(crate) struct TxQueue {
 }
 
 impl TxQueue {
+    #[inline]
     fn push(&mut self, transmit: Transmit) {
         self.bytes += transmit.len();
         self.frames.push_back(transmit);
@@ -729,6 +756,7 @@ impl TxQueue {
         self.frames.is_empty()
     }
 
+    #[inline]
     fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         // One whole frame waiting: the usual case after answering a message.
         if let (1, 0, [first, second, ..]) = (self.frames.len(), self.offset, &mut *slices) {
@@ -759,6 +787,7 @@ impl TxQueue {
         count
     }
 
+    #[inline]
     fn advance(&mut self, mut n: usize) {
         assert!(n <= self.bytes, "advanced past the queued bytes");
         if n == self.bytes && self.frames.capacity() <= 16 {

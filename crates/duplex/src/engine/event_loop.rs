@@ -48,6 +48,22 @@ fn large_frame(open: &Open, buf: &[u8]) -> Option<usize> {
     open.conn.whole_frame_len(buf, LARGE_FRAME)
 }
 
+/// The start of a large binary frame of `total` bytes came into the shared buffer: when the
+/// rest is still to come, moves it to a buffer of its own to read the rest behind it (a copy
+/// that happens once per connection: from then on such frames are read there from their
+/// start) and returns true.
+#[cold]
+fn hold_large_frame(open: &mut Open, total: usize, chunk: &[u8]) -> bool {
+    open.expect = total;
+    if total <= chunk.len() {
+        return false;
+    }
+    open.held = Vec::with_capacity(total + HEADROOM);
+    open.held.extend_from_slice(chunk);
+    open.held_target = total;
+    true
+}
+
 /// What a read step leaves to its loop.
 enum Step {
     /// Read again.
@@ -321,26 +337,19 @@ impl<H: Handler> EventLoop<'_, H> {
             };
             slot.last_rx = self.tick;
             let chunk = self.scratch.split_to(n);
-            if let Phase::Open(open) = &mut slot.phase {
-                if let Some(total) = large_frame(open, &chunk) {
-                    // The start of a large binary frame, the rest still to come: read that
-                    // straight behind it in a buffer of its own (this copy happens once per
-                    // connection: from now on such frames are read there from their start).
-                    open.expect = total;
-                    if total > chunk.len() {
-                        open.held = Vec::with_capacity(total + HEADROOM);
-                        open.held.extend_from_slice(&chunk);
-                        open.held_target = total;
-                        if n < room {
-                            return Next::Keep;
+            let next = match &mut slot.phase {
+                Phase::Open(open) => {
+                    if let Some(total) = large_frame(open, &chunk) {
+                        if hold_large_frame(open, total, &chunk) {
+                            if n < room {
+                                return Next::Keep;
+                            }
+                            continue;
                         }
-                        continue;
                     }
+                    self.on_frames(index, chunk)
                 }
-            }
-            let next = match slot.phase {
                 Phase::Handshake(_) => self.on_request_bytes(index, chunk),
-                Phase::Open(_) => self.on_frames(index, chunk),
                 // Discarded: the peer's last words after ours.
                 Phase::Linger { .. } => Next::Keep,
             };
@@ -358,6 +367,7 @@ impl<H: Handler> EventLoop<'_, H> {
     /// whole one where the previous frame was large (`expect`, a guess at its size). Reads go
     /// into the buffer's spare capacity without zeroing it first (what `io::copy` into a `Vec`
     /// does), and the frame is fed whole, so its payload is never copied in user space.
+    #[inline(never)]
     fn read_large(&mut self, index: usize) -> Step {
         let tick = self.tick;
         let Some(slot) = self.entries[index].slot.as_mut() else {
