@@ -486,3 +486,37 @@ fn large_frames_arriving_every_way_are_echoed_intact() {
     }
     assert_eq!(*echo.received.lock().unwrap(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_loops_share_the_listener_and_all_stop_on_shutdown() {
+    let echo = Echo::default();
+    let options = EngineOptions {
+        threads: 3,
+        ..Default::default()
+    };
+    let mut server = Server::start(options, echo.clone());
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(crate::connect(&server.url()).await.unwrap().0);
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(Message::text(format!("client {i}"))).await.unwrap();
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            ws.recv().await.unwrap().unwrap(),
+            Message::text(format!("client {i}"))
+        );
+    }
+    assert_eq!(server.handle.connections(), 30);
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    for ws in &mut clients {
+        assert!(matches!(
+            ws.recv_event().await,
+            Some(Ok(crate::Event::Close(Some(frame)))) if frame.code == CloseCode::GOING_AWAY
+        ));
+    }
+    drop(clients);
+    assert!(stopping.await.unwrap() < Duration::from_secs(3));
+    assert_eq!(echo.closes.lock().unwrap().len(), 30);
+}
