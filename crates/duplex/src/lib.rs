@@ -16,6 +16,9 @@
 //! - Server: [`accept`] / [`accept_with`] on any accepted stream; [`tls::acceptor_from_pem`].
 //! - Connection: [`WebSocket`] (`Stream` + `Sink`, [`split`](WebSocket::split) into halves),
 //!   keepalive and close timers in [`WebSocketOptions`].
+//! - With feature `engine`: `engine`, a callback server without a task per connection (one
+//!   epoll loop per thread, the uWebSockets model): the least work per message and per idle
+//!   connection, for plain `ws://` servers.
 //!
 //! ```no_run
 //! use duplex::{CloseCode, Message};
