@@ -6,7 +6,7 @@
 //! hundred bytes per idle connection. The engine drops that layer: each thread runs one
 //! edge-triggered `epoll` loop (through mio) over a slab of connections, reads into one scratch
 //! buffer per thread, feeds the bytes to each connection's sans-IO
-//! [`Connection`](duplex_proto::Connection), calls the application's [`Handler`] for every
+//! [`Connection`], calls the application's [`Handler`] for every
 //! message, and writes what the callbacks queued with one vectored write per connection and
 //! readiness event.
 //!
