@@ -895,3 +895,84 @@ fn whole_frame_shortcut_keeps_every_rule() {
     server.recv(&mut wire).unwrap();
     assert!(matches!(&events(&mut server)[..], [Event::Close(Some(_))]));
 }
+
+/// Feeds `wire` to a fresh server in pieces of the given sizes (cycled), draining events after
+/// every call and calling again while `needs_recv`: every event, then the error's close code
+/// (if the bytes broke the protocol).
+fn feed_in_pieces(wire: &[u8], pieces: &[usize]) -> (Vec<Event>, Option<u16>) {
+    let mut server = Connection::new(
+        Role::Server,
+        Config {
+            max_message_size: 4096,
+            ..Config::default()
+        },
+    );
+    let mut seen = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut pos = 0;
+    let mut piece = pieces.iter().cycle();
+    loop {
+        let take = (*piece.next().expect("cycled")).min(wire.len() - pos);
+        buf.extend_from_slice(&wire[pos..pos + take]);
+        pos += take;
+        loop {
+            let result = server.recv(&mut buf);
+            seen.extend(std::iter::from_fn(|| server.poll_event()));
+            if let Err(Error::Protocol(e)) = result {
+                return (seen, Some(e.close_code().as_u16()));
+            }
+            if !server.needs_recv() {
+                break;
+            }
+        }
+        if pos == wire.len() || server.is_closed() {
+            return (seen, None);
+        }
+    }
+}
+
+/// A frame a client could send, good or bad: any opcode (reserved ones too), FIN or not,
+/// RSV bits now and then, masked or not, text that may not be UTF-8, sizes around the limits.
+fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![
+            Just(0x0u8),
+            Just(0x1),
+            Just(0x2),
+            Just(0x8),
+            Just(0x9),
+            Just(0xa),
+            0u8..16
+        ],
+        prop_oneof![Just(true), Just(true), Just(false)],
+        prop_oneof![Just(0u8), Just(0), Just(0), 0u8..8],
+        prop_oneof![Just(true), Just(true), Just(true), Just(false)],
+        prop_oneof![
+            "\\PC{0,30}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(any::<u8>(), 4090..4100),
+        ],
+    )
+        .prop_map(|(opcode, fin, rsv, masked, payload)| {
+            let mask = masked.then_some([0x37, 0xfa, 0x21, 0x3d]);
+            raw_frame(fin, rsv, opcode, mask, &payload).to_vec()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The whole-frame shortcut and the general path agree on anything: fed in one piece (where
+    /// whole frames take the shortcut) or in small pieces (where they cannot), the same bytes
+    /// give the same events and the same close code.
+    #[test]
+    fn any_bytes_give_the_same_outcome_whole_or_in_pieces(
+        frames in proptest::collection::vec(any_frame(), 1..8),
+        pieces in proptest::collection::vec(1usize..9, 1..10),
+    ) {
+        let wire: Vec<u8> = frames.concat();
+        let whole = feed_in_pieces(&wire, &[wire.len().max(1)]);
+        let split = feed_in_pieces(&wire, &pieces);
+        prop_assert_eq!(whole, split);
+    }
+}
