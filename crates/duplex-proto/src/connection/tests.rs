@@ -976,3 +976,50 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A runtime that waits for whole frames where `whole_frame_len` allows it (as the engine
+    /// does for large binary frames) gets what feeding the bytes as they come gets.
+    #[test]
+    fn holding_frames_whole_where_allowed_changes_nothing(
+        frames in proptest::collection::vec(any_frame(), 1..8),
+        piece in 1usize..300,
+    ) {
+        let wire: Vec<u8> = frames.concat();
+        let plain = feed_in_pieces(&wire, &[piece]);
+
+        let mut server = Connection::new(
+            Role::Server,
+            Config { max_message_size: 4096, ..Config::default() },
+        );
+        let mut seen = Vec::new();
+        let mut error = None;
+        let mut buf = BytesMut::new();
+        let mut pos = 0;
+        'feed: while pos < wire.len() && !server.is_closed() {
+            // Start from what is buffered: hold on until the whole frame is here if allowed.
+            let mut take = piece.min(wire.len() - pos);
+            let mut look = buf.to_vec();
+            look.extend_from_slice(&wire[pos..pos + take]);
+            if let Some(total) = server.whole_frame_len(&look, 126) {
+                take = (total - buf.len()).min(wire.len() - pos);
+            }
+            buf.extend_from_slice(&wire[pos..pos + take]);
+            pos += take;
+            loop {
+                let result = server.recv(&mut buf);
+                seen.extend(std::iter::from_fn(|| server.poll_event()));
+                if let Err(Error::Protocol(e)) = result {
+                    error = Some(e.close_code().as_u16());
+                    break 'feed;
+                }
+                if !server.needs_recv() {
+                    break;
+                }
+            }
+        }
+        prop_assert_eq!(plain, (seen, error));
+    }
+}
