@@ -51,7 +51,7 @@
 
 mod client;
 mod core;
-#[cfg(feature = "engine")]
+#[cfg(all(feature = "engine", unix))]
 pub mod engine;
 mod error;
 mod rng;

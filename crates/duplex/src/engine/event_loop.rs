@@ -5,7 +5,7 @@
 //! short read, which means the socket is drained (a further read would only return EAGAIN);
 //! the handler runs for every message; then the queued frames go out with one vectored write.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,6 +20,9 @@ use std::os::fd::AsRawFd;
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustix::buffer::spare_capacity;
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 use super::slot::{Open, Phase, Slot, Written, shut_write, write_raw};
 use super::{EngineOptions, Handler, Shared, Socket, SocketId};
@@ -37,7 +40,8 @@ const MIN_READ: usize = 16 * 1024;
 
 /// Binary frames from this size on are read into a buffer of their own (see `read_large`).
 const LARGE_FRAME: usize = 16 * 1024;
-/// Spare capacity kept past a large frame's end in its buffer.
+/// Room past a large frame's end in its buffer: a read that does not fill it has drained the
+/// socket. Bytes of the next frame that land there are fed like any others.
 const HEADROOM: usize = 8 * 1024;
 
 /// The size of the large binary frame `buf` starts with, if it does.
@@ -328,11 +332,12 @@ impl<H: Handler> EventLoop<'_, H> {
                     }
                 }
             }
-            let n = match (&slot.stream).read(&mut self.scratch[..]) {
-                Ok(0) => return self.on_eof(index),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let n = match rustix::net::recv(&slot.stream, &mut self.scratch[..], RecvFlags::empty())
+            {
+                Ok((0, _)) => return self.on_eof(index),
+                Ok((n, _)) => n,
+                Err(Errno::AGAIN) => return Next::Keep,
+                Err(Errno::INTR) => continue,
                 Err(_) => return Next::Drop,
             };
             slot.last_rx = self.tick;
@@ -365,8 +370,9 @@ impl<H: Handler> EventLoop<'_, H> {
 
     /// Reads into the connection's large-frame buffer: the rest of a large binary frame, or a
     /// whole one where the previous frame was large (`expect`, a guess at its size). Reads go
-    /// into the buffer's spare capacity without zeroing it first (what `io::copy` into a `Vec`
-    /// does), and the frame is fed whole, so its payload is never copied in user space.
+    /// into the buffer's spare capacity without zeroing it first (rustix's `spare_capacity`:
+    /// safe code cannot do that with std alone), and the frame is fed whole, so its payload is
+    /// never copied in user space.
     #[inline(never)]
     fn read_large(&mut self, index: usize) -> Step {
         let tick = self.tick;
@@ -383,21 +389,23 @@ impl<H: Handler> EventLoop<'_, H> {
         };
         let mut buf = std::mem::take(&mut open.held);
         if buf.capacity() < target + HEADROOM {
-            // Room past the frame: `io::copy` reserves 8 KiB of spare capacity before each
-            // read, and must never have to move what was read.
+            // Room past the frame, so that a read shorter than the room says the socket is
+            // drained (no read that can only return EAGAIN).
             buf.reserve_exact(target + HEADROOM - buf.len());
         }
-        let before = buf.len();
-        let want = (target - before) as u64;
-        let result = std::io::copy(&mut (&slot.stream).take(want), &mut buf);
-        if buf.len() > before {
-            slot.last_rx = tick;
-        }
-        let (drained, eof) = match result {
-            // Short of the limit without an error: the end of the stream.
-            Ok(_) => (buf.len() < target, buf.len() < target),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (true, false),
-            Err(_) => return Step::Stop(Next::Drop),
+        let room = buf.capacity() - buf.len();
+        let (drained, eof) = loop {
+            // One system call into the spare capacity, which is never zeroed first.
+            match rustix::net::recv(&slot.stream, spare_capacity(&mut buf), RecvFlags::empty()) {
+                Ok((0, _)) => break (true, true),
+                Ok((n, _)) => {
+                    slot.last_rx = tick;
+                    break (n < room, false);
+                }
+                Err(Errno::AGAIN) => break (true, false),
+                Err(Errno::INTR) => {}
+                Err(_) => return Step::Stop(Next::Drop),
+            }
         };
         if buf.is_empty() {
             // Nothing came (the frame before ended exactly at the limit): keep the guess.

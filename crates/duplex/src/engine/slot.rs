@@ -1,10 +1,11 @@
 //! One connection of an event loop: its socket, where it stands, and its writes.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::net::Shutdown;
 
 use bytes::BytesMut;
 use duplex_proto::Connection;
+use rustix::io::Errno;
 use std::net::TcpStream;
 
 /// How many buffers one vectored write carries (two per frame: header and payload).
@@ -73,12 +74,12 @@ pub(super) enum Written {
 /// Writes `buf` from `*done` on; advances `*done`.
 pub(super) fn write_raw(stream: &TcpStream, buf: &[u8], done: &mut usize) -> io::Result<Written> {
     while *done < buf.len() {
-        match (&*stream).write(&buf[*done..]) {
+        match rustix::io::write(stream, &buf[*done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => *done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Blocked),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(Errno::AGAIN) => return Ok(Written::Blocked),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(Written::All)
@@ -105,7 +106,7 @@ impl Open {
             } else {
                 slices.iter().map(|s| s.len()).sum()
             };
-            match (&*stream).write_vectored(&slices[..count]) {
+            match rustix::io::writev(stream, &slices[..count]) {
                 Ok(0) if total > 0 => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.conn.advance_transmit(n);
@@ -115,9 +116,9 @@ impl Open {
                         return Ok(Written::Blocked);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(Errno::AGAIN) => return Ok(Written::Blocked),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(Written::All)
