@@ -24,8 +24,10 @@
 //!   [`unsubscribe`](Broker::unsubscribe) when the last one leaves; calls for the same channel
 //!   may overlap (a subscriber arriving while the last one leaves), so a networked broker
 //!   counts them.
-//! - Handler methods are synchronous and fast (they only queue bytes); a broker whose events
-//!   arrive on a network task calls them from that task.
+//! - Handler methods are synchronous and never wait for a socket (one non-blocking write or
+//!   queue push per subscriber), but a fan-out to many subscribers takes a while (~50-90 ms at
+//!   10,000): a broker must not hold a lock that [`Broker::history`] or presence need while it
+//!   calls them. A broker whose events arrive on a network task calls them from that task.
 
 use std::fmt;
 use std::future::Future;

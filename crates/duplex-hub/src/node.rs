@@ -14,7 +14,7 @@
 //! connection as a slow consumer (closed with 1013 by its task) and drops what it held.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -57,20 +57,46 @@ pub(crate) struct Subscriber {
     pub(crate) outbox: Arc<Outbox>,
     /// Takes the once-compressed frame (permessage-deflate with server_no_context_takeover).
     pub(crate) shared_deflate: bool,
+    /// Set when this subscription ended ([`Fanout::unsubscribe`]). A fan-out still running on
+    /// a snapshot taken before that must not deliver to it: [`Outbox::deliver`] checks it under
+    /// the outbox lock. A later subscribe of the same connection is a new `Subscriber` with a
+    /// flag of its own.
+    pub(crate) left: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(conn: u64, outbox: Arc<Outbox>, shared_deflate: bool) -> Subscriber {
+        Subscriber {
+            conn,
+            outbox,
+            shared_deflate,
+            left: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// The node's subscribers of one channel.
+///
+/// Two locks, so that joining and leaving never wait for a fan-out in progress:
+/// - `subscribers`: the current subscriber set, an `Arc` copied on write. Held only to clone
+///   the `Arc` (fan-out), to add or remove one entry (subscribe, unsubscribe; the list is
+///   copied when a fan-out still holds the previous version), or to count.
+/// - `order`: held by a fan-out for its whole delivery loop, so that the channel's pushes
+///   reach every subscriber in the same order even if two fan-outs of the channel overlap
+///   (the broker calls `on_publication` one at a time per channel, but presence events come
+///   from other tasks). Nothing else takes it.
 #[derive(Debug)]
 pub(crate) struct LocalChannel {
     pub(crate) id: u64,
     subscribers: Mutex<Subscribers>,
+    order: Mutex<()>,
     /// Set once the broker confirmed the node's subscription.
     broker_subscribed: OnceCell<()>,
 }
 
 #[derive(Debug, Default)]
 struct Subscribers {
-    list: Vec<Subscriber>,
+    list: Arc<Vec<Subscriber>>,
     shared_deflate: usize,
 }
 
@@ -129,12 +155,14 @@ impl Fanout {
                 Arc::new(LocalChannel {
                     id: self.next_id.fetch_add(1, Relaxed),
                     subscribers: Mutex::new(Subscribers::default()),
+                    order: Mutex::new(()),
                     broker_subscribed: OnceCell::new(),
                 })
             });
             let mut subs = lock(&local.subscribers);
             subs.shared_deflate += usize::from(subscriber.shared_deflate);
-            subs.list.push(subscriber.clone());
+            // Copies the list if a fan-out is still delivering the previous version.
+            Arc::make_mut(&mut subs.list).push(subscriber.clone());
             local.clone()
         };
         let confirmed = local
@@ -149,8 +177,10 @@ impl Fanout {
         Ok(local)
     }
 
-    /// Removes connection `conn` from `channel`. Returns true when it was the channel's last
-    /// local subscriber (the caller then unsubscribes the node from the broker).
+    /// Removes connection `conn` from `channel` and marks its subscription as left, so that a
+    /// fan-out already running on an older snapshot of the subscribers skips it from the
+    /// caller's next [`Outbox::forget_channel`] on (see there). Returns true when it was the
+    /// channel's last local subscriber (the caller then unsubscribes the node from the broker).
     pub(crate) fn unsubscribe(&self, channel: &str, conn: u64) -> bool {
         let mut channels = self
             .channels
@@ -163,7 +193,8 @@ impl Fanout {
         let Some(i) = subs.list.iter().position(|s| s.conn == conn) else {
             return false;
         };
-        let removed = subs.list.swap_remove(i);
+        let removed = Arc::make_mut(&mut subs.list).swap_remove(i);
+        removed.left.store(true, Release);
         subs.shared_deflate -= usize::from(removed.shared_deflate);
         if local.broker_subscribed.initialized() {
             self.metrics.subscriptions.fetch_sub(1, Relaxed);
@@ -193,8 +224,26 @@ impl Fanout {
         let Some(local) = self.get(channel) else {
             return;
         };
-        let subs = lock(&local.subscribers);
-        if subs.list.is_empty() {
+        // The channel's fan-outs one at a time, each to every subscriber: all of them see the
+        // channel's pushes in the same order. Subscribes and unsubscribes do not take this
+        // lock, only `subscribers` for a moment.
+        let order = lock(&local.order);
+        // The snapshot: who gets this push. Taken after the publication reached history (the
+        // broker stores before it calls `on_publication`) and in the broker's offset order, so
+        // for a subscribe (register, then read history, then filter offsets <= the top read):
+        // - registered after this snapshot: it read history after this publication was stored,
+        //   so the publication is in what it read (offset <= top), not a gap;
+        // - registered before (it is in the snapshot): delivered live; if its history read came
+        //   after the store too, the live copy has offset <= top and the filter drops it (not a
+        //   duplicate), else it is past top, the first live one after the reply.
+        // Every later publication is stored, then snapshotted, after this one, so a subscriber
+        // in this snapshot is in all later ones until it unsubscribes. An unsubscribe during
+        // the loop below is honoured through the subscriber's `left` flag.
+        let (subs, shared_deflate) = {
+            let subs = lock(&local.subscribers);
+            (subs.list.clone(), subs.shared_deflate)
+        };
+        if subs.is_empty() {
             return;
         }
         let start = Instant::now();
@@ -206,7 +255,7 @@ impl Fanout {
         };
         let message = Message::text(text);
         let prepared = match self.options.deflate_level {
-            Some(level) if subs.shared_deflate > 0 => PreparedMessage::with_deflate(message, level),
+            Some(level) if shared_deflate > 0 => PreparedMessage::with_deflate(message, level),
             _ => PreparedMessage::new(message),
         };
         let delivery = Arc::new(Delivery {
@@ -214,13 +263,16 @@ impl Fanout {
             offset,
             prepared,
         });
-        // Under the channel's lock, so that every subscriber gets the channel's publications in
-        // the same order; each delivery is one non-blocking write or one queue push.
+        // Each delivery is one non-blocking write or one queue push.
         let mut tally = Tally::default();
-        for subscriber in &subs.list {
-            subscriber.outbox.deliver(&delivery, &mut tally);
+        for subscriber in subs.iter() {
+            subscriber
+                .outbox
+                .deliver(&delivery, &subscriber.left, &mut tally);
         }
-        let n = subs.list.len();
+        let n = subs.len();
+        drop(order);
+        // The last holder of an old snapshot frees it here, outside both locks.
         drop(subs);
         let metrics = &self.metrics;
         metrics.observe_fanout(start.elapsed(), n);
@@ -291,11 +343,7 @@ mod tests {
             .map(|_| Arc::new(Outbox::new(1 << 20, None, None)))
             .collect();
         for (conn, outbox) in outboxes.iter().enumerate() {
-            let subscriber = Subscriber {
-                conn: conn as u64,
-                outbox: outbox.clone(),
-                shared_deflate: false,
-            };
+            let subscriber = Subscriber::new(conn as u64, outbox.clone(), false);
             fanout
                 .subscribe("chat", subscriber, &crate::MemoryBroker::new(0, None))
                 .await

@@ -28,6 +28,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
@@ -194,11 +195,16 @@ impl Outbox {
 
     /// Sends `delivery`: straight to the socket when nothing is ahead of it, else queued (the
     /// task is woken). Never waits. Over the bound, the outbox closes as a slow consumer and
-    /// drops what it held.
-    pub(crate) fn deliver(&self, delivery: &Arc<Delivery>, tally: &mut Tally) {
+    /// drops what it held. Nothing is sent once `left` is set: the subscription it was fanned
+    /// out for has ended (see [`Outbox::forget_channel`]).
+    pub(crate) fn deliver(&self, delivery: &Arc<Delivery>, left: &AtomicBool, tally: &mut Tally) {
         let mut state = lock(&self.state);
         if state.closed.is_some() {
             tally.dropped += 1;
+            return;
+        }
+        if left.load(Acquire) {
+            // A fan-out on a snapshot from before the unsubscribe: not for this connection.
             return;
         }
         if !state.held && state.queue.is_empty() && state.partial.is_none() && state.taken == 0 {
@@ -307,7 +313,12 @@ impl Outbox {
         state.filters.push(Filter { channel, upto });
     }
 
-    /// Drops the queued pushes of `channel` and its filter (the connection left it).
+    /// Drops the queued pushes of `channel` and its filter (the connection left it). Called
+    /// after the subscription's `left` flag was set ([`crate::node::Fanout::unsubscribe`]):
+    /// a delivery that took this lock before has been queued (dropped here; while a command
+    /// runs nothing is written directly) and one that takes it after sees the flag (the lock
+    /// orders the two), so nothing of the channel reaches the socket after the unsubscribe
+    /// reply, even from a fan-out still running on an older snapshot of the subscribers.
     pub(crate) fn forget_channel(&self, channel: u64) {
         let mut state = lock(&self.state);
         let mut freed = 0;
@@ -476,10 +487,10 @@ mod tests {
             offset: 1,
             prepared: PreparedMessage::new(Message::text("x".repeat(40))),
         });
-        outbox.deliver(&delivery, &mut tally);
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 0);
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 1);
         assert_eq!(tally.dropped, 3);
         let mut cx = Context::from_waker(Waker::noop());
@@ -492,7 +503,7 @@ mod tests {
             outbox.poll_closed(&mut cx),
             Poll::Ready(Closing::SlowConsumer)
         );
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 1);
         assert_eq!(tally.dropped, 4);
     }
@@ -506,20 +517,20 @@ mod tests {
             offset: 1,
             prepared: PreparedMessage::new(Message::text("x".repeat(40))),
         });
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         let mut batch = VecDeque::new();
         let taken = outbox.take(&mut batch);
         assert_eq!(taken, 42);
-        outbox.deliver(&delivery, &mut tally);
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 1, "still counted");
         let outbox = Outbox::new(100, None, None);
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         batch.clear();
         let taken = outbox.take(&mut batch);
         outbox.release(taken);
-        outbox.deliver(&delivery, &mut tally);
-        outbox.deliver(&delivery, &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
+        outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 1, "released");
     }
 }

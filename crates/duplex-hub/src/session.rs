@@ -376,11 +376,7 @@ impl Session {
 
         self.subscriptions.insert(channel.to_owned(), 0);
         let shared = self.shared.clone();
-        let subscriber = Subscriber {
-            conn: self.conn,
-            outbox: self.outbox.clone(),
-            shared_deflate: self.shared_deflate,
-        };
+        let subscriber = Subscriber::new(self.conn, self.outbox.clone(), self.shared_deflate);
         // 1. Register: from here on every publication the broker delivers is queued for us.
         let local = match shared
             .fanout
