@@ -16,6 +16,9 @@ use tokio::task::JoinHandle;
 
 const CHANNEL: &str = "big";
 
+/// The tests of this file run one at a time: each may take the whole open-file budget.
+static ONE_BIG_CHANNEL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn plain() -> duplex::ClientOptions {
     duplex::ClientOptions {
         deflate: None,
@@ -94,6 +97,21 @@ impl BigChannel {
     }
 }
 
+/// `wanted` subscribers, or as many as this process may open sockets for (each takes two:
+/// the client's and the hub's; the tests of this file take turns). The soft limit on open
+/// files is first lifted to the hard one: many systems start processes at 1024.
+fn crowd(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    let allowed = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+    wanted.min(allowed.saturating_sub(300) / 2)
+}
+
 fn median(times: &[Duration]) -> Duration {
     let mut times = times.to_vec();
     times.sort();
@@ -106,8 +124,16 @@ fn offset(push: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_does_not_wait_for_the_fan_out_in_progress() {
+    let _one_at_a_time = ONE_BIG_CHANNEL.lock().await;
     within(async {
-        let big = BigChannel::start(2000).await;
+        let subscribers = crowd(2000);
+        // Fewer, and a fan-out is too quick to tell waiting from not waiting.
+        assert!(
+            subscribers >= 1000,
+            "this test needs about 2,300 open files; the process may open {}",
+            2 * subscribers + 300
+        );
+        let big = BigChannel::start(subscribers).await;
         let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
             .await
             .unwrap();
@@ -152,8 +178,9 @@ async fn a_subscribe_does_not_wait_for_the_fan_out_in_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_of_a_channel_follows_its_unsubscribe_reply_during_a_fan_out() {
+    let _one_at_a_time = ONE_BIG_CHANNEL.lock().await;
     within(async {
-        let big = BigChannel::start(1000).await;
+        let big = BigChannel::start(crowd(1000)).await;
         let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
             .await
             .unwrap();
@@ -180,8 +207,9 @@ async fn nothing_of_a_channel_follows_its_unsubscribe_reply_during_a_fan_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_with_since_during_a_fan_out_gets_every_publication_once() {
+    let _one_at_a_time = ONE_BIG_CHANNEL.lock().await;
     within(async {
-        let big = BigChannel::start(1000).await;
+        let big = BigChannel::start(crowd(1000)).await;
         let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
             .await
             .unwrap();
