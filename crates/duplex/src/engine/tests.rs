@@ -520,3 +520,84 @@ async fn several_loops_share_the_listener_and_all_stop_on_shutdown() {
     assert!(stopping.await.unwrap() < Duration::from_secs(3));
     assert_eq!(echo.closes.lock().unwrap().len(), 30);
 }
+
+/// Garbage from many peers at once (random bytes before and after the handshake, frames cut
+/// anywhere, abrupt disconnects) while well-behaved clients talk: the good ones get every echo,
+/// nothing panics, and every connection is gone once the peers are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_many_peers_disturbs_no_one_else_and_leaks_nothing() {
+    let echo = Echo::default();
+    let options = EngineOptions {
+        close_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut server = Server::start(options, echo.clone());
+    let addr = server.addr;
+    let chaos: Vec<_> = (0..60u64)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                // xorshift: every peer its own reproducible garbage.
+                let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = move || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                let mut tcp = if seed % 3 == 0 {
+                    // Garbage instead of a request.
+                    TcpStream::connect(addr).unwrap()
+                } else {
+                    let (tcp, head) = raw_connect(addr, "/", "13");
+                    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                    tcp
+                };
+                tcp.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                for _ in 0..(next() % 20) {
+                    let mut bytes: Vec<u8> = (0..next() % 300).map(|_| next() as u8).collect();
+                    if next() % 2 == 0 {
+                        // Something frame-shaped: a plausible header, then noise.
+                        let opcode = [0x1, 0x2, 0x0, 0x8, 0x9, 0xa, 0x3][(next() % 7) as usize];
+                        let mut frame =
+                            masked(opcode, next() % 2 == 0, &bytes[..bytes.len().min(100)]);
+                        frame.truncate(1 + (next() as usize % frame.len()));
+                        bytes = frame;
+                    }
+                    if tcp.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+                if next() % 2 == 0 {
+                    let mut sink = [0u8; 4096];
+                    while matches!(tcp.read(&mut sink), Ok(n) if n > 0) {}
+                }
+            })
+        })
+        .collect();
+    let mut good = Vec::new();
+    for i in 0..10 {
+        let url = server.url();
+        good.push(tokio::spawn(async move {
+            let (mut ws, _) = crate::connect(&url).await.unwrap();
+            for j in 0..50 {
+                let message = Message::text(format!("{i}:{j}"));
+                ws.send(message.clone()).await.unwrap();
+                assert_eq!(ws.recv().await.unwrap().unwrap(), message);
+            }
+            ws.close(CloseCode::NORMAL, "").await.unwrap();
+        }));
+    }
+    for client in good {
+        client.await.unwrap();
+    }
+    for peer in chaos {
+        peer.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.handle.connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.handle.connections(), 0, "connections left behind");
+    assert!(server.stop() < Duration::from_secs(2));
+}
