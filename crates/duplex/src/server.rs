@@ -220,28 +220,29 @@ pub(crate) type Negotiated = duplex_proto::extensions::deflate::Negotiated;
 #[cfg(not(feature = "deflate"))]
 pub(crate) type Negotiated = ();
 
+/// The permessage-deflate parameters a server accepts, if any.
+#[cfg(feature = "deflate")]
+pub(crate) type DeflateAccepted<'a> = Option<&'a duplex_proto::extensions::deflate::DeflateConfig>;
+#[cfg(not(feature = "deflate"))]
+pub(crate) type DeflateAccepted<'a> = Option<&'a ()>;
+
+impl ServerOptions {
+    fn deflate_accepted(&self) -> DeflateAccepted<'_> {
+        #[cfg(feature = "deflate")]
+        return self.deflate.as_ref();
+        #[cfg(not(feature = "deflate"))]
+        None
+    }
+}
+
 /// The extensions to agree to: permessage-deflate if the client offered an acceptable one
 /// (RFC 7692 section 5.1: the first acceptable offer wins), with the response header value.
 /// A malformed offer declines compression rather than the connection.
 fn negotiate_extensions(
-    options: &ServerOptions,
+    deflate: DeflateAccepted<'_>,
     offer: &ClientOffer,
 ) -> (Option<Negotiated>, Option<String>) {
     #[cfg(feature = "deflate")]
-    return negotiate_deflate(options.deflate.as_ref(), offer);
-    #[cfg(not(feature = "deflate"))]
-    {
-        let _ = (options, offer);
-        (None, None)
-    }
-}
-
-/// [`negotiate_extensions`] for any server runtime: the deflate settings to accept, if any.
-#[cfg(feature = "deflate")]
-pub(crate) fn negotiate_deflate(
-    deflate: Option<&duplex_proto::extensions::deflate::DeflateConfig>,
-    offer: &ClientOffer,
-) -> (Option<Negotiated>, Option<String>) {
     if let (Some(config), Some(header)) = (deflate, &offer.extensions) {
         let offers = match duplex_proto::extensions::parse(header) {
             Ok(offers) => offers,
@@ -259,13 +260,14 @@ pub(crate) fn negotiate_deflate(
             }
         };
     }
+    let _ = (deflate, offer);
     (None, None)
 }
 
 /// A failed handshake: the error for the caller and the HTTP answer for the client, if any.
-struct Refusal {
-    error: Error,
-    response: Option<Vec<u8>>,
+pub(crate) struct Refusal {
+    pub(crate) error: Error,
+    pub(crate) response: Option<Vec<u8>>,
 }
 
 impl From<std::io::Error> for Refusal {
@@ -318,9 +320,29 @@ where
             return Err(Error::eof("connection closed during the opening handshake").into());
         }
     };
-    let offer = validate_request(&request)?;
+    let Upgrade {
+        response,
+        protocol,
+        negotiated,
+    } = answer(&request, options.deflate_accepted(), callback)?;
+    stream.write_all(&response).await?;
+    stream.flush().await?;
+    buf.advance(consumed);
+    Ok((buf, protocol, negotiated))
+}
 
-    let accept = match callback(&request, &offer) {
+/// What to answer a parsed upgrade request with, for every server runtime: validates it, asks
+/// the application, checks the subprotocol it chose, negotiates extensions, builds the 101.
+pub(crate) fn answer<F>(
+    request: &Request<()>,
+    deflate: DeflateAccepted<'_>,
+    callback: F,
+) -> Result<Upgrade, Refusal>
+where
+    F: FnOnce(&Request<()>, &ClientOffer) -> Result<Accept, Reject>,
+{
+    let offer = validate_request(request)?;
+    let accept = match callback(request, &offer) {
         Ok(accept) => accept,
         Err(reject) => {
             let headers: HeaderMap = reject.headers.into_iter().collect();
@@ -344,19 +366,26 @@ where
             .into());
         }
     }
-
-    let (negotiated, extensions) = negotiate_extensions(options, &offer);
+    let (negotiated, extensions) = negotiate_extensions(deflate, &offer);
     let response = accept_response(
         &offer,
         accept.protocol.as_deref(),
         extensions.as_deref(),
         &accept.headers,
     );
-    stream.write_all(&response).await?;
-    stream.flush().await?;
-    buf.advance(consumed);
     tracing::debug!(path = %request.uri().path(), protocol = ?accept.protocol, "websocket accepted");
-    Ok((buf, accept.protocol, negotiated))
+    Ok(Upgrade {
+        response,
+        protocol: accept.protocol,
+        negotiated,
+    })
+}
+
+/// An accepted upgrade: the 101 response to write, the subprotocol, the deflate parameters.
+pub(crate) struct Upgrade {
+    pub(crate) response: Vec<u8>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) negotiated: Option<Negotiated>,
 }
 
 /// Writes a refusal, shuts the write side, and drains what the client still sends for a

@@ -11,9 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use duplex_proto::handshake::{HandshakeError, accept_response, parse_request, validate_request};
+use duplex_proto::handshake::parse_request;
 use duplex_proto::{CloseCode, Connection, Event, Role, State};
-use http::{HeaderMap, StatusCode};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -492,51 +491,29 @@ impl<H: Handler> EventLoop<'_, H> {
             &buf[consumed..]
         };
         let leftover = BytesMut::from(rest);
-        let offer = match validate_request(&request) {
-            Ok(offer) => offer,
-            Err(e) => return self.refuse(index, e.response()),
-        };
-        let accept = match self.handler.on_upgrade(&request, &offer) {
-            Ok(accept) => accept,
-            Err(reject) => {
-                let headers: HeaderMap = reject.headers.into_iter().collect();
-                let response = duplex_proto::handshake::reject_response(
-                    reject.status,
-                    &reject.reason,
-                    &headers,
-                );
-                return self.refuse(index, response);
-            }
-        };
-        if let Some(protocol) = &accept.protocol {
-            if !offer.protocols.contains(protocol) {
-                let e = HandshakeError::Refused {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    reason: format!(
-                        "the server chose subprotocol {protocol:?}, which was not offered"
-                    ),
+        #[cfg(feature = "deflate")]
+        let deflate = self.options.deflate.as_ref();
+        #[cfg(not(feature = "deflate"))]
+        let deflate = None;
+        let handler = &mut self.handler;
+        let upgrade = match crate::server::answer(&request, deflate, |request, offer| {
+            handler.on_upgrade(request, offer)
+        }) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => {
+                return match refusal.response {
+                    Some(response) => self.refuse(index, response),
+                    None => Next::Drop,
                 };
-                return self.refuse(index, e.response());
             }
-        }
+        };
+        #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
         let mut conn = Connection::new(Role::Server, self.options.config.clone());
         #[cfg(feature = "deflate")]
-        let extensions = {
-            let (negotiated, answer) =
-                crate::server::negotiate_deflate(self.options.deflate.as_ref(), &offer);
-            if let Some(negotiated) = negotiated {
-                conn.set_deflate(negotiated);
-            }
-            answer
-        };
-        #[cfg(not(feature = "deflate"))]
-        let extensions: Option<String> = None;
-        let response = accept_response(
-            &offer,
-            accept.protocol.as_deref(),
-            extensions.as_deref(),
-            &accept.headers,
-        );
+        if let Some(negotiated) = upgrade.negotiated {
+            conn.set_deflate(negotiated);
+        }
+        let response = upgrade.response;
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
