@@ -28,12 +28,9 @@
 /// ```
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    if buf.len() < 8 {
-        return apply_mask_scalar(buf, key, offset);
-    }
     if buf.len() < 128 {
         // Short payloads (the common case): building the 32-byte key costs more than it saves.
-        return apply_mask_words(buf, key, offset);
+        return apply_mask_words(buf, rotate_key(key, offset));
     }
     #[cfg(target_arch = "x86_64")]
     if buf.len() >= 256 && std::is_x86_feature_detected!("avx2") {
@@ -60,27 +57,10 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// ```
 #[inline]
 pub fn apply_mask_from_start(buf: &mut [u8], key: [u8; 4]) {
-    let len = buf.len();
-    if len >= 128 {
-        return apply_mask(buf, key, 0);
+    if buf.len() < 128 {
+        return apply_mask_words(buf, key);
     }
-    let k32 = u32::from_ne_bytes(key);
-    let k64 = (u64::from(k32) << 32) | u64::from(k32);
-    let mut i = 0;
-    while i + 8 <= len {
-        let word: [u8; 8] = buf[i..i + 8].try_into().expect("8 bytes");
-        buf[i..i + 8].copy_from_slice(&(u64::from_ne_bytes(word) ^ k64).to_ne_bytes());
-        i += 8;
-    }
-    if i + 4 <= len {
-        let word: [u8; 4] = buf[i..i + 4].try_into().expect("4 bytes");
-        buf[i..i + 4].copy_from_slice(&(u32::from_ne_bytes(word) ^ k32).to_ne_bytes());
-        i += 4;
-    }
-    // At most 3 bytes left, starting at a multiple of 4: the key from its first byte.
-    for (byte, k) in buf[i..].iter_mut().zip(key) {
-        *byte ^= k;
-    }
+    apply_mask(buf, key, 0);
 }
 
 /// [`apply_mask_blocks`] compiled with AVX2: 32 bytes per instruction instead of 16.
@@ -102,25 +82,27 @@ pub fn apply_mask_scalar(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
-/// Eight bytes at a time with the key rotated to `offset` (every word starts a multiple of 4
-/// bytes after `buf[0]`, so one key fits all).
-fn apply_mask_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let rotated = rotate_key(key, offset);
-    let k32 = u32::from_ne_bytes(rotated);
+/// Eight bytes at a time, then four, then the last bytes one by one, for a payload that starts
+/// at a multiple of 4 bytes into the masking (callers rotate the key to where it starts).
+#[inline]
+fn apply_mask_words(buf: &mut [u8], key: [u8; 4]) {
+    let len = buf.len();
+    let k32 = u32::from_ne_bytes(key);
     let k64 = (u64::from(k32) << 32) | u64::from(k32);
-    let mut words = buf.chunks_exact_mut(8);
-    for word in &mut words {
-        let w = u64::from_ne_bytes(word.try_into().expect("chunk of 8")) ^ k64;
-        word.copy_from_slice(&w.to_ne_bytes());
+    let mut i = 0;
+    while i + 8 <= len {
+        let word: [u8; 8] = buf[i..i + 8].try_into().expect("8 bytes");
+        buf[i..i + 8].copy_from_slice(&(u64::from_ne_bytes(word) ^ k64).to_ne_bytes());
+        i += 8;
     }
-    let rest = words.into_remainder();
-    if rest.len() >= 4 {
-        let (word, tail) = rest.split_at_mut(4);
-        let w = u32::from_ne_bytes(word.try_into().expect("4 bytes")) ^ k32;
-        word.copy_from_slice(&w.to_ne_bytes());
-        apply_mask_scalar(tail, rotated, 0);
-    } else {
-        apply_mask_scalar(rest, rotated, 0);
+    if i + 4 <= len {
+        let word: [u8; 4] = buf[i..i + 4].try_into().expect("4 bytes");
+        buf[i..i + 4].copy_from_slice(&(u32::from_ne_bytes(word) ^ k32).to_ne_bytes());
+        i += 4;
+    }
+    // At most 3 bytes left, starting at a multiple of 4: the key from its first byte.
+    for (byte, k) in buf[i..].iter_mut().zip(key) {
+        *byte ^= k;
     }
 }
 
@@ -190,7 +172,7 @@ mod tests {
                 apply_mask_blocks(&mut blocks, key, offset);
                 assert_eq!(blocks, slow, "blocks, len {len} offset {offset}");
                 let mut words = data.clone();
-                apply_mask_words(&mut words, key, offset);
+                apply_mask_words(&mut words, rotate_key(key, offset));
                 assert_eq!(words, slow, "words, len {len} offset {offset}");
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
