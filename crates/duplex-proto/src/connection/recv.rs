@@ -150,15 +150,21 @@ impl Incoming {
         config: &Config,
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
+        // `consume` has just tried the shortcut on what `buf` starts with.
+        let mut tried_shortcut = true;
         loop {
             if self.frame.is_none() {
                 if buf.is_empty() {
                     return Ok(Consumed::NeedMore);
                 }
-                if self.message.is_none() && self.consume_whole_frame(buf, config, out)? {
+                if !std::mem::replace(&mut tried_shortcut, false)
+                    && self.message.is_none()
+                    && self.consume_whole_frame(buf, config, out)?
+                {
                     continue;
                 }
             }
+            tried_shortcut = false;
             let mut frame = match self.frame {
                 Some(frame) => frame,
                 None => {
