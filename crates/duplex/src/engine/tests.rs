@@ -109,26 +109,9 @@ fn raw_connect(addr: SocketAddr, path: &str, version: &str) -> (TcpStream, Strin
     (tcp, String::from_utf8(head).unwrap())
 }
 
+/// A masked client frame, FIN as given.
 fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let key = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
-    assert!(payload.len() < 126);
-    frame.push(0x80 | payload.len() as u8);
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    frame
-}
-
-/// Reads one unmasked server frame with a short payload: (first byte, payload).
-fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    tcp.read_exact(&mut head).unwrap();
-    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
-    let len = usize::from(head[1] & 0x7f);
-    assert!(len < 126);
-    let mut payload = vec![0u8; len];
-    tcp.read_exact(&mut payload).unwrap();
-    (head[0], payload)
+    masked_first(opcode | if fin { 0x80 } else { 0 }, payload)
 }
 
 fn assert_eof(tcp: &mut TcpStream) {
@@ -348,7 +331,7 @@ fn a_client_that_does_not_read_is_not_read_either_and_loses_nothing() {
     );
     let mut reading = tcp;
     for i in 0..COUNT {
-        let (first, bytes) = read_any_frame(&mut reading);
+        let (first, bytes) = read_frame(&mut reading);
         assert_eq!(first, 0x82);
         assert!(bytes == payload(i), "echo {i} differs");
     }
@@ -381,10 +364,11 @@ fn masked_first(first: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Reads one unmasked server frame of any length.
-fn read_any_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+/// Reads one server frame of any length (checking it is not masked).
+fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head).unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
     let len = match head[1] & 0x7f {
         126 => {
             let mut len = [0u8; 2];
@@ -475,7 +459,7 @@ fn large_frames_arriving_every_way_are_echoed_intact() {
         (0x81, text.as_bytes()),
     ];
     for (i, (first, payload)) in expected.into_iter().enumerate() {
-        let (got_first, got) = read_any_frame(&mut tcp);
+        let (got_first, got) = read_frame(&mut tcp);
         assert_eq!(got_first, first, "frame {i}");
         assert!(
             got == payload,
