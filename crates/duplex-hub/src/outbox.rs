@@ -478,15 +478,20 @@ mod tests {
     use super::*;
     use duplex::{Message, PreparedMessage};
 
+    /// A delivery of 42 bytes on the wire (a 40-byte text message).
+    fn forty_bytes() -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: 1,
+            offset: 1,
+            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
+        })
+    }
+
     #[test]
     fn overflow_drops_and_signals_once() {
         let mut tally = Tally::default();
         let outbox = Outbox::new(100, None, None);
-        let delivery = Arc::new(Delivery {
-            channel: 1,
-            offset: 1,
-            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
-        });
+        let delivery = forty_bytes();
         outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         assert_eq!(tally.slow_consumers, 0);
@@ -512,11 +517,7 @@ mod tests {
     fn taken_bytes_count_until_released() {
         let mut tally = Tally::default();
         let outbox = Outbox::new(100, None, None);
-        let delivery = Arc::new(Delivery {
-            channel: 1,
-            offset: 1,
-            prepared: PreparedMessage::new(Message::text("x".repeat(40))),
-        });
+        let delivery = forty_bytes();
         outbox.deliver(&delivery, &AtomicBool::new(false), &mut tally);
         let mut batch = VecDeque::new();
         let taken = outbox.take(&mut batch);

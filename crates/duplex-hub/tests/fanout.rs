@@ -86,6 +86,13 @@ impl BigChannel {
     }
 
     /// The median publish (fan-out) time so far.
+    /// One more connection to the hub, subscribed to nothing.
+    async fn client(&self) -> Client {
+        Client::connect_with(self.hub.local_addr(), "", plain())
+            .await
+            .unwrap()
+    }
+
     fn fan_out_time(&self) -> Duration {
         median(&self.publish_times.lock().unwrap())
     }
@@ -134,9 +141,7 @@ async fn a_subscribe_does_not_wait_for_the_fan_out_in_progress() {
             2 * subscribers + 300
         );
         let big = BigChannel::start(subscribers).await;
-        let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
-            .await
-            .unwrap();
+        let mut client = big.client().await;
         let mut subscribes = Vec::new();
         let mut unsubscribes = Vec::new();
         for _ in 0..15 {
@@ -181,9 +186,7 @@ async fn nothing_of_a_channel_follows_its_unsubscribe_reply_during_a_fan_out() {
     let _one_at_a_time = ONE_BIG_CHANNEL.lock().await;
     within(async {
         let big = BigChannel::start(crowd(1000)).await;
-        let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
-            .await
-            .unwrap();
+        let mut client = big.client().await;
         for round in 0..20 {
             // Subscribed last: the end of the subscriber list, delivered to last, so the
             // unsubscribe tends to land while a fan-out that includes it is still running.
@@ -210,9 +213,7 @@ async fn a_subscribe_with_since_during_a_fan_out_gets_every_publication_once() {
     let _one_at_a_time = ONE_BIG_CHANNEL.lock().await;
     within(async {
         let big = BigChannel::start(crowd(1000)).await;
-        let mut client = Client::connect_with(big.hub.local_addr(), "", plain())
-            .await
-            .unwrap();
+        let mut client = big.client().await;
         let reply = client.subscribe(CHANNEL).await;
         let epoch = reply["epoch"].clone();
         let mut last = offset(&client.publication().await);
