@@ -24,7 +24,7 @@ use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::json;
 use crate::outbox::OutboxStream;
-use crate::server::Shared;
+use crate::state::HubState;
 
 /// Largest request head.
 const MAX_HEAD: usize = 16 * 1024;
@@ -104,8 +104,8 @@ impl Response {
 }
 
 /// Serves one TCP connection: HTTP requests until it closes, or one WebSocket.
-pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
+pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubState>) {
+    let mut shutdown = hub.shutdown.clone();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let head = tokio::select! {
@@ -120,14 +120,14 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shar
         };
         buf.advance(consumed);
         if request.uri().path() == "/ws" {
-            upgrade(tcp, request, buf, peer, shared).await;
+            upgrade(tcp, request, buf, peer, hub).await;
             return;
         }
-        shared.metrics.http_requests.fetch_add(1, Relaxed);
+        hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
         let mut keep_alive = wants_keep_alive(&request);
 
-        let body = match read_body(&mut tcp, &mut buf, &request, &shared).await {
+        let body = match read_body(&mut tcp, &mut buf, &request, &hub).await {
             Ok(body) => body,
             Err(BodyError::Io) => return,
             // The rest of the request cannot be framed: answer, then close gracefully.
@@ -135,7 +135,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shar
                 return refuse(tcp, &response.encode(false, head_only)).await;
             }
         };
-        let response = route(&shared, &request, body).await;
+        let response = route(&hub, &request, body).await;
         if *shutdown.borrow() {
             keep_alive = false;
         }
@@ -204,7 +204,7 @@ async fn read_body(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     request: &Request<()>,
-    shared: &Shared,
+    hub: &HubState,
 ) -> Result<Bytes, BodyError> {
     let headers = request.headers();
     let reply = |status, message: &str| Err(BodyError::Reply(Response::error(status, message)));
@@ -232,7 +232,7 @@ async fn read_body(
             return reply(StatusCode::BAD_REQUEST, "more than one Content-Length");
         }
     };
-    let max = shared.config.max_message_size;
+    let max = hub.config.max_message_size;
     if length > max as u64 {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -311,7 +311,7 @@ pub(crate) fn check_channel(channel: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-async fn route(shared: &Shared, request: &Request<()>, body: Bytes) -> Response {
+async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
     let path = request.uri().path();
     let method = request.method();
     let get = method == Method::GET || method == Method::HEAD;
@@ -335,14 +335,14 @@ async fn route(shared: &Shared, request: &Request<()>, body: Bytes) -> Response 
         if (api == "publish") != (method == Method::POST) || (api != "publish" && !get) {
             return not_allowed(allow);
         }
-        if let Some(refusal) = check_api_key(shared, request) {
+        if let Some(refusal) = check_api_key(hub, request) {
             return refusal;
         }
         return match api {
-            "publish" => api_publish(shared, body).await,
-            "history" => api_history(shared, request).await,
-            "presence" => api_presence(shared, request).await,
-            _ => api_channels(shared),
+            "publish" => api_publish(hub, body).await,
+            "history" => api_history(hub, request).await,
+            "presence" => api_presence(hub, request).await,
+            _ => api_channels(hub),
         };
     }
     let response = match path {
@@ -350,7 +350,7 @@ async fn route(shared: &Shared, request: &Request<()>, body: Bytes) -> Response 
         "/metrics" => Response::new(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            hub.metrics.render(),
         ),
         "/" => match asset("index.html") {
             Some(a) => Response::new(StatusCode::OK, a.content_type, a.body),
@@ -368,8 +368,8 @@ async fn route(shared: &Shared, request: &Request<()>, body: Bytes) -> Response 
     }
 }
 
-fn check_api_key(shared: &Shared, request: &Request<()>) -> Option<Response> {
-    let key = shared.config.api_key.as_ref()?;
+fn check_api_key(hub: &HubState, request: &Request<()>) -> Option<Response> {
+    let key = hub.config.api_key.as_ref()?;
     let given = bearer(request.headers());
     if given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
         return None;
@@ -391,7 +391,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn api_publish(shared: &Shared, body: Bytes) -> Response {
+async fn api_publish(hub: &HubState, body: Bytes) -> Response {
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return Response::error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -400,9 +400,9 @@ async fn api_publish(shared: &Shared, body: Bytes) -> Response {
         Ok(fields) => fields,
         Err(message) => return Response::error(StatusCode::BAD_REQUEST, &message),
     };
-    match shared.broker.publish(channel, data).await {
+    match hub.broker.publish(channel, data).await {
         Ok(position) => {
-            shared.metrics.publishes.fetch_add(1, Relaxed);
+            hub.metrics.publishes.fetch_add(1, Relaxed);
             let mut out = Vec::with_capacity(64);
             out.extend_from_slice(br#"{"offset":"#);
             json::number(&mut out, position.offset);
@@ -480,7 +480,7 @@ fn number_param<T: std::str::FromStr>(
     }
 }
 
-async fn api_history(shared: &Shared, request: &Request<()>) -> Response {
+async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
     let params = channel_param(request).and_then(|channel| {
         let since = number_param::<u64>(request, "since")?;
         let limit = number_param::<usize>(request, "limit")?;
@@ -494,7 +494,7 @@ async fn api_history(shared: &Shared, request: &Request<()>) -> Response {
         since,
         limit: limit.unwrap_or(usize::MAX),
     };
-    match shared.broker.history(&channel, query).await {
+    match hub.broker.history(&channel, query).await {
         Ok(history) => {
             let mut out = Vec::with_capacity(128);
             out.extend_from_slice(br#"{"epoch":"#);
@@ -512,12 +512,12 @@ async fn api_history(shared: &Shared, request: &Request<()>) -> Response {
     }
 }
 
-async fn api_presence(shared: &Shared, request: &Request<()>) -> Response {
+async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
     let channel = match channel_param(request) {
         Ok(c) => c,
         Err(response) => return response,
     };
-    match shared.broker.presence(&channel).await {
+    match hub.broker.presence(&channel).await {
         Ok(clients) => {
             let mut out = Vec::with_capacity(64);
             out.extend_from_slice(br#"{"clients":"#);
@@ -529,10 +529,10 @@ async fn api_presence(shared: &Shared, request: &Request<()>) -> Response {
     }
 }
 
-fn api_channels(shared: &Shared) -> Response {
+fn api_channels(hub: &HubState) -> Response {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(br#"{"channels":["#);
-    for (i, (channel, subscribers)) in shared.fanout.channel_counts().iter().enumerate() {
+    for (i, (channel, subscribers)) in hub.fanout.channel_counts().iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -547,7 +547,7 @@ fn api_channels(shared: &Shared) -> Response {
 }
 
 /// Keeps the open-WebSocket count while a connection lives.
-struct WebSocketSlot<'a>(&'a Shared);
+struct WebSocketSlot<'a>(&'a HubState);
 
 impl Drop for WebSocketSlot<'_> {
     fn drop(&mut self) {
@@ -562,17 +562,17 @@ async fn upgrade(
     request: Request<()>,
     leftover: BytesMut,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    hub: Arc<HubState>,
 ) {
     let offer = match validate_request(&request) {
         Ok(offer) => offer,
         Err(e) => return refuse(tcp, &e.response()).await,
     };
-    let grants = match admit(&shared, &request, &offer) {
+    let grants = match admit(&hub, &request, &offer) {
         Ok(grants) => grants,
         Err((status, reason)) => {
             tracing::debug!(%peer, %status, reason, "websocket refused");
-            shared.metrics.connections_refused.fetch_add(1, Relaxed);
+            hub.metrics.connections_refused.fetch_add(1, Relaxed);
             let mut headers = HeaderMap::new();
             if status == StatusCode::UNAUTHORIZED {
                 headers.insert(
@@ -583,15 +583,15 @@ async fn upgrade(
             return refuse(tcp, &reject_response(status, &reason, &headers)).await;
         }
     };
-    let open = shared.websockets.fetch_add(1, Relaxed);
-    let _slot = WebSocketSlot(&shared);
-    if open >= shared.config.max_connections {
-        shared.metrics.connections_refused.fetch_add(1, Relaxed);
+    let open = hub.websockets.fetch_add(1, Relaxed);
+    let _slot = WebSocketSlot(&hub);
+    if open >= hub.config.max_connections {
+        hub.metrics.connections_refused.fetch_add(1, Relaxed);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         let reason = format!(
             "too many connections (limit {}); try again later",
-            shared.config.max_connections
+            hub.config.max_connections
         );
         return refuse(
             tcp,
@@ -600,7 +600,7 @@ async fn upgrade(
         .await;
     }
 
-    let (negotiated, extensions) = negotiate_deflate(&shared, &offer);
+    let (negotiated, extensions) = negotiate_deflate(&hub, &offer);
     let response = accept_response(&offer, None, extensions.as_deref(), &HeaderMap::new());
     if timeout(IDLE_TIMEOUT, tcp.write_all(&response))
         .await
@@ -608,12 +608,12 @@ async fn upgrade(
     {
         return;
     }
-    let (stream, outbox) = OutboxStream::new(tcp, shared.config.queue_bytes, negotiated);
+    let (stream, outbox) = OutboxStream::new(tcp, hub.config.queue_bytes, negotiated);
     let ws = WebSocket::from_raw(
         stream,
         Role::Server,
-        shared.ws_config.clone(),
-        shared.ws_options.clone(),
+        hub.ws_config.clone(),
+        hub.ws_options.clone(),
         leftover,
         None,
     );
@@ -628,16 +628,16 @@ async fn upgrade(
         None => ws,
     };
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(ws, outbox, shared.clone(), grants, shared_deflate).await;
+    crate::session::run(ws, outbox, hub.clone(), grants, shared_deflate).await;
 }
 
 /// Origin and token checks: the grants, or the refusal's status and reason.
 fn admit(
-    shared: &Shared,
+    hub: &HubState,
     request: &Request<()>,
     offer: &ClientOffer,
 ) -> Result<Grants, (StatusCode, String)> {
-    let config = &shared.config;
+    let config = &hub.config;
     if !config.allowed_origins.is_empty() {
         let allowed = offer
             .origin
@@ -673,13 +673,13 @@ fn admit(
 }
 
 fn negotiate_deflate(
-    shared: &Shared,
+    hub: &HubState,
     offer: &ClientOffer,
 ) -> (
     Option<duplex_proto::extensions::deflate::Negotiated>,
     Option<String>,
 ) {
-    let (Some(config), Some(header)) = (&shared.deflate, &offer.extensions) else {
+    let (Some(config), Some(header)) = (&hub.deflate, &offer.extensions) else {
         return (None, None);
     };
     let Ok(offers) = duplex_proto::extensions::parse(header) else {

@@ -36,15 +36,17 @@
 pub mod auth;
 pub mod broker;
 mod config;
+mod fanout;
 mod http;
+mod ids;
 mod json;
 mod limit;
 mod memory;
 mod metrics;
-mod node;
 mod outbox;
 mod server;
 mod session;
+mod state;
 
 use std::error::Error;
 use std::process::ExitCode;

@@ -88,7 +88,7 @@ impl MemoryBroker {
     /// `history_ttl`.
     pub fn new(history_size: usize, history_ttl: Option<Duration>) -> MemoryBroker {
         MemoryBroker {
-            epoch: random_epoch().into(),
+            epoch: crate::ids::epoch().into(),
             history_size,
             history_ttl,
             channels: Mutex::new(HashMap::new()),
@@ -277,17 +277,6 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// 16 hex digits from the system's random generator (the clock if that fails).
-pub(crate) fn random_epoch() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The last `capacity` publications of a channel, each kept at most `ttl`. Offsets in the ring
 /// are consecutive (pushed in order, dropped from the front), so lookups are indexing.

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Acquire};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
+use duplex::PreparedMessage;
 use duplex_proto::Role;
 use duplex_proto::Transmit;
 use duplex_proto::extensions::deflate::Negotiated;
@@ -39,7 +40,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::node::Delivery;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
@@ -64,6 +64,24 @@ pub(crate) enum OutboxEvent {
     Ready,
     /// Close the connection.
     Closed(Closing),
+}
+
+/// One push, encoded once and shared by every subscriber's queue.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// The [`LocalChannel::id`](crate::fanout::LocalChannel::id) it was published on.
+    pub(crate) channel: u64,
+    /// The publication's offset; 0 for presence events (never filtered).
+    pub(crate) offset: u64,
+    /// The frame.
+    pub(crate) prepared: PreparedMessage,
+}
+
+impl Delivery {
+    /// What it counts against an outbox's bound.
+    pub(crate) fn cost(&self) -> usize {
+        self.prepared.wire_len()
+    }
 }
 
 /// Live publications of a channel at or below `upto` are dropped: the subscribe reply carried
@@ -314,7 +332,7 @@ impl Outbox {
     }
 
     /// Drops the queued pushes of `channel` and its filter (the connection left it). Called
-    /// after the subscription's `left` flag was set ([`crate::node::Fanout::unsubscribe`]):
+    /// after the subscription's `left` flag was set ([`crate::fanout::Fanout::unsubscribe`]):
     /// a delivery that took this lock before has been queued (dropped here; while a command
     /// runs nothing is written directly) and one that takes it after sees the flag (the lock
     /// orders the two), so nothing of the channel reaches the socket after the unsubscribe

@@ -1,4 +1,4 @@
-//! [`Hub`]: binding, the accept loop, shared state, and shutdown.
+//! [`Hub`]: binding, the accept loop, hub state, and shutdown.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,28 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::config::{Compression, HubConfig};
+use crate::fanout::{Fanout, FanoutOptions};
 use crate::memory::MemoryBroker;
 use crate::metrics::Metrics;
-use crate::node::{Fanout, FanoutOptions};
 use crate::outbox::{Closing, Outbox};
-
-/// What every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: HubConfig,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) fanout: Arc<Fanout>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    /// The outboxes of open WebSocket sessions, closed on shutdown.
-    pub(crate) sessions: Mutex<HashMap<u64, Arc<Outbox>>>,
-    /// Open WebSocket connections, for `max_connections`.
-    pub(crate) websockets: AtomicUsize,
-    pub(crate) next_conn: AtomicU64,
-    pub(crate) ws_config: duplex::Config,
-    pub(crate) ws_options: WebSocketOptions,
-    pub(crate) deflate: Option<DeflateConfig>,
-}
+use crate::state::HubState;
 
 /// The real-time hub. [`Hub::bind`] starts one in the current tokio runtime.
 ///
@@ -115,7 +98,7 @@ impl Hub {
             "duplex hub listening: demo page http://{addr}/ , WebSocket ws://{addr}/ws , \
              HTTP API http://{addr}/api/ , metrics http://{addr}/metrics"
         );
-        let shared = Arc::new(Shared {
+        let hub = Arc::new(HubState {
             config,
             broker,
             fanout,
@@ -129,8 +112,8 @@ impl Hub {
             deflate,
         });
         let (done_tx, done_rx) = mpsc::channel(1);
-        tokio::spawn(close_sessions_on_shutdown(shared.clone()));
-        let accept = tokio::spawn(accept_loop(listener, shared, done_tx));
+        tokio::spawn(close_sessions_on_shutdown(hub.clone()));
+        let accept = tokio::spawn(accept_loop(listener, hub, done_tx));
         Ok(HubHandle {
             addr,
             shutdown: shutdown_tx,
@@ -192,8 +175,8 @@ impl Drop for HubHandle {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
-    let mut shutdown = shared.shutdown.clone();
+async fn accept_loop(listener: TcpListener, hub: Arc<HubState>, done: mpsc::Sender<()>) {
+    let mut shutdown = hub.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -203,10 +186,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sen
             Ok((tcp, peer)) => {
                 // Writes are batched by the connection tasks themselves.
                 let _ = tcp.set_nodelay(true);
-                let shared = shared.clone();
+                let hub = hub.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    crate::http::serve(tcp, peer, shared).await;
+                    crate::http::serve(tcp, peer, hub).await;
                     drop(done);
                 });
             }
@@ -220,33 +203,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sen
     tracing::info!("stopped accepting connections");
 }
 
-impl Shared {
-    /// Registers a session's outbox so shutdown reaches it. Returns false if the hub is
-    /// already shutting down (the session should close at once).
-    pub(crate) fn register_session(&self, conn: u64, outbox: &Arc<Outbox>) -> bool {
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(conn, outbox.clone());
-        // Registered first, checked second: either this sees the flag or the shutdown task
-        // sees the registration.
-        !*self.shutdown.borrow()
-    }
-
-    pub(crate) fn unregister_session(&self, conn: u64) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&conn);
-    }
-}
-
 /// On shutdown (or when the handle is dropped), closes every session's outbox: each session
 /// then closes its WebSocket with 1001.
-async fn close_sessions_on_shutdown(shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
+async fn close_sessions_on_shutdown(hub: Arc<HubState>) {
+    let mut shutdown = hub.shutdown.clone();
     let _ = shutdown.wait_for(|stop| *stop).await;
-    let outboxes: Vec<Arc<Outbox>> = shared
+    let outboxes: Vec<Arc<Outbox>> = hub
         .sessions
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -28,10 +28,10 @@ use crate::broker::{ClientInfo, HistoryQuery};
 use crate::http::channel_field;
 use crate::json;
 use crate::limit::TokenBucket;
-use crate::memory::random_epoch;
-use crate::node::{Delivery, Subscriber};
-use crate::outbox::{Closing, Outbox, OutboxEvent, OutboxStream};
-use crate::server::Shared;
+use crate::ids;
+use crate::fanout::Subscriber;
+use crate::outbox::{Closing, Delivery, Outbox, OutboxEvent, OutboxStream};
+use crate::state::HubState;
 
 pub(crate) type Ws = WebSocket<OutboxStream>;
 
@@ -46,7 +46,7 @@ struct Session {
     /// The value is the channel's `LocalChannel::id` once registered (0 before).
     subscriptions: HashMap<String, u64>,
     bucket: TokenBucket,
-    shared: Arc<Shared>,
+    hub: Arc<HubState>,
     batch: VecDeque<Arc<Delivery>>,
 }
 
@@ -64,21 +64,21 @@ const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and r
 pub(crate) async fn run(
     mut ws: Ws,
     outbox: Arc<Outbox>,
-    shared: Arc<Shared>,
+    hub: Arc<HubState>,
     grants: Grants,
     shared_deflate: bool,
 ) {
-    let metrics = shared.metrics.clone();
+    let metrics = hub.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
-    let conn = shared.next_conn.fetch_add(1, Relaxed);
-    if !shared.register_session(conn, &outbox) {
+    let conn = hub.next_conn.fetch_add(1, Relaxed);
+    if !hub.register_session(conn, &outbox) {
         outbox.close(Closing::Shutdown);
     }
     let mut session = Session {
         conn,
         info: ClientInfo {
-            client: random_epoch().into(),
+            client: ids::client_id(),
             user: grants.user.as_str().into(),
         },
         grants,
@@ -86,11 +86,11 @@ pub(crate) async fn run(
         shared_deflate,
         subscriptions: HashMap::new(),
         bucket: TokenBucket::new(
-            shared.config.publish_rate,
-            shared.config.publish_burst,
+            hub.config.publish_rate,
+            hub.config.publish_burst,
             Instant::now(),
         ),
-        shared: shared.clone(),
+        hub: hub.clone(),
         batch: VecDeque::new(),
     };
     let end = session.drive(&mut ws, &outbox).await;
@@ -102,7 +102,7 @@ pub(crate) async fn run(
         // Bounded by the close timeout.
         let _ = ws.close(code, reason).await;
     }
-    shared.unregister_session(conn);
+    hub.unregister_session(conn);
     metrics.connections.fetch_sub(1, Relaxed);
 }
 
@@ -272,14 +272,14 @@ impl Session {
         self.batch = batch;
         self.outbox.release(taken);
         ws.flush().await?;
-        let metrics = &self.shared.metrics;
+        let metrics = &self.hub.metrics;
         metrics.messages_out.fetch_add(messages, Relaxed);
         metrics.bytes_out.fetch_add(bytes, Relaxed);
         Ok(())
     }
 
     async fn handle(&mut self, ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
-        let metrics = self.shared.metrics.clone();
+        let metrics = self.hub.metrics.clone();
         metrics.messages_in.fetch_add(1, Relaxed);
         metrics.bytes_in.fetch_add(message.len() as u64, Relaxed);
         let reply = match &message {
@@ -365,7 +365,7 @@ impl Session {
                 &format!("already subscribed to {channel:?}"),
             ));
         }
-        let max = self.shared.config.max_subscriptions;
+        let max = self.hub.config.max_subscriptions;
         if self.subscriptions.len() >= max {
             return Err(error(
                 id,
@@ -375,12 +375,12 @@ impl Session {
         }
 
         self.subscriptions.insert(channel.to_owned(), 0);
-        let shared = self.shared.clone();
+        let hub = self.hub.clone();
         let subscriber = Subscriber::new(self.conn, self.outbox.clone(), self.shared_deflate);
         // 1. Register: from here on every publication the broker delivers is queued for us.
-        let local = match shared
+        let local = match hub
             .fanout
-            .subscribe(channel, subscriber, &*shared.broker)
+            .subscribe(channel, subscriber, &*hub.broker)
             .await
         {
             Ok(local) => {
@@ -397,7 +397,7 @@ impl Session {
             since: since.as_ref().map(|(_, offset)| *offset),
             limit: if since.is_some() { usize::MAX } else { 0 },
         };
-        let history = match shared.broker.history(channel, query).await {
+        let history = match hub.broker.history(channel, query).await {
             Ok(history) => history,
             Err(e) => {
                 self.leave(channel).await;
@@ -408,7 +408,7 @@ impl Session {
         // 3. Live copies of what the reply covers are dropped (queued ones when the outbox is
         //    drained after the reply, later ones as they are written).
         self.outbox.set_filter(local.id, top);
-        if let Err(e) = shared.broker.join(channel, &self.info).await {
+        if let Err(e) = hub.broker.join(channel, &self.info).await {
             tracing::warn!("presence join on {channel}: {e}");
         }
 
@@ -454,17 +454,17 @@ impl Session {
     /// it follows the unsubscribe reply.
     async fn leave(&mut self, channel: &str) {
         let id = self.subscriptions.remove(channel);
-        let shared = self.shared.clone();
-        let last = shared.fanout.unsubscribe(channel, self.conn);
+        let hub = self.hub.clone();
+        let last = hub.fanout.unsubscribe(channel, self.conn);
         if let Some(id) = id.filter(|&id| id != 0) {
             self.outbox.forget_channel(id);
         }
         if last {
-            if let Err(e) = shared.broker.unsubscribe(channel).await {
+            if let Err(e) = hub.broker.unsubscribe(channel).await {
                 tracing::warn!("broker unsubscribe from {channel}: {e}");
             }
         }
-        if let Err(e) = shared.broker.leave(channel, &self.info).await {
+        if let Err(e) = hub.broker.leave(channel, &self.info).await {
             tracing::warn!("presence leave on {channel}: {e}");
         }
     }
@@ -506,7 +506,7 @@ impl Session {
             return Err(error(id, "bad_request", "missing \"data\""));
         }
         if let Err(wait) = self.bucket.take(Instant::now()) {
-            let config = &self.shared.config;
+            let config = &self.hub.config;
             return Err(error(
                 id,
                 "rate_limited",
@@ -520,12 +520,12 @@ impl Session {
         }
         let data = crate::http::raw_data(bytes).map_err(|m| error(id, "bad_request", &m))?;
         let position = self
-            .shared
+            .hub
             .broker
             .publish(channel, data)
             .await
             .map_err(|e| error(id, "internal", &e.to_string()))?;
-        self.shared.metrics.publishes.fetch_add(1, Relaxed);
+        self.hub.metrics.publishes.fetch_add(1, Relaxed);
         let mut out = ok(id);
         out.extend_from_slice(br#","offset":"#);
         json::number(&mut out, position.offset);
@@ -549,7 +549,7 @@ impl Session {
             ));
         }
         let clients = self
-            .shared
+            .hub
             .broker
             .presence(channel)
             .await

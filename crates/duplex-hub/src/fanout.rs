@@ -24,30 +24,12 @@ use tokio::sync::OnceCell;
 use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication};
 use crate::json;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Tally};
+use crate::outbox::{Delivery, Outbox, Tally};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
     // every publisher.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One push, encoded once and shared by every subscriber's queue.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    /// The [`LocalChannel::id`] it was published on.
-    pub(crate) channel: u64,
-    /// The publication's offset; 0 for presence events (never filtered).
-    pub(crate) offset: u64,
-    /// The frame.
-    pub(crate) prepared: PreparedMessage,
-}
-
-impl Delivery {
-    /// What it counts against an outbox's bound.
-    pub(crate) fn cost(&self) -> usize {
-        self.prepared.wire_len()
-    }
 }
 
 /// A subscriber of a [`LocalChannel`].

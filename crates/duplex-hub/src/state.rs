@@ -1,0 +1,56 @@
+//! [`HubState`]: what every connection of one hub shares (configuration, broker, fan-out,
+//! metrics, the shutdown signal and the registry of open sessions).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use duplex::WebSocketOptions;
+use duplex_proto::extensions::deflate::DeflateConfig;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::config::HubConfig;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct HubState {
+    pub(crate) config: HubConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The outboxes of open WebSocket sessions, closed on shutdown.
+    pub(crate) sessions: Mutex<HashMap<u64, Arc<Outbox>>>,
+    /// Open WebSocket connections, for `max_connections`.
+    pub(crate) websockets: AtomicUsize,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) ws_config: duplex::Config,
+    pub(crate) ws_options: WebSocketOptions,
+    pub(crate) deflate: Option<DeflateConfig>,
+}
+
+impl HubState {
+    /// Registers a session's outbox so shutdown reaches it. Returns false if the hub is
+    /// already shutting down (the session should close at once).
+    pub(crate) fn register_session(&self, conn: u64, outbox: &Arc<Outbox>) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(conn, outbox.clone());
+        // Registered first, checked second: either this sees the flag or the shutdown task
+        // sees the registration.
+        !*self.shutdown.borrow()
+    }
+
+    pub(crate) fn unregister_session(&self, conn: u64) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn);
+    }
+}
+
