@@ -15,7 +15,6 @@ use duplex_proto::handshake::{
 };
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -24,6 +23,7 @@ use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::json;
 use crate::outbox::OutboxStream;
+use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// Largest request head.
@@ -69,6 +69,11 @@ impl Response {
 
     fn error(status: StatusCode, message: &str) -> Response {
         Response::new(status, "application/json", json::error_body(message))
+    }
+
+    /// A refusal of the API: its code's HTTP status, its message in the body.
+    fn refusal(refusal: &Refusal) -> Response {
+        Response::error(refusal.code.http_status(), &refusal.message)
     }
 
     fn header(mut self, name: HeaderName, value: &'static str) -> Response {
@@ -263,54 +268,6 @@ async fn read_body(
     }
 }
 
-/// The value of query parameter `name`, percent-decoded (`+` is a space).
-pub(crate) fn query_param(request: &Request<()>, name: &str) -> Option<String> {
-    let query = request.uri().query()?;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key)? == name).then(|| percent_decode(value))?
-    })
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A channel name the hub accepts: 1 to 255 bytes, no control characters.
-pub(crate) fn check_channel(channel: &str) -> Result<(), &'static str> {
-    if channel.is_empty() {
-        return Err("channel must not be empty");
-    }
-    if channel.len() > 255 {
-        return Err("channel must be at most 255 bytes");
-    }
-    if channel.chars().any(char::is_control) {
-        return Err("channel must not contain control characters");
-    }
-    Ok(())
-}
-
 async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
     let path = request.uri().path();
     let method = request.method();
@@ -392,15 +349,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn api_publish(hub: &HubState, body: Bytes) -> Response {
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return Response::error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+    let Publish { channel, data } = match Publish::from_http_body(&body) {
+        Ok(publish) => publish,
+        Err(refusal) => return Response::refusal(&refusal),
     };
-    let (channel, data) = match publish_fields(&value, &body) {
-        Ok(fields) => fields,
-        Err(message) => return Response::error(StatusCode::BAD_REQUEST, &message),
-    };
-    match hub.broker.publish(channel, data).await {
+    match hub.broker.publish(&channel, data).await {
         Ok(position) => {
             hub.metrics.publishes.fetch_add(1, Relaxed);
             let mut out = Vec::with_capacity(64);
@@ -411,84 +364,18 @@ async fn api_publish(hub: &HubState, body: Bytes) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
-}
-
-/// The `channel` and `data` of a publish body: `value` is `body` parsed.
-pub(crate) fn publish_fields<'a>(
-    value: &'a Value,
-    body: &[u8],
-) -> Result<(&'a str, Bytes), String> {
-    let Value::Object(object) = value else {
-        return Err("expected a JSON object with \"channel\" and \"data\"".into());
-    };
-    let channel = channel_field(object)?;
-    Ok((channel, raw_data(body)?))
-}
-
-/// The `data` member of a publish exactly as the publisher wrote it: parsing it into a value
-/// and writing it back would reorder keys and round numbers (big integers, `1e2`, `101.50`),
-/// and subscribers must get what was published.
-pub(crate) fn raw_data(body: &[u8]) -> Result<Bytes, String> {
-    #[derive(serde::Deserialize)]
-    struct Publish<'a> {
-        #[serde(borrow)]
-        data: Option<&'a serde_json::value::RawValue>,
-    }
-    let publish: Publish<'_> =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let data = publish.data.ok_or_else(|| "missing \"data\"".to_owned())?;
-    Ok(Bytes::copy_from_slice(data.get().as_bytes()))
-}
-
-/// The `channel` field, checked.
-pub(crate) fn channel_field(object: &serde_json::Map<String, Value>) -> Result<&str, String> {
-    match object.get("channel") {
-        Some(Value::String(channel)) => {
-            check_channel(channel).map_err(str::to_owned)?;
-            Ok(channel)
-        }
-        Some(_) => Err("\"channel\" must be a string".into()),
-        None => Err("missing \"channel\"".into()),
-    }
-}
-
-fn channel_param(request: &Request<()>) -> Result<String, Response> {
-    let channel = query_param(request, "channel").ok_or_else(|| {
-        Response::error(
-            StatusCode::BAD_REQUEST,
-            "missing query parameter \"channel\"",
-        )
-    })?;
-    check_channel(&channel).map_err(|m| Response::error(StatusCode::BAD_REQUEST, m))?;
-    Ok(channel)
-}
-
-fn number_param<T: std::str::FromStr>(
-    request: &Request<()>,
-    name: &str,
-) -> Result<Option<T>, Response> {
-    match query_param(request, name) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            Response::error(
-                StatusCode::BAD_REQUEST,
-                &format!("query parameter \"{name}\" must be a non-negative integer"),
-            )
-        }),
+        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
     }
 }
 
 async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
-    let params = channel_param(request).and_then(|channel| {
-        let since = number_param::<u64>(request, "since")?;
-        let limit = number_param::<usize>(request, "limit")?;
-        Ok((channel, since, limit))
-    });
-    let (channel, since, limit) = match params {
-        Ok(p) => p,
-        Err(response) => return response,
+    let HistoryParams {
+        channel,
+        since,
+        limit,
+    } = match HistoryParams::from_request(request) {
+        Ok(params) => params,
+        Err(refusal) => return Response::refusal(&refusal),
     };
     let query = HistoryQuery {
         since,
@@ -508,14 +395,14 @@ async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
     }
 }
 
 async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
     let channel = match channel_param(request) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(refusal) => return Response::refusal(&refusal),
     };
     match hub.broker.presence(&channel).await {
         Ok(clients) => {
@@ -525,7 +412,7 @@ async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
     }
 }
 
@@ -712,24 +599,6 @@ mod tests {
 
     fn request(target: &str) -> Request<()> {
         Request::get(target).body(()).unwrap()
-    }
-
-    #[test]
-    fn query_parameters_are_decoded() {
-        let r = request("/api/history?channel=chat%3Aroom+1&since=5&flag");
-        assert_eq!(query_param(&r, "channel").as_deref(), Some("chat:room 1"));
-        assert_eq!(query_param(&r, "since").as_deref(), Some("5"));
-        assert_eq!(query_param(&r, "flag").as_deref(), Some(""));
-        assert_eq!(query_param(&r, "limit"), None);
-        assert_eq!(query_param(&request("/x?a=%zz"), "a"), None);
-    }
-
-    #[test]
-    fn channel_names() {
-        assert!(check_channel("chat:lobby").is_ok());
-        assert!(check_channel("").is_err());
-        assert!(check_channel("a\nb").is_err());
-        assert!(check_channel(&"x".repeat(256)).is_err());
     }
 
     #[test]

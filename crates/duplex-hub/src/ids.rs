@@ -45,7 +45,10 @@ mod tests {
         assert_eq!(ids.len(), 1000, "1000 draws of 64 random bits repeated one");
         for id in &ids {
             assert_eq!(id.len(), 16, "{id}");
-            assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
         }
     }
 }

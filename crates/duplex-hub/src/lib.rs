@@ -44,6 +44,7 @@ mod limit;
 mod memory;
 mod metrics;
 mod outbox;
+mod protocol;
 mod server;
 mod session;
 mod state;

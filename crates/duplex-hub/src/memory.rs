@@ -277,7 +277,6 @@ impl Broker for MemoryBroker {
     }
 }
 
-
 /// The last `capacity` publications of a channel, each kept at most `ttl`. Offsets in the ring
 /// are consecutive (pushed in order, dropped from the front), so lookups are indexing.
 #[derive(Debug)]

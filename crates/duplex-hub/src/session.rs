@@ -21,16 +21,15 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use duplex::{CloseCode, Message, State, WebSocket};
-use serde_json::{Map, Value};
 
 use crate::auth::Grants;
 use crate::broker::{ClientInfo, HistoryQuery};
-use crate::http::channel_field;
+use crate::fanout::Subscriber;
+use crate::ids;
 use crate::json;
 use crate::limit::TokenBucket;
-use crate::ids;
-use crate::fanout::Subscriber;
 use crate::outbox::{Closing, Delivery, Outbox, OutboxEvent, OutboxStream};
+use crate::protocol::{Command, ErrorCode, Id, Publish, Refusal, Since};
 use crate::state::HubState;
 
 pub(crate) type Ws = WebSocket<OutboxStream>;
@@ -284,11 +283,7 @@ impl Session {
         metrics.bytes_in.fetch_add(message.len() as u64, Relaxed);
         let reply = match &message {
             Message::Text(text) => self.command(text.as_bytes()).await,
-            Message::Binary(_) => Err(error(
-                None,
-                "bad_request",
-                "binary messages are not supported: send JSON text",
-            )),
+            Message::Binary(_) => Err(Id::default().refuse(&Refusal::binary_message())),
         };
         let reply = reply.unwrap_or_else(|e| {
             metrics.command_errors.fetch_add(1, Relaxed);
@@ -304,73 +299,44 @@ impl Session {
 
     /// Runs one command; `Ok` and `Err` are both the reply to send.
     async fn command(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| error(None, "bad_request", &format!("not JSON: {e}")))?;
-        let Value::Object(object) = value else {
-            return Err(error(None, "bad_request", "a command is a JSON object"));
-        };
-        let id = object.get("id");
-        let op = match object.get("op") {
-            Some(Value::String(op)) => op.as_str(),
-            Some(_) => return Err(error(id, "bad_request", "\"op\" must be a string")),
-            None => return Err(error(id, "bad_request", "missing \"op\"")),
-        };
-        match op {
-            "subscribe" => self.subscribe(id, &object).await,
-            "unsubscribe" => self.unsubscribe(id, &object).await,
-            "publish" => self.publish(id, &object, bytes).await,
-            "presence" => self.presence(id, &object).await,
-            "ping" => {
-                let mut out = ok(id);
+        let (id, command) = Command::parse(bytes).map_err(|(id, refusal)| id.refuse(&refusal))?;
+        let reply = match command {
+            Command::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
+            Command::Unsubscribe { channel } => self.unsubscribe(&id, &channel).await,
+            Command::Publish(publish) => self.publish(&id, publish).await,
+            Command::Presence { channel } => self.presence(&id, &channel).await,
+            Command::Ping => {
+                let mut out = id.ok();
                 out.push(b'}');
                 Ok(out)
             }
-            other => Err(error(
-                id,
-                "unknown_op",
-                &format!(
-                    "unknown op {other:?}: expected subscribe, unsubscribe, publish, presence or ping"
-                ),
-            )),
-        }
+        };
+        reply.map_err(|refusal| id.refuse(&refusal))
     }
 
     async fn subscribe(
         &mut self,
-        id: Option<&Value>,
-        object: &Map<String, Value>,
-    ) -> Result<Vec<u8>, Vec<u8>> {
-        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
-        let since = match object.get("since") {
-            None | Some(Value::Null) => None,
-            Some(since) => Some(parse_since(since).ok_or_else(|| {
-                error(
-                    id,
-                    "bad_request",
-                    "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
-                )
-            })?),
-        };
+        id: &Id,
+        channel: &str,
+        since: Option<Since>,
+    ) -> Result<Vec<u8>, Refusal> {
         if !self.grants.may_subscribe(channel) {
-            return Err(error(
-                id,
-                "forbidden",
-                &format!("not allowed to subscribe to {channel:?}"),
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {channel:?}"),
             ));
         }
         if self.subscriptions.contains_key(channel) {
-            return Err(error(
-                id,
-                "already_subscribed",
-                &format!("already subscribed to {channel:?}"),
+            return Err(Refusal::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel:?}"),
             ));
         }
         let max = self.hub.config.max_subscriptions;
         if self.subscriptions.len() >= max {
-            return Err(error(
-                id,
-                "limit_exceeded",
-                &format!("at most {max} subscriptions per connection"),
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!("at most {max} subscriptions per connection"),
             ));
         }
 
@@ -389,19 +355,19 @@ impl Session {
             }
             Err(e) => {
                 self.subscriptions.remove(channel);
-                return Err(error(id, "internal", &e.to_string()));
+                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
             }
         };
         // 2. Read history: everything up to its top offset comes from here, the rest live.
         let query = HistoryQuery {
-            since: since.as_ref().map(|(_, offset)| *offset),
+            since: since.as_ref().map(|since| since.offset),
             limit: if since.is_some() { usize::MAX } else { 0 },
         };
         let history = match hub.broker.history(channel, query).await {
             Ok(history) => history,
             Err(e) => {
                 self.leave(channel).await;
-                return Err(error(id, "internal", &e.to_string()));
+                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
             }
         };
         let top = history.position.offset;
@@ -412,12 +378,16 @@ impl Session {
             tracing::warn!("presence join on {channel}: {e}");
         }
 
-        let mut out = ok(id);
+        let mut out = id.ok();
         out.extend_from_slice(br#","epoch":"#);
         json::string(&mut out, &history.position.epoch);
         out.extend_from_slice(br#","offset":"#);
         json::number(&mut out, top);
-        if let Some((epoch, since)) = since {
+        if let Some(Since {
+            epoch,
+            offset: since,
+        }) = since
+        {
             let refusal = if epoch != *history.position.epoch {
                 Some("epoch changed: the stream was reset (hub restarted?)".to_owned())
             } else if since > top {
@@ -469,48 +439,32 @@ impl Session {
         }
     }
 
-    async fn unsubscribe(
-        &mut self,
-        id: Option<&Value>,
-        object: &Map<String, Value>,
-    ) -> Result<Vec<u8>, Vec<u8>> {
-        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+    async fn unsubscribe(&mut self, id: &Id, channel: &str) -> Result<Vec<u8>, Refusal> {
         if !self.subscriptions.contains_key(channel) {
-            return Err(error(
-                id,
-                "not_subscribed",
-                &format!("not subscribed to {channel:?}"),
+            return Err(Refusal::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel:?}"),
             ));
         }
         self.leave(channel).await;
-        let mut out = ok(id);
+        let mut out = id.ok();
         out.push(b'}');
         Ok(out)
     }
 
-    async fn publish(
-        &mut self,
-        id: Option<&Value>,
-        object: &Map<String, Value>,
-        bytes: &[u8],
-    ) -> Result<Vec<u8>, Vec<u8>> {
-        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
-        if !self.grants.may_publish(channel) {
-            return Err(error(
-                id,
-                "forbidden",
-                &format!("not allowed to publish to {channel:?}"),
+    async fn publish(&mut self, id: &Id, publish: Publish) -> Result<Vec<u8>, Refusal> {
+        let Publish { channel, data } = publish;
+        if !self.grants.may_publish(&channel) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("not allowed to publish to {channel:?}"),
             ));
-        }
-        if !object.contains_key("data") {
-            return Err(error(id, "bad_request", "missing \"data\""));
         }
         if let Err(wait) = self.bucket.take(Instant::now()) {
             let config = &self.hub.config;
-            return Err(error(
-                id,
-                "rate_limited",
-                &format!(
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
                     "publish rate limit: {} per second, bursts of {}; retry in {} ms",
                     config.publish_rate,
                     config.publish_burst,
@@ -518,15 +472,14 @@ impl Session {
                 ),
             ));
         }
-        let data = crate::http::raw_data(bytes).map_err(|m| error(id, "bad_request", &m))?;
         let position = self
             .hub
             .broker
-            .publish(channel, data)
+            .publish(&channel, data)
             .await
-            .map_err(|e| error(id, "internal", &e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         self.hub.metrics.publishes.fetch_add(1, Relaxed);
-        let mut out = ok(id);
+        let mut out = id.ok();
         out.extend_from_slice(br#","offset":"#);
         json::number(&mut out, position.offset);
         out.extend_from_slice(br#","epoch":"#);
@@ -535,17 +488,11 @@ impl Session {
         Ok(out)
     }
 
-    async fn presence(
-        &mut self,
-        id: Option<&Value>,
-        object: &Map<String, Value>,
-    ) -> Result<Vec<u8>, Vec<u8>> {
-        let channel = channel_field(object).map_err(|m| error(id, "bad_request", &m))?;
+    async fn presence(&mut self, id: &Id, channel: &str) -> Result<Vec<u8>, Refusal> {
         if !self.grants.may_subscribe(channel) {
-            return Err(error(
-                id,
-                "forbidden",
-                &format!("not allowed to see presence of {channel:?}"),
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("not allowed to see presence of {channel:?}"),
             ));
         }
         let clients = self
@@ -553,8 +500,8 @@ impl Session {
             .broker
             .presence(channel)
             .await
-            .map_err(|e| error(id, "internal", &e.to_string()))?;
-        let mut out = ok(id);
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        let mut out = id.ok();
         out.extend_from_slice(br#","clients":"#);
         json::clients(&mut out, &clients);
         out.push(b'}');
@@ -588,42 +535,4 @@ async fn until_closed(
         })
     })
     .await
-}
-
-fn parse_since(value: &Value) -> Option<(String, u64)> {
-    let object = value.as_object()?;
-    let epoch = object.get("epoch")?.as_str()?.to_owned();
-    let offset = object.get("offset")?.as_u64()?;
-    Some((epoch, offset))
-}
-
-/// `{"id":ID,"ok":true` (the caller adds fields and the closing brace).
-fn ok(id: Option<&Value>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(br#"{"id":"#);
-    write_id(&mut out, id);
-    out.extend_from_slice(br#","ok":true"#);
-    out
-}
-
-/// `{"id":ID,"ok":false,"error":{"code":CODE,"message":MESSAGE}}`
-fn error(id: Option<&Value>, code: &str, message: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + message.len());
-    out.extend_from_slice(br#"{"id":"#);
-    write_id(&mut out, id);
-    out.extend_from_slice(br#","ok":false,"error":{"code":"#);
-    json::string(&mut out, code);
-    out.extend_from_slice(br#","message":"#);
-    json::string(&mut out, message);
-    out.extend_from_slice(b"}}");
-    out
-}
-
-fn write_id(out: &mut Vec<u8>, id: Option<&Value>) {
-    match id {
-        Some(id) => {
-            let _ = serde_json::to_writer(&mut *out, id);
-        }
-        None => out.extend_from_slice(b"null"),
-    }
 }
