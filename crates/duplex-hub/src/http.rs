@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 server on the raw `TcpStream`: request heads parsed by
-//! [`duplex_proto::handshake::parse_request`], `Content-Length` bodies, keep-alive, the JSON API,
-//! the embedded web assets, and the upgrade to WebSocket on `/ws`.
+//! A small HTTP/1.1 server on the raw `TcpStream`: request heads (parsed and judged in
+//! `head.rs`), `Content-Length` bodies, keep-alive, the JSON API, the embedded web assets, and
+//! the upgrade to WebSocket on `/ws`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,23 +11,22 @@ use bytes::{Buf, Bytes, BytesMut};
 use duplex::WebSocket;
 use duplex_proto::Role;
 use duplex_proto::handshake::{
-    ClientOffer, HandshakeError, accept_response, parse_request, reject_response, validate_request,
+    ClientOffer, HandshakeError, accept_response, reject_response, validate_request,
 };
-use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
+use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
 use crate::outbox::OutboxStream;
 use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
-/// Largest request head.
-const MAX_HEAD: usize = 16 * 1024;
 /// How long a connection may sit between requests, or take to send a head or a body.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -112,33 +111,42 @@ impl Response {
 pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubState>) {
     let mut shutdown = hub.shutdown.clone();
     let mut buf = BytesMut::with_capacity(4096);
+    let max_body = hub.config.max_message_size;
     loop {
         let head = tokio::select! {
-            head = timeout(IDLE_TIMEOUT, read_head(&mut tcp, &mut buf)) => head,
+            head = timeout(IDLE_TIMEOUT, read_head(&mut tcp, &mut buf, max_body)) => head,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let (request, consumed) = match head {
-            Ok(Ok(Some(parsed))) => parsed,
+        let Head {
+            request,
+            len,
+            keep_alive,
+            body,
+        } = match head {
+            Ok(Ok(Some(head))) => head,
             // EOF or idle between requests, or a read error: nothing to answer.
             Ok(Ok(None)) | Ok(Err(HeadError::Io)) | Err(_) => return,
             Ok(Err(HeadError::Invalid(e))) => return refuse(tcp, &e.response()).await,
         };
-        buf.advance(consumed);
+        buf.advance(len);
         if request.uri().path() == "/ws" {
             upgrade(tcp, request, buf, peer, hub).await;
             return;
         }
         hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
-        let mut keep_alive = wants_keep_alive(&request);
+        let mut keep_alive = keep_alive;
 
-        let body = match read_body(&mut tcp, &mut buf, &request, &hub).await {
-            Ok(body) => body,
-            Err(BodyError::Io) => return,
+        let framing = match body {
+            Ok(framing) => framing,
             // The rest of the request cannot be framed: answer, then close gracefully.
-            Err(BodyError::Reply(response)) => {
+            Err(e) => {
+                let response = Response::error(e.status(), &e.message());
                 return refuse(tcp, &response.encode(false, head_only)).await;
             }
+        };
+        let Some(body) = read_body(&mut tcp, &mut buf, framing).await else {
+            return;
         };
         let response = route(&hub, &request, body).await;
         if *shutdown.borrow() {
@@ -164,11 +172,12 @@ enum HeadError {
 async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Result<Option<(Request<()>, usize)>, HeadError> {
+    max_body: usize,
+) -> Result<Option<Head>, HeadError> {
     loop {
         if !buf.is_empty() {
-            if let Some(parsed) = parse_request(buf, MAX_HEAD).map_err(HeadError::Invalid)? {
-                return Ok(Some(parsed));
+            if let Some(head) = parse_head(buf, max_body).map_err(HeadError::Invalid)? {
+                return Ok(Some(head));
             }
         }
         buf.reserve(4096);
@@ -180,78 +189,12 @@ async fn read_head(
     }
 }
 
-fn wants_keep_alive(request: &Request<()>) -> bool {
-    let connection = request
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .fold((false, false), |(close, keep), token| {
-            (
-                close || token.eq_ignore_ascii_case("close"),
-                keep || token.eq_ignore_ascii_case("keep-alive"),
-            )
-        });
-    match request.version() {
-        Version::HTTP_10 => connection.1 && !connection.0,
-        _ => !connection.0,
-    }
-}
-
-enum BodyError {
-    Io,
-    Reply(Response),
-}
-
-async fn read_body(
-    tcp: &mut TcpStream,
-    buf: &mut BytesMut,
-    request: &Request<()>,
-    hub: &HubState,
-) -> Result<Bytes, BodyError> {
-    let headers = request.headers();
-    let reply = |status, message: &str| Err(BodyError::Reply(Response::error(status, message)));
-    if headers.contains_key(TRANSFER_ENCODING) {
-        return reply(
-            StatusCode::LENGTH_REQUIRED,
-            "chunked bodies are not supported: send Content-Length",
-        );
-    }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    let length = match (lengths.next(), lengths.next()) {
-        (None, _) if request.method() == Method::POST => {
-            return reply(StatusCode::LENGTH_REQUIRED, "POST needs a Content-Length");
-        }
-        (None, _) => 0,
-        (Some(value), None) => match value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            Some(n) => n,
-            None => return reply(StatusCode::BAD_REQUEST, "invalid Content-Length"),
-        },
-        (Some(_), Some(_)) => {
-            return reply(StatusCode::BAD_REQUEST, "more than one Content-Length");
-        }
-    };
-    let max = hub.config.max_message_size;
-    if length > max as u64 {
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body of {length} bytes is over the limit of {max} bytes"),
-        );
-    }
-    let length = length as usize;
-    let expects_continue = headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && buf.len() < length {
-        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| BodyError::Io)?;
+/// Reads a body of `framing.length` bytes (answering `100 Continue` first if the client waits
+/// for it). `None`: the connection failed or timed out.
+async fn read_body(tcp: &mut TcpStream, buf: &mut BytesMut, framing: BodyFraming) -> Option<Bytes> {
+    let length = framing.length;
+    if framing.expects_continue && buf.len() < length {
+        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
     }
     let read = async {
         while buf.len() < length {
@@ -263,8 +206,8 @@ async fn read_body(
         Ok::<(), std::io::Error>(())
     };
     match timeout(IDLE_TIMEOUT, read).await {
-        Ok(Ok(())) => Ok(buf.split_to(length).freeze()),
-        _ => Err(BodyError::Io),
+        Ok(Ok(())) => Some(buf.split_to(length).freeze()),
+        _ => None,
     }
 }
 
@@ -596,25 +539,6 @@ async fn refuse(mut tcp: TcpStream, response: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(target: &str) -> Request<()> {
-        Request::get(target).body(()).unwrap()
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        let mut r = request("/");
-        assert!(wants_keep_alive(&r));
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        assert!(!wants_keep_alive(&r));
-        let mut r = request("/");
-        *r.version_mut() = Version::HTTP_10;
-        assert!(!wants_keep_alive(&r));
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(wants_keep_alive(&r));
-    }
 
     #[test]
     fn assets_include_the_demo_page_and_client() {

@@ -37,6 +37,9 @@ pub mod auth;
 pub mod broker;
 mod config;
 mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
+mod head;
 mod http;
 mod ids;
 mod json;
