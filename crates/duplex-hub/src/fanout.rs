@@ -327,7 +327,11 @@ mod tests {
         for (conn, outbox) in outboxes.iter().enumerate() {
             let subscriber = Subscriber::new(conn as u64, outbox.clone(), false);
             fanout
-                .subscribe("chat", subscriber, &crate::MemoryBroker::new(0, None))
+                .subscribe(
+                    "chat",
+                    subscriber,
+                    &crate::memory::MemoryBroker::new(0, None),
+                )
                 .await
                 .unwrap();
         }

@@ -2,7 +2,7 @@
 //! bytes. Each runs the very function the server runs and discards the result; none may
 //! panic, whatever the bytes. Not part of the hub's API (hidden from its docs).
 
-use crate::HubConfig;
+use crate::config::HubConfig;
 
 /// Parses `bytes` as a WebSocket text message carrying a command (`protocol::Command::parse`),
 /// and, as the API would, as the body of `POST /api/publish`.

@@ -4,6 +4,34 @@
 //! recovery, an HTTP publish API, HS256 token auth and Prometheus metrics, on one port.
 //! The protocol, configuration and policies are documented in `docs/hub.md`.
 //!
+//! ## Modules
+//!
+//! One line per module, in layers: a module uses only modules listed below it (no import
+//! cycles; the test `modules_use_only_the_modules_below_them` checks this list against the
+//! sources).
+//!
+//! ```text
+//! fuzzing   doc-hidden entry points running the parsers below on arbitrary bytes (fuzz/)
+//! server    Hub and HubHandle: binding, the accept loop, graceful shutdown
+//! http      one TCP connection: HTTP/1.1 requests, the JSON API, web assets, the /ws upgrade
+//! session   one WebSocket connection's driver: runs its commands, drains its outbox
+//! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
+//! fanout    the node's local subscribers per channel; encodes a push once, delivers to each
+//! outbox    one connection's outbound path: direct writes, the bounded queue, Delivery
+//! head      HTTP/1.1 request heads, pure: parsed request, keep-alive, body framing
+//! protocol  typed commands (Command::parse), HTTP API inputs, ErrorCode, Refusal, replies
+//! memory    MemoryBroker: offsets, epochs, history and presence in one process
+//! json      hand-written JSON envelopes that embed publication data as it was published
+//! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
+//! auth      HS256 tokens, grants (channel patterns), constant-time comparison
+//! metrics   counters and histograms, rendered for Prometheus
+//! limit     TokenBucket: the per-connection publish rate limit
+//! ids       random stream epochs and client ids
+//! broker    the Broker trait and what it speaks (publications, positions, history, presence)
+//! ```
+//!
+//! ## Data flow
+//!
 //! ```text
 //!   HTTP/1.1 (raw TcpStream) ── /api/publish ──▶ Broker ── offset + history ──┐
 //!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (MemoryBroker by default)    │ on_publication
@@ -100,5 +128,66 @@ async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The module map at the top of this file, top layer first.
+    fn module_map() -> Vec<String> {
+        let lib = include_str!("lib.rs");
+        let start = lib.find("//! ```text\n").expect("module map") + "//! ```text\n".len();
+        let end = start + lib[start..].find("//! ```").expect("end of module map");
+        lib[start..end]
+            .lines()
+            .map(|line| line.trim_start_matches("//!").split_whitespace().next())
+            .map(|name| name.expect("a module name on every line").to_owned())
+            .collect()
+    }
+
+    /// The modules `source` names as `crate::module`, outside comments.
+    fn uses(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for line in source.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                found.push(name);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn modules_use_only_the_modules_below_them() {
+        let map = module_map();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter_map(|name| name.strip_suffix(".rs").map(str::to_owned))
+            .filter(|name| name != "lib")
+            .collect();
+        files.sort();
+        let mut listed = map.clone();
+        listed.sort();
+        assert_eq!(files, listed, "every module has one line in the map");
+        for (layer, module) in map.iter().enumerate() {
+            let source = std::fs::read_to_string(src.join(format!("{module}.rs"))).unwrap();
+            for used in uses(&source) {
+                let below = map.iter().position(|m| *m == used);
+                assert!(
+                    below.is_some_and(|below| below > layer),
+                    "{module} uses crate::{used}, which is not listed below it"
+                );
+            }
+        }
+        // The check sees imports at all.
+        assert_eq!(uses("use crate::broker::Broker; // crate::x"), ["broker"]);
     }
 }
