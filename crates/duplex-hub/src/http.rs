@@ -392,17 +392,17 @@ async fn upgrade(
     request: Request<()>,
     leftover: BytesMut,
     peer: SocketAddr,
-    hub: Arc<HubState>,
+    shared: Arc<HubState>,
 ) {
     let offer = match validate_request(&request) {
         Ok(offer) => offer,
         Err(e) => return refuse(tcp, &e.response()).await,
     };
-    let grants = match admit(&hub, &request, &offer) {
+    let grants = match admit(&shared, &request, &offer) {
         Ok(grants) => grants,
         Err((status, reason)) => {
             tracing::debug!(%peer, %status, reason, "websocket refused");
-            hub.metrics.connections_refused.fetch_add(1, Relaxed);
+            shared.metrics.connections_refused.fetch_add(1, Relaxed);
             let mut headers = HeaderMap::new();
             if status == StatusCode::UNAUTHORIZED {
                 headers.insert(
@@ -413,15 +413,15 @@ async fn upgrade(
             return refuse(tcp, &reject_response(status, &reason, &headers)).await;
         }
     };
-    let open = hub.websockets.fetch_add(1, Relaxed);
-    let _slot = WebSocketSlot(&hub);
-    if open >= hub.config.max_connections {
-        hub.metrics.connections_refused.fetch_add(1, Relaxed);
+    let open = shared.websockets.fetch_add(1, Relaxed);
+    let _slot = WebSocketSlot(&shared);
+    if open >= shared.config.max_connections {
+        shared.metrics.connections_refused.fetch_add(1, Relaxed);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         let reason = format!(
             "too many connections (limit {}); try again later",
-            hub.config.max_connections
+            shared.config.max_connections
         );
         return refuse(
             tcp,
@@ -430,7 +430,7 @@ async fn upgrade(
         .await;
     }
 
-    let (negotiated, extensions) = negotiate_deflate(&hub, &offer);
+    let (negotiated, extensions) = negotiate_deflate(&shared, &offer);
     let response = accept_response(&offer, None, extensions.as_deref(), &HeaderMap::new());
     if timeout(IDLE_TIMEOUT, tcp.write_all(&response))
         .await
@@ -438,12 +438,12 @@ async fn upgrade(
     {
         return;
     }
-    let (stream, outbox) = OutboxStream::new(tcp, hub.config.queue_bytes, negotiated);
+    let (stream, outbox) = OutboxStream::new(tcp, shared.config.queue_bytes, negotiated);
     let ws = WebSocket::from_raw(
         stream,
         Role::Server,
-        hub.ws_config.clone(),
-        hub.ws_options.clone(),
+        shared.ws_config.clone(),
+        shared.ws_options.clone(),
         leftover,
         None,
     );
@@ -458,16 +458,16 @@ async fn upgrade(
         None => ws,
     };
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(ws, outbox, hub.clone(), grants, shared_deflate).await;
+    crate::session::run(ws, outbox, shared.clone(), grants, shared_deflate).await;
 }
 
 /// Origin and token checks: the grants, or the refusal's status and reason.
 fn admit(
-    hub: &HubState,
+    shared: &HubState,
     request: &Request<()>,
     offer: &ClientOffer,
 ) -> Result<Grants, (StatusCode, String)> {
-    let config = &hub.config;
+    let config = &shared.config;
     if !config.allowed_origins.is_empty() {
         let allowed = offer
             .origin
@@ -503,13 +503,13 @@ fn admit(
 }
 
 fn negotiate_deflate(
-    hub: &HubState,
+    shared: &HubState,
     offer: &ClientOffer,
 ) -> (
     Option<duplex_proto::extensions::deflate::Negotiated>,
     Option<String>,
 ) {
-    let (Some(config), Some(header)) = (&hub.deflate, &offer.extensions) else {
+    let (Some(config), Some(header)) = (&shared.deflate, &offer.extensions) else {
         return (None, None);
     };
     let Ok(offers) = duplex_proto::extensions::parse(header) else {
