@@ -120,7 +120,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
         let Head {
             request,
             len,
-            keep_alive,
+            mut keep_alive,
             body,
         } = match head {
             Ok(Ok(Some(head))) => head,
@@ -135,7 +135,6 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
         }
         hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
-        let mut keep_alive = keep_alive;
 
         let framing = match body {
             Ok(framing) => framing,
