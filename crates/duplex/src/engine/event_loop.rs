@@ -712,7 +712,9 @@ impl<H: Handler> EventLoop<'_, H> {
     /// `duplex_proto::Timers`'); their resolution here is the sweep's second.
     fn sweep(&mut self) {
         let tick = self.tick;
-        let now = Instant::now();
+        // The second this sweep is for, not the clock's reading: sweeps then step the cores
+        // exactly a second apart, so jitter cannot make a 2 s timer wait for a third sweep.
+        let now = self.started + Duration::from_secs(u64::from(tick.saturating_sub(1)));
         if self.stopping.is_some_and(|deadline| tick >= deadline) {
             for index in 0..self.entries.len() {
                 self.remove(index);
