@@ -128,13 +128,17 @@ impl Timers {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let in_range = |d: Duration| d >= Duration::from_millis(1) && d <= MAX_TIMER;
         if !self.ping_interval.is_none_or(in_range) {
-            return Err(ConfigError("ping_interval must be between 1 ms and 49 days"));
+            return Err(ConfigError(
+                "ping_interval must be between 1 ms and 49 days",
+            ));
         }
         if !self.idle_timeout.is_none_or(in_range) {
             return Err(ConfigError("idle_timeout must be between 1 ms and 49 days"));
         }
         if !in_range(self.close_timeout) {
-            return Err(ConfigError("close_timeout must be between 1 ms and 49 days"));
+            return Err(ConfigError(
+                "close_timeout must be between 1 ms and 49 days",
+            ));
         }
         Ok(())
     }

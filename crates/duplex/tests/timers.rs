@@ -124,7 +124,11 @@ async fn keepalive_pings_only_a_quiet_peer() {
         while busy.elapsed() < Duration::from_millis(1500) {
             tcp.write_all(&masked(0x1, b"busy")).await.unwrap();
             let (first, payload) = read_frame(&mut tcp).await;
-            assert_eq!((first, &payload[..]), (0x81, &b"busy"[..]), "pinged while busy");
+            assert_eq!(
+                (first, &payload[..]),
+                (0x81, &b"busy"[..]),
+                "pinged while busy"
+            );
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
         // Quiet from here: a ping after the interval (checks every 75 ms), then one per

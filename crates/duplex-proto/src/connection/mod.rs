@@ -337,7 +337,9 @@ impl Connection {
     pub fn should_close_transport(&self) -> bool {
         self.peer_eof
             || self.clock.expired()
-            || (self.state == State::Closed && self.role == Role::Server && self.transmits.is_empty())
+            || (self.state == State::Closed
+                && self.role == Role::Server
+                && self.transmits.is_empty())
     }
 
     /// Whether the close timeout ran out: a Close was sent or received, or the connection

@@ -1081,7 +1081,10 @@ fn deterministic_masks_only_when_asked_for() {
     }
     let from_os = wire_mask_keys(&mut default);
     let predictable = from_os.iter().filter(|k| sequence.contains(k)).count();
-    assert_eq!(predictable, 0, "by default, keys do not come from the sequence");
+    assert_eq!(
+        predictable, 0,
+        "by default, keys do not come from the sequence"
+    );
 }
 
 // ---- timers (time passed in by hand: no runtime, no clock) ----
@@ -1169,7 +1172,11 @@ fn idle_timeout_sends_1001_then_the_close_timeout_closes_the_transport() {
     let mut server = timed(Role::Server, None, Some(2000), 700);
     let start = Instant::now();
     server.handle_timeout(start);
-    assert_eq!(server.poll_timeout(), Some(at(start, 500)), "quarter checks");
+    assert_eq!(
+        server.poll_timeout(),
+        Some(at(start, 500)),
+        "quarter checks"
+    );
     let mut client = Connection::new(Role::Client, Config::default());
     client.send(Message::text("hi")).unwrap();
     server.recv(&mut drain(&mut client)).unwrap();
@@ -1222,7 +1229,10 @@ fn the_server_closes_the_transport_first_and_the_client_waits_for_it() {
     client.recv(&mut drain(&mut server)).unwrap();
     let _ = events(&mut client);
     assert!(client.is_closed());
-    assert!(!client.should_close_transport(), "its Close reply is queued");
+    assert!(
+        !client.should_close_transport(),
+        "its Close reply is queued"
+    );
     server.recv(&mut drain(&mut client)).unwrap();
     let _ = events(&mut server);
     assert!(server.is_closed() && server.should_close_transport());
@@ -1247,7 +1257,10 @@ fn the_server_closes_the_transport_first_and_the_client_waits_for_it() {
 fn a_failure_closes_a_server_transport_once_its_close_is_written() {
     let mut server = Connection::new(Role::Server, Config::default());
     assert!(server.recv(&mut raw_frame(true, 0, 1, None, b"x")).is_err());
-    assert!(!server.should_close_transport(), "the Close is still queued");
+    assert!(
+        !server.should_close_transport(),
+        "the Close is still queued"
+    );
     let _ = drain(&mut server);
     assert!(server.should_close_transport());
     // The peer ending the transport early closes it too, and the connection with it.

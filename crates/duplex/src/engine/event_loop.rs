@@ -579,34 +579,32 @@ impl<H: Handler> EventLoop<'_, H> {
         // A violation is reported below, from `protocol_error`, whether this call found it or
         // the drain below carried it out (after the messages before it were answered).
         let _ = open.conn.recv(buf);
-        {
-            while let Some(event) = open.conn.poll_event() {
-                match event {
-                    Event::Message(message) => {
-                        let mut socket = Socket {
-                            id,
-                            conn: &mut open.conn,
-                        };
-                        self.handler.on_message(&mut socket, message);
-                    }
-                    Event::Close(frame) => {
-                        if !open.notified {
-                            open.notified = true;
-                            let (code, reason) = match &frame {
-                                Some(frame) => (frame.code, frame.reason.as_str()),
-                                None => (CloseCode::NO_STATUS, ""),
-                            };
-                            self.handler.on_close(id, code, reason);
-                        }
-                    }
-                    // Pongs are queued by the connection; fragments are off.
-                    Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
+        while let Some(event) = open.conn.poll_event() {
+            match event {
+                Event::Message(message) => {
+                    let mut socket = Socket {
+                        id,
+                        conn: &mut open.conn,
+                    };
+                    self.handler.on_message(&mut socket, message);
                 }
+                Event::Close(frame) => {
+                    if !open.notified {
+                        open.notified = true;
+                        let (code, reason) = match &frame {
+                            Some(frame) => (frame.code, frame.reason.as_str()),
+                            None => (CloseCode::NO_STATUS, ""),
+                        };
+                        self.handler.on_close(id, code, reason);
+                    }
+                }
+                // Pongs are queued by the connection; fragments are off.
+                Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
             }
-            if let (Some(e), false) = (open.conn.protocol_error(), open.notified) {
-                open.notified = true;
-                self.handler.on_close(id, e.close_code(), &e.to_string());
-            }
+        }
+        if let (Some(e), false) = (open.conn.protocol_error(), open.notified) {
+            open.notified = true;
+            self.handler.on_close(id, e.close_code(), &e.to_string());
         }
         if !chunk.is_empty() {
             // A partial header or control frame: the only bytes a connection keeps.
@@ -737,7 +735,11 @@ impl<H: Handler> EventLoop<'_, H> {
             };
             // `None`: no timer runs, or the clock is not started (the first sweep after the
             // upgrade starts it); stepping then is harmless.
-            if open.conn.poll_timeout().is_some_and(|deadline| deadline > now) {
+            if open
+                .conn
+                .poll_timeout()
+                .is_some_and(|deadline| deadline > now)
+            {
                 continue;
             }
             open.conn.handle_timeout(now);

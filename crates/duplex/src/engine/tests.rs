@@ -656,7 +656,11 @@ fn keepalive_pings_only_a_quiet_peer() {
     while busy.elapsed() < Duration::from_millis(3500) {
         tcp.write_all(&masked_any(0x1, b"busy")).unwrap();
         let (first, payload) = read_frame(&mut tcp);
-        assert_eq!((first, &payload[..]), (0x81, &b"busy"[..]), "pinged while busy");
+        assert_eq!(
+            (first, &payload[..]),
+            (0x81, &b"busy"[..]),
+            "pinged while busy"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let quiet = Instant::now();
