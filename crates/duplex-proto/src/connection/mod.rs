@@ -175,11 +175,6 @@ impl std::fmt::Debug for Transmit {
 pub struct Connection {
     role: Role,
     state: State,
-    /// Bytes were fed since the last `handle_timeout`, which dates them (so `recv` reads no
-    /// clock: one store per call).
-    received: bool,
-    /// The peer ended its side of the transport ([`Connection::recv_eof`]).
-    peer_eof: bool,
     limits: Limits,
     mask_keys: MaskKeySource,
     incoming: Incoming,
@@ -188,6 +183,8 @@ pub struct Connection {
     /// for [`Connection::protocol_error`]. Boxed: rare, and the state lives in every connection.
     end: Option<Box<End>>,
     clock: Clock,
+    /// The `now` of the last `handle_timeout`; `None` until the first starts the clock.
+    clock_at: Option<Instant>,
     /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
     sending_fragmented: Option<(DataKind, bool)>,
     /// permessage-deflate's send side, once negotiated.
@@ -230,10 +227,9 @@ impl Connection {
         Connection {
             role,
             incoming: Incoming::new(&limits),
-            received: false,
-            peer_eof: false,
             end: None,
             clock: Clock::new(&config.timers),
+            clock_at: None,
             limits,
             state: State::Open,
             mask_keys: os_mask_key,
@@ -335,7 +331,7 @@ impl Connection {
     ///   ([`Connection::close_timed_out`]): now, whatever is still queued.
     #[inline]
     pub fn should_close_transport(&self) -> bool {
-        self.peer_eof
+        self.clock.eof()
             || self.clock.expired()
             || (self.state == State::Closed
                 && self.role == Role::Server
@@ -356,7 +352,7 @@ impl Connection {
     /// application sees it as code 1006, section 7.1.5); either way the transport is to be
     /// closed ([`Connection::should_close_transport`]).
     pub fn recv_eof(&mut self) {
-        self.peer_eof = true;
+        self.clock.note_eof();
         if self.state != State::Closed {
             self.state = State::Closed;
             self.sending_fragmented = None;
@@ -382,7 +378,7 @@ impl Connection {
     /// ```
     #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.clock.next(self.state != State::Open)
+        self.clock.next(self.clock_at, self.state != State::Open)
     }
 
     /// Runs the timers up to `now` (see [`Timers`](crate::config::Timers) for what they mean):
@@ -391,8 +387,8 @@ impl Connection {
     /// Write what it queued and close the transport if told to. The first call starts the
     /// clock. Calling it early or often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let received = std::mem::take(&mut self.received);
-        match self.clock.step(now, received, self.state != State::Open) {
+        let closing = self.state != State::Open;
+        match self.clock.step(&mut self.clock_at, now, closing) {
             Tick::Nothing => {}
             Tick::Ping => self.queue_frame(true, OpCode::Ping, Bytes::new()),
             Tick::Idle => {
@@ -457,7 +453,7 @@ impl Connection {
     #[inline]
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
         // Dated by the next `handle_timeout`: no clock read here.
-        self.received = true;
+        self.clock.note_received();
         if self.state == State::Closed || self.end.is_some() {
             buf.clear();
             return Ok(());

@@ -1268,3 +1268,12 @@ fn a_failure_closes_a_server_transport_once_its_close_is_written() {
     server.recv_eof();
     assert!(server.is_closed() && server.should_close_transport());
 }
+
+/// Every idle connection holds one: the timers added 32 bytes to 232 (the clock's last step,
+/// its settings and state as `u32` milliseconds, flags sharing a word with the role and state).
+#[test]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn a_connection_stays_small() {
+    let size = std::mem::size_of::<Connection>();
+    assert!(size <= 264, "Connection grew to {size} bytes");
+}
