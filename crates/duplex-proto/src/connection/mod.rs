@@ -5,7 +5,8 @@
 //! A [`Connection`] never touches a socket. The runtime around it:
 //!
 //! 1. **feeds** received bytes with [`Connection::recv`],
-//! 2. **drains** what they produced with [`Connection::poll_event`],
+//! 2. **drains** what they produced with [`Connection::poll_event`], then reports a failure
+//!    from [`Connection::protocol_error`] (the peer's violation; its Close is already queued),
 //! 3. **commands** with [`Connection::send`], [`Connection::send_fragment`], [`Connection::ping`],
 //!    [`Connection::pong`] and [`Connection::close`],
 //! 4. **drains** the frames to write with [`Connection::poll_transmit`], and
