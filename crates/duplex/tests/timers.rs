@@ -151,3 +151,23 @@ async fn keepalive_pings_only_a_quiet_peer() {
     })
     .await;
 }
+
+/// Not a timer, but the same kind of decision moved into the core: what ends a connection
+/// behind other messages of the same read is carried out once they are answered, so the echo
+/// goes out before the Close (Autobahn 3.2, 5.15) without the runtime feeding again.
+#[tokio::test]
+async fn messages_before_a_violation_are_echoed_before_the_close() {
+    within(async {
+        let mut tcp = upgraded(WebSocketOptions::default()).await;
+        let mut bytes = masked(0x1, b"first");
+        let mut bad = masked(0x1, b"bad");
+        bad[0] |= 0x20; // RSV2: no extension defines it
+        bytes.extend_from_slice(&bad);
+        tcp.write_all(&bytes).await.unwrap();
+        assert_eq!(read_frame(&mut tcp).await, (0x81, b"first".to_vec()));
+        let (first, payload) = read_frame(&mut tcp).await;
+        assert_eq!((first, &payload[..2]), (0x88, &1002u16.to_be_bytes()[..]));
+        assert_eof(&mut tcp).await;
+    })
+    .await;
+}

@@ -672,3 +672,31 @@ fn keepalive_pings_only_a_quiet_peer() {
         "{after:?}"
     );
 }
+
+/// What ends a connection behind other messages in the same read is carried out by the core
+/// once they are answered: the echo goes out before the Close (Autobahn 3.2, 5.15), with no
+/// second `recv` from the loop.
+#[test]
+fn messages_before_a_violation_or_a_close_are_echoed_first() {
+    let echo = Echo::default();
+    let server = Server::start(EngineOptions::default(), echo.clone());
+    // A message, then a frame with RSV2 set (no extension defines it): 1002 after the echo.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let mut bytes = masked(0x1, true, b"first");
+    bytes.extend_from_slice(&masked_first(0xa1, b"bad"));
+    tcp.write_all(&bytes).unwrap();
+    assert_eq!(read_frame(&mut tcp), (0x81, b"first".to_vec()));
+    let (first, payload) = read_frame(&mut tcp);
+    assert_eq!((first, &payload[..2]), (0x88, &1002u16.to_be_bytes()[..]));
+    assert_eof(&mut tcp);
+    // A message, then the peer's Close: the echo, then the Close reply.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let mut bytes = masked(0x1, true, b"last");
+    bytes.extend_from_slice(&masked(0x8, true, &1000u16.to_be_bytes()));
+    tcp.write_all(&bytes).unwrap();
+    assert_eq!(read_frame(&mut tcp), (0x81, b"last".to_vec()));
+    assert_eq!(read_frame(&mut tcp), (0x88, 1000u16.to_be_bytes().to_vec()));
+    assert_eof(&mut tcp);
+    let codes: Vec<u16> = echo.closes.lock().unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(codes, [1002, 1000]);
+}
