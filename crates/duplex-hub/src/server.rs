@@ -78,6 +78,8 @@ impl Hub {
             max_frame_size: config.max_message_size,
             max_message_size: config.max_message_size,
             streaming_receive: false,
+            // Timers come from `ws_options` below.
+            ..duplex::Config::default()
         };
         let ws_options = WebSocketOptions {
             ping_interval: config.ping_interval,

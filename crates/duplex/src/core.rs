@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{
-    CloseCode, CloseFrame, Config, Connection, Event, Message, Role, State, UsageError,
+    CloseCode, CloseFrame, Config, Connection, Event, Message, Role, State, Timers, UsageError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -21,7 +21,8 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use crate::error::{Error, Timeout};
 
 /// Runtime options of a connection: timers and buffer sizes. Shared by both roles; the protocol
-/// limits live in [`duplex_proto::Config`].
+/// limits live in [`duplex_proto::Config`]. The timers are run by the protocol core and mean
+/// what [`duplex_proto::Timers`] says, in every runtime; these fields override the `Config`'s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -34,14 +35,16 @@ use crate::error::{Error, Timeout};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSocketOptions {
-    /// Send a ping this often while the connection is open. Default: none.
+    /// Send a ping when nothing was received for this long, and again every interval while
+    /// the peer stays quiet (a peer that keeps sending is not pinged). Default: none.
     ///
     /// Timers run while the receive side is polled (`recv`, `recv_event`, the `Stream`, or the
     /// [`WebSocketReceiver`](crate::WebSocketReceiver) half), which a live connection always is.
     pub ping_interval: Option<Duration>,
-    /// Fail the connection with [`Timeout::Idle`] when nothing at all was received for this
-    /// long (pair it with `ping_interval` shorter than it, so a healthy peer's pongs count).
-    /// Default: none.
+    /// When nothing at all was received for this long, start the close handshake with Close
+    /// 1001 "idle timeout" (pair it with `ping_interval` shorter than it, so a healthy peer's
+    /// pongs count). If the peer does not answer within `close_timeout`, the connection ends
+    /// with [`Timeout::Idle`]. Default: none.
     pub idle_timeout: Option<Duration>,
     /// How long the close handshake may take, from sending or receiving the first Close frame
     /// (or from a failure) until the transport is shut; after that the socket is abandoned.
@@ -136,8 +139,7 @@ pub(crate) struct Core<S> {
     /// header, the start of a control frame. Empty (and unallocated) most of the time: reads go
     /// to a per-thread scratch buffer, so an idle connection holds no read buffer.
     read_buf: BytesMut,
-    /// Bytes in `read_buf` not yet fed to the connection (the handshake's leftovers), or a feed
-    /// that stopped early so the application could answer first.
+    /// Bytes in `read_buf` not yet fed to the connection (the handshake's leftovers).
     unfed: bool,
     read_eof: bool,
     /// Written bytes that may sit in a buffer of the stream (TLS) until `poll_flush`.
@@ -149,11 +151,10 @@ pub(crate) struct Core<S> {
     /// The peer's Close frame, once it arrived.
     /// Boxed, like the rest of what a connection needs only at its end.
     peer_close: Option<Box<Option<CloseFrame>>>,
-    last_rx: Instant,
-    close_deadline: Option<Instant>,
-    close_timer: Option<Pin<Box<Sleep>>>,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    ping_timer: Option<Pin<Box<Sleep>>>,
+    /// Armed at the core's `poll_timeout()`: the one timer of the connection.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The core started the close for the idle timeout (reported if it goes unanswered).
+    idle_closed: bool,
     /// Set once split: the waker handed to the socket for writes.
     shared_write_waker: Option<Box<(Arc<WriteWakers>, Waker)>>,
     /// The receive side's waker, to wake it when the send side starts the close (arming a timer
@@ -181,8 +182,17 @@ impl<S> Core<S> {
         leftover: BytesMut,
         protocol: Option<String>,
     ) -> Self {
+        let config = Config {
+            timers: Timers {
+                ping_interval: options.ping_interval,
+                idle_timeout: options.idle_timeout,
+                close_timeout: options.close_timeout,
+            },
+            ..config
+        };
         let mut conn = Connection::new(role, config);
-        conn.set_mask_key_source(crate::rng::mask_key);
+        // Starts the core's clock.
+        conn.handle_timeout(Instant::now().into_std());
         Core {
             stream,
             conn,
@@ -200,11 +210,8 @@ impl<S> Core<S> {
             rx: Rx::Open,
             shut_down: false,
             peer_close: None,
-            last_rx: Instant::now(),
-            close_deadline: None,
-            close_timer: None,
-            idle_timer: None,
-            ping_timer: None,
+            timer: None,
+            idle_closed: false,
             shared_write_waker: None,
             reader_waker: None,
         }
@@ -243,33 +250,58 @@ impl<S> Core<S> {
         }
     }
 
-    /// Records a fatal error (the first one wins) and arms the close timer bounding teardown.
+    /// Records a fatal error (the first one wins). Unless it is the core's own (a violation,
+    /// whose Close is queued), the transport is of no more use: the core is told so, which
+    /// also starts its close timeout, bounding the teardown.
     fn fail(&mut self, error: Error, flush: bool) {
         if matches!(self.rx, Rx::Open) {
             tracing::debug!(%error, "websocket failed");
+            if !flush {
+                self.conn.recv_eof();
+            }
             self.rx = Rx::Failing {
                 error: Box::new(error),
                 flush,
             };
-            self.arm_close_deadline();
         }
     }
 
-    fn arm_close_deadline(&mut self) {
-        if self.close_deadline.is_none() {
-            self.close_deadline = Some(Instant::now() + self.options.close_timeout);
-        }
-    }
-
-    /// Whether the close deadline (if armed) has passed; registers the waker otherwise.
-    fn poll_close_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.close_deadline else {
+    /// Runs the core's timers: arms the one `Sleep` at `poll_timeout()` and, when it fires,
+    /// steps the core. Returns true if it stepped (the loop should look again: a ping or a
+    /// Close may be queued, the transport may have to close); registers the waker otherwise.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.conn.poll_timeout() else {
             return false;
         };
-        let timer = self
-            .close_timer
-            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-        timer.as_mut().poll(cx).is_ready()
+        let deadline = Instant::from_std(deadline);
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let was_open = self.conn.state() == State::Open;
+        self.conn.handle_timeout(Instant::now().into_std());
+        // Stepping starts a close only for the idle timeout.
+        self.idle_closed |= was_open && self.conn.state() != State::Open;
+        true
+    }
+
+    /// Whether the core's close timeout ran out; runs the timer (and registers the waker)
+    /// otherwise.
+    fn poll_close_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while !self.conn.close_timed_out() {
+            if !self.poll_timer(cx) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether sending is still possible as far as the transport goes.
@@ -306,7 +338,6 @@ impl<S> Core<S> {
             if let Some(event) = self.conn.poll_event() {
                 if let Event::Close(frame) = &event {
                     self.peer_close = Some(Box::new(frame.clone()));
-                    self.arm_close_deadline();
                 }
                 // A pong or a close reply may have been queued: send it now, even if the
                 // application only ever reads.
@@ -314,6 +345,13 @@ impl<S> Core<S> {
                     self.fail(Error::Io(e), false);
                 }
                 return Poll::Ready(Some(Ok(event)));
+            }
+
+            // A violation, found by `recv` or carried out by `poll_event` once the events
+            // before it were drained: its Close frame is queued.
+            if let (Rx::Open, Some(e)) = (&self.rx, self.conn.protocol_error()) {
+                let error = Error::Protocol(e.clone());
+                self.fail(error, true);
             }
 
             match self.rx {
@@ -334,18 +372,26 @@ impl<S> Core<S> {
                 continue;
             }
 
-            // The close handshake is over and our frames are out: a server closes TCP at once
-            // (RFC 6455 section 7.1.1), a client waits for the server to do so first.
-            if self.conn.is_closed() && !self.conn.has_pending_transmit() {
-                let fin_wait_over = self.read_eof || self.poll_close_expired(cx);
-                if self.conn.role() == Role::Server || fin_wait_over {
-                    ready!(self.poll_teardown(cx, true));
-                    self.rx = Rx::Done;
-                    return Poll::Ready(None);
+            // The core says when the transport goes (RFC 6455 section 7.1.1): a server once
+            // the close handshake is over and its frames are out, a client once the server
+            // closed first, either after the close timeout.
+            if self.conn.should_close_transport() {
+                if self.conn.close_timed_out() && !self.conn.is_closed() {
+                    // Our Close was never answered.
+                    let timeout = if self.idle_closed {
+                        Timeout::Idle
+                    } else {
+                        Timeout::Close
+                    };
+                    self.fail(Error::Timeout(timeout), false);
+                    continue;
                 }
+                ready!(self.poll_teardown(cx, true));
+                self.rx = Rx::Done;
+                return Poll::Ready(None);
             }
 
-            if self.poll_timers(cx) {
+            if self.poll_timer(cx) {
                 continue;
             }
 
@@ -371,10 +417,6 @@ impl<S> Core<S> {
                 };
                 if let Poll::Ready(Ok(n)) = read {
                     if n > 0 {
-                        // Read the clock only for the idle timer that needs it.
-                        if self.options.idle_timeout.is_some() {
-                            self.last_rx = Instant::now();
-                        }
                         if self.read_buf.is_empty() {
                             self.feed_from(&mut scratch);
                             if !scratch.is_empty() {
@@ -395,7 +437,9 @@ impl<S> Core<S> {
                 Poll::Ready(Err(e)) => self.fail(Error::Io(e), false),
                 Poll::Ready(Ok(0)) => {
                     self.read_eof = true;
-                    if !self.conn.is_closed() {
+                    let closed = self.conn.is_closed();
+                    self.conn.recv_eof();
+                    if !closed {
                         self.fail(Error::eof("connection closed without a close frame"), false);
                     }
                 }
@@ -415,13 +459,9 @@ impl<S> Core<S> {
 
     /// Feeds received bytes to the connection; what it leaves stays in `buf`.
     fn feed_from(&mut self, buf: &mut BytesMut) {
-        match self.conn.recv(buf) {
-            // A call that produced events may have stopped before a violation or the peer's
-            // Close, so the application can answer first: feed again once they are drained.
-            Ok(()) => self.unfed = self.conn.needs_recv(),
-            // The connection queued the Close frame with the right code: flush it, then report.
-            Err(e) => self.fail(e.into(), true),
-        }
+        // A violation is reported from `protocol_error` once the events before it are drained
+        // (`poll_event_inner`): the core queued its Close frame either way.
+        let _ = self.conn.recv(buf);
     }
 
     /// Turns on permessage-deflate with what the handshake negotiated.
@@ -433,51 +473,6 @@ impl<S> Core<S> {
         self.conn.set_deflate(negotiated);
     }
 
-    /// Runs the close, idle and keepalive timers. Returns true if something changed (a ping
-    /// queued, a failure recorded) and the loop should go round again.
-    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.conn.state() != State::Open && self.poll_close_expired(cx) {
-            if self.conn.is_closed() {
-                // Done waiting for the server's FIN.
-                self.read_eof = true;
-            } else {
-                self.fail(Error::Timeout(Timeout::Close), false);
-            }
-            return true;
-        }
-
-        if let Some(idle) = self.options.idle_timeout {
-            let deadline = self.last_rx + idle;
-            let timer = self
-                .idle_timer
-                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-            // Re-armed lazily: only when it fires early because data arrived meanwhile.
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = self.last_rx + idle;
-                if Instant::now() >= deadline {
-                    self.fail(Error::Timeout(Timeout::Idle), false);
-                    return true;
-                }
-                timer.as_mut().reset(deadline);
-            }
-        }
-
-        if let Some(interval) = self.options.ping_interval {
-            if self.conn.state() == State::Open {
-                let timer = self
-                    .ping_timer
-                    .get_or_insert_with(|| Box::pin(sleep_until(Instant::now() + interval)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    timer.as_mut().reset(Instant::now() + interval);
-                    // Only fails if the connection is closing, when no ping is wanted anyway.
-                    let _ = self.conn.ping(Bytes::new());
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
     /// Flushes (if `flush`) and shuts the transport, giving up at the close deadline.
     fn poll_teardown(&mut self, cx: &mut Context<'_>, flush: bool) -> Poll<()>
     where
@@ -486,7 +481,6 @@ impl<S> Core<S> {
         if self.shut_down {
             return Poll::Ready(());
         }
-        self.arm_close_deadline();
         if flush {
             match self.poll_write_out(cx, Side::Reader) {
                 Poll::Ready(_) => {}
@@ -609,8 +603,7 @@ impl<S> Core<S> {
     pub(crate) fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
         match self.conn.close(code, reason) {
             Ok(()) => {
-                self.arm_close_deadline();
-                // The receive side runs the close timer: make sure it sees the new deadline.
+                // The receive side runs the timer: make sure it sees the core's new deadline.
                 // Only on the transition, so polling a close repeatedly does not spin.
                 if let Some(waker) = self.reader_waker.take() {
                     waker.wake();

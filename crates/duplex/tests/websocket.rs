@@ -338,9 +338,12 @@ async fn idle_timeout_fails_a_silent_connection() {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(ws);
         });
+        // Idle: Close 1001 after 200 ms of silence; the server never reads it, so the close
+        // timeout (300 ms) ends the connection, reported as the idle timeout it came from.
         let options = ClientOptions {
             websocket: WebSocketOptions {
                 idle_timeout: Some(Duration::from_millis(200)),
+                close_timeout: Duration::from_millis(300),
                 ..WebSocketOptions::default()
             },
             ..ClientOptions::default()
@@ -353,6 +356,7 @@ async fn idle_timeout_fails_a_silent_connection() {
             ws.recv().await,
             Some(Err(Error::Timeout(Timeout::Idle)))
         ));
+        assert!(started.elapsed() >= Duration::from_millis(450));
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(ws.recv().await.is_none());
         assert!(matches!(

@@ -5,15 +5,35 @@
 //! A [`Connection`] never touches a socket. The runtime around it:
 //!
 //! 1. **feeds** received bytes with [`Connection::recv`],
-//! 2. **drains** what they produced with [`Connection::poll_event`],
+//! 2. **drains** what they produced with [`Connection::poll_event`], then reports a failure
+//!    from [`Connection::protocol_error`] (the peer's violation; its Close is already queued),
 //! 3. **commands** with [`Connection::send`], [`Connection::send_fragment`], [`Connection::ping`],
 //!    [`Connection::pong`] and [`Connection::close`],
 //! 4. **drains** the frames to write with [`Connection::poll_transmit`], and
-//! 5. shuts the transport once [`Connection::is_closed`] and nothing is left to transmit.
+//! 5. **runs the timers**: calls [`Connection::handle_timeout`] with the current time once when
+//!    the connection opens (that starts the core's clock), then whenever the deadline from
+//!    [`Connection::poll_timeout`] has passed (ask again after every call: feeding, commands
+//!    and timeouts move it), and
+//! 6. **closes the transport** when [`Connection::should_close_transport`] says so, after
+//!    telling the core about the peer's end of stream with [`Connection::recv_eof`].
 //!
-//! A protocol violation by the peer fails the connection in one step: `recv` returns the error
-//! and the Close frame with the matching code is already queued (section 7.1.7), so every runtime
-//! gets the close codes right without knowing them.
+//! The core reads no clock and has no randomness of its own but the operating system's, for a
+//! client's masking keys (section 5.3). What it decides, it decides for every runtime:
+//!
+//! - A protocol violation by the peer fails the connection in one step: `recv` returns the
+//!   error and the Close frame with the matching code is already queued (section 7.1.7), so
+//!   every runtime gets the close codes right without knowing them.
+//! - Whatever ends the connection (a violation, the peer's Close) while events are still
+//!   waiting is held back until they are drained: [`Connection::poll_event`] carries it out
+//!   when the queue runs empty, so what the application sends in answer to the messages that
+//!   came first goes out before the Close frame. No runtime has to feed again.
+//! - Timers ([`Timers`](crate::config::Timers) in [`Config::timers`]): a keepalive ping when
+//!   nothing was received for `ping_interval`; Close 1001 "idle timeout" when nothing was
+//!   received for `idle_timeout`; and `close_timeout` after a Close was sent or received (or
+//!   the failure), the transport must be closed whether the peer answered or not.
+//! - Who closes TCP first (section 7.1.1): a server as soon as the close handshake is over and
+//!   its frames are written; a client waits for the server to do it (its end of stream), or for
+//!   the close timeout.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -32,13 +52,16 @@
 //! assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
 //! ```
 
+mod mask_keys;
 mod prepared;
 mod recv;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,19 +70,18 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolError, UsageError};
 #[cfg(feature = "deflate")]
 use crate::frame::RSV1;
-use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
+use crate::frame::{
+    FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_unmasked_short, first_byte,
+    peek_payload_len,
+};
 use crate::mask::apply_mask;
 use crate::message::{DataKind, Message};
 use crate::role::Role;
 
+pub use mask_keys::{MaskKeySource, os_mask_key};
 pub use prepared::PreparedMessage;
 use recv::Incoming;
-
-/// Where a client's masking keys come from (RFC 6455 section 5.3: "unpredictable").
-///
-/// The core has no randomness of its own; runtimes pass a function backed by the operating
-/// system's generator.
-pub type MaskKeySource = fn() -> [u8; 4];
+use timer::{Clock, Tick};
 
 /// Something the peer sent, ready for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,15 +175,17 @@ impl std::fmt::Debug for Transmit {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
     state: State,
+    limits: Limits,
     mask_keys: MaskKeySource,
     incoming: Incoming,
-    /// A violation found after other events in the same `recv` call: reported by the next call,
-    /// so the application can answer what came before it (Autobahn 3.2, 4.1.3, 5.15).
-    pending_error: Option<Box<ProtocolError>>,
-    /// The last `recv` stopped early (see `recv`): call it again once events are drained.
-    deferred: bool,
+    /// How the connection ends, once known: held back until the events before it are drained
+    /// (Autobahn 3.2, 4.1.3, 5.15: the application answers what came first), then the failure
+    /// for [`Connection::protocol_error`]. Boxed: rare, and the state lives in every connection.
+    end: Option<Box<End>>,
+    clock: Clock,
+    /// The `now` of the last `handle_timeout`; `None` until the first starts the clock.
+    clock_at: Option<Instant>,
     /// Kind of the fragmented message we are sending, if one is open, and whether it is compressed.
     sending_fragmented: Option<(DataKind, bool)>,
     /// permessage-deflate's send side, once negotiated.
@@ -171,20 +195,45 @@ pub struct Connection {
     transmits: TxQueue,
 }
 
+/// How the connection ends (see `Connection::end`).
+#[derive(Debug)]
+enum End {
+    /// The peer's Close arrived after events still waiting to be drained.
+    PeerClose(Option<CloseFrame>),
+    /// A violation found after events still waiting to be drained.
+    Violation(ProtocolError),
+    /// The connection failed with this violation; its Close frame is queued.
+    Failed(ProtocolError),
+}
+
+/// The protocol limits of [`Config`], as the receive path reads them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) streaming_receive: bool,
+}
+
 impl Connection {
     /// A connection in the open state, right after the opening handshake.
     ///
-    /// Clients should call [`Connection::set_mask_key_source`]: until they do, masking keys come
-    /// from a deterministic sequence, which is fine for tests but not for the open web.
+    /// A client masks its frames with keys from the operating system's generator
+    /// ([`os_mask_key`]); [`Connection::set_mask_key_source`] sets another source.
     pub fn new(role: Role, config: Config) -> Connection {
+        let limits = Limits {
+            max_frame_size: config.max_frame_size,
+            max_message_size: config.max_message_size,
+            streaming_receive: config.streaming_receive,
+        };
         Connection {
             role,
-            incoming: Incoming::new(&config),
-            pending_error: None,
-            deferred: false,
-            config,
+            incoming: Incoming::new(&limits),
+            end: None,
+            clock: Clock::new(&config.timers),
+            clock_at: None,
+            limits,
             state: State::Open,
-            mask_keys: deterministic_mask_key,
+            mask_keys: os_mask_key,
             sending_fragmented: None,
             #[cfg(feature = "deflate")]
             deflate: None,
@@ -193,9 +242,19 @@ impl Connection {
         }
     }
 
-    /// Sets where masking keys come from (used by clients only).
+    /// Sets where masking keys come from (used by clients only). The default,
+    /// [`os_mask_key`], is what RFC 6455 section 5.3 asks for; change it only for a source at
+    /// least as unpredictable, or in tests.
     pub fn set_mask_key_source(&mut self, source: MaskKeySource) {
         self.mask_keys = source;
+    }
+
+    /// Masks with a predictable sequence (shared by every connection that asks for it), for
+    /// tests that compare wire bytes. Never for a client on the open web.
+    #[doc(hidden)]
+    pub fn with_deterministic_masks(mut self) -> Connection {
+        self.mask_keys = mask_keys::deterministic_mask_key;
+        self
     }
 
     /// Turns on permessage-deflate (RFC 7692) with the parameters the handshake agreed on.
@@ -239,9 +298,14 @@ impl Connection {
         self.role
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration (rebuilt: the connection keeps it in a compact form).
+    pub fn config(&self) -> Config {
+        Config {
+            max_frame_size: self.limits.max_frame_size,
+            max_message_size: self.limits.max_message_size,
+            streaming_receive: self.limits.streaming_receive,
+            timers: self.clock.timers(),
+        }
     }
 
     /// Where the close handshake stands.
@@ -250,12 +314,90 @@ impl Connection {
         self.state
     }
 
-    /// Whether the connection is finished: both Close frames exchanged or the connection failed.
-    /// Once [`Connection::has_pending_transmit`] is false too, the transport should be shut (a
-    /// server closes TCP first, RFC 6455 section 7.1.1; a client waits briefly for that).
+    /// Whether the connection is finished: both Close frames exchanged, the connection failed,
+    /// or the peer ended the transport. When to close the transport is
+    /// [`Connection::should_close_transport`]'s call.
     #[inline]
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Whether the runtime must close the transport now (RFC 6455 section 7.1.1):
+    ///
+    /// - a server, once the connection is closed and its last frames are written: it closes
+    ///   the TCP connection first;
+    /// - a client, once the server ended the transport ([`Connection::recv_eof`]) after the
+    ///   close handshake: it waits for that rather than closing first;
+    /// - either role, when the peer ended the transport, or when the close timeout ran out
+    ///   ([`Connection::close_timed_out`]): now, whatever is still queued.
+    #[inline]
+    pub fn should_close_transport(&self) -> bool {
+        self.clock.eof()
+            || self.clock.expired()
+            || (self.state == State::Closed
+                && self.role == Role::Server
+                && self.transmits.is_empty())
+    }
+
+    /// Whether the close timeout ran out: a Close was sent or received, or the connection
+    /// failed, [`Timers::close_timeout`](crate::config::Timers::close_timeout) ago, and the
+    /// transport is still open. The close handshake is over if [`Connection::is_closed`], else
+    /// it was never answered.
+    #[inline]
+    pub fn close_timed_out(&self) -> bool {
+        self.clock.expired()
+    }
+
+    /// Tells the core that the peer ended its side of the transport (a read returned 0 bytes).
+    /// Unless the close handshake was over, the connection is closed without one (the
+    /// application sees it as code 1006, section 7.1.5); either way the transport is to be
+    /// closed ([`Connection::should_close_transport`]).
+    pub fn recv_eof(&mut self) {
+        self.clock.note_eof();
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.sending_fragmented = None;
+        }
+    }
+
+    /// When the core next needs [`Connection::handle_timeout`]: the next keepalive or idle
+    /// check, or the close deadline. `None` when no timer runs (none configured, the clock not
+    /// started yet, or the close timeout already ran out). May be in the past: then call
+    /// `handle_timeout` at once (the core asks that way to date a close it just learned of).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use duplex_proto::config::{Config, Timers};
+    /// use duplex_proto::{Connection, Role};
+    /// let timers = Timers { ping_interval: Some(Duration::from_secs(20)), ..Timers::default() };
+    /// let mut conn = Connection::new(Role::Server, Config { timers, ..Config::default() });
+    /// assert_eq!(conn.poll_timeout(), None); // the clock starts with the first call
+    /// let start = Instant::now();
+    /// conn.handle_timeout(start);
+    /// // Checked at least every quarter of the interval (what arrived is dated at a check).
+    /// assert_eq!(conn.poll_timeout(), Some(start + Duration::from_secs(5)));
+    /// ```
+    #[inline]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.clock.next(self.clock_at, self.state != State::Open)
+    }
+
+    /// Runs the timers up to `now` (see [`Timers`](crate::config::Timers) for what they mean):
+    /// may queue a keepalive ping, start the close handshake with Close 1001 "idle timeout",
+    /// or make [`Connection::should_close_transport`] true when the close timeout ran out.
+    /// Write what it queued and close the transport if told to. The first call starts the
+    /// clock. Calling it early or often is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let closing = self.state != State::Open;
+        match self.clock.step(&mut self.clock_at, now, closing) {
+            Tick::Nothing => {}
+            Tick::Ping => self.queue_frame(true, OpCode::Ping, Bytes::new()),
+            Tick::Idle => {
+                self.queue_close(Some(CloseCode::GOING_AWAY), "idle timeout");
+                self.state = State::CloseSent;
+                self.clock.start_close();
+            }
+        }
     }
 
     /// How many bytes the frame that starts `buf` takes, header included, when it is a binary
@@ -285,21 +427,14 @@ impl Connection {
     #[inline]
     pub fn whole_frame_len(&self, buf: &[u8], at_least: usize) -> Option<usize> {
         let at_least = at_least.max(126);
-        let long_enough = match buf.get(1).map(|b1| b1 & 0x7f) {
-            Some(126) => buf
-                .get(2..4)
-                .is_some_and(|len| usize::from(u16::from_be_bytes([len[0], len[1]])) >= at_least),
-            Some(127) => true,
-            _ => false,
-        };
-        if !long_enough {
+        if peek_payload_len(buf).is_none_or(|len| len < at_least as u64) {
             return None;
         }
-        if self.state == State::Closed || self.pending_error.is_some() {
+        if self.state == State::Closed || self.end.is_some() {
             return None;
         }
         self.incoming
-            .whole_frame_len(buf, &self.config, self.role, at_least)
+            .whole_frame_len(buf, &self.limits, self.role, at_least)
     }
 
     /// Feeds received bytes.
@@ -311,73 +446,98 @@ impl Connection {
     /// On a protocol violation returns [`Error::Protocol`] and queues the Close frame with the
     /// matching code; the connection is then [`State::Closed`].
     ///
-    /// Whatever ends the connection (a violation, the peer's Close) is acted on only in a call
-    /// that produced no event before it: otherwise this call returns `Ok` and stops there, so
-    /// the application can answer the messages that came first, and [`Connection::needs_recv`]
-    /// says so: **after draining the events, call `recv` again**, even with no new bytes.
+    /// Whatever ends the connection (a violation, the peer's Close) while events are waiting
+    /// is held back, and nothing after it is read: [`Connection::poll_event`] carries it out
+    /// once they are drained, so the application can answer the messages that came first.
+    /// A violation carried out that way is not returned by any `recv`: see
+    /// [`Connection::protocol_error`].
     #[inline]
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
-        if let Some(e) = self.pending_error.take() {
-            buf.clear();
-            self.fail(&e);
-            return Err(Error::Protocol(*e));
-        }
-        if self.state == State::Closed {
+        // Dated by the next `handle_timeout`: no clock read here.
+        self.clock.note_received();
+        if self.state == State::Closed || self.end.is_some() {
             buf.clear();
             return Ok(());
         }
-        let events_before = self.events.len();
-        self.deferred = false;
         let mut out = recv::Output {
             events: &mut self.events,
             transmits: &mut self.transmits,
             role: self.role,
             mask_keys: self.mask_keys,
             answer_pings: self.state == State::Open,
-            events_before,
-            deferred: false,
         };
-        let consumed = self.incoming.consume(buf, &self.config, &mut out);
-        self.deferred = out.deferred;
-        match consumed {
+        match self.incoming.consume(buf, &self.limits, &mut out) {
             Ok(recv::Consumed::NeedMore) => Ok(()),
             Ok(recv::Consumed::PeerClosed(close)) => {
-                self.on_peer_close(close);
                 buf.clear();
-                Ok(())
-            }
-            Err(e) if self.events.len() > events_before => {
-                // Let the application see (and answer) what arrived before the violation.
-                buf.clear();
-                self.pending_error = Some(Box::new(e));
-                self.deferred = true;
+                if self.events.is_empty() {
+                    self.on_peer_close(close);
+                } else {
+                    self.end = Some(Box::new(End::PeerClose(close)));
+                }
                 Ok(())
             }
             Err(e) => {
                 buf.clear();
-                self.fail(&e);
-                Err(Error::Protocol(e))
+                if self.events.is_empty() {
+                    self.fail(e.clone());
+                    Err(Error::Protocol(e))
+                } else {
+                    // Let the application see (and answer) what arrived before the violation.
+                    self.end = Some(Box::new(End::Violation(e)));
+                    Ok(())
+                }
             }
         }
     }
 
     /// The next event, in the order the frames arrived.
+    ///
+    /// When the queue runs empty, carries out what [`Connection::recv`] held back behind the
+    /// events: the peer's Close (returned as [`Event::Close`], the reply queued) or a violation
+    /// (the Close frame queued, [`Connection::protocol_error`] set; returns `None`).
     #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        match self.events.pop_front() {
+            Some(event) => Some(event),
+            None if self.end.is_some() => self.carry_out_end(),
+            None => None,
+        }
     }
 
-    /// Whether the last [`Connection::recv`] stopped early, before a violation or the peer's
-    /// Close, so the application could answer what came first: once the events are drained,
-    /// call `recv` again (with no new bytes if none came).
-    #[inline]
-    pub fn needs_recv(&self) -> bool {
-        self.deferred
+    #[cold]
+    fn carry_out_end(&mut self) -> Option<Event> {
+        let end = self.end.take()?;
+        match *end {
+            End::PeerClose(close) => {
+                self.on_peer_close(close);
+                self.events.pop_front()
+            }
+            End::Violation(e) => {
+                self.fail(e);
+                None
+            }
+            failed @ End::Failed(_) => {
+                self.end = Some(Box::new(failed));
+                None
+            }
+        }
     }
 
-    /// Whether events are waiting for [`Connection::poll_event`].
+    /// The violation that failed the connection (section 7.1.7), once its Close frame is
+    /// queued: set by the `recv` that returned it, or by the `poll_event` that carried it out
+    /// after the events before it. Runtimes report it from here, after draining the events.
+    pub fn protocol_error(&self) -> Option<&ProtocolError> {
+        match self.end.as_deref() {
+            Some(End::Failed(e)) => Some(e),
+            Some(End::PeerClose(_) | End::Violation(_)) | None => None,
+        }
+    }
+
+    /// Whether events are waiting for [`Connection::poll_event`] (the peer's Close held back
+    /// behind drained events counts).
     pub fn has_pending_event(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || matches!(self.end.as_deref(), Some(End::PeerClose(_)))
     }
 
     /// Queues a whole message as one frame.
@@ -648,13 +808,15 @@ impl Connection {
 
     /// Fails the connection (section 7.1.7): the Close with the error's code, unless we already
     /// sent one.
-    fn fail(&mut self, error: &ProtocolError) {
+    #[cold]
+    fn fail(&mut self, error: ProtocolError) {
         if self.state == State::Open {
             let reason = error.to_string();
             self.queue_close(Some(error.close_code()), &reason);
         }
         self.state = State::Closed;
         self.sending_fragmented = None;
+        self.end = Some(Box::new(End::Failed(error)));
     }
 }
 
@@ -686,25 +848,11 @@ fn push_frame(
 ) {
     if !role.masks_outgoing() {
         // A server's frame under 64 KiB (most replies): nothing to mask, a 7- or 16-bit length.
-        let first = (u8::from(bits.fin) << 7) | ((bits.rsv & 0x7) << 4) | bits.opcode as u8;
-        let len = payload.len();
-        if len <= 125 {
-            let mut head = [0u8; MAX_HEADER_LEN];
-            head[0] = first;
-            head[1] = len as u8;
+        let first = first_byte(bits.fin, bits.rsv, bits.opcode);
+        if let Some((head, head_len)) = encode_unmasked_short(first, payload.len()) {
             return transmits.push(Transmit {
                 head,
-                head_len: 2,
-                payload,
-            });
-        }
-        if let Ok(len) = u16::try_from(len) {
-            let mut head = [0u8; MAX_HEADER_LEN];
-            let [hi, lo] = len.to_be_bytes();
-            head[..4].copy_from_slice(&[first, 126, hi, lo]);
-            return transmits.push(Transmit {
-                head,
-                head_len: 4,
+                head_len,
                 payload,
             });
         }
@@ -818,16 +966,4 @@ impl TxQueue {
             self.frames = VecDeque::new();
         }
     }
-}
-
-/// Deterministic keys for connections whose runtime set no source: a SplitMix64 walk. Adequate
-/// for tests and local tools; a client on the open web must use an unpredictable source.
-fn deterministic_mask_key() -> [u8; 4] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
-    let mut z = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    let bytes = (z ^ (z >> 31)).to_le_bytes();
-    [bytes[0], bytes[1], bytes[2], bytes[3]]
 }

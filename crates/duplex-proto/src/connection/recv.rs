@@ -9,11 +9,10 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{Event, FrameBits, MaskKeySource, push_frame};
+use super::{Event, FrameBits, Limits, MaskKeySource, push_frame};
 use crate::close::{CloseCode, CloseFrame};
-use crate::config::Config;
 use crate::error::ProtocolError;
-use crate::frame::{FrameHeader, OpCode, RSV1};
+use crate::frame::{FrameHeader, OpCode, RSV1, decode_short};
 use crate::mask::apply_mask;
 use crate::message::{DataKind, Message, Utf8Bytes};
 use crate::role::Role;
@@ -27,17 +26,11 @@ pub(super) struct Output<'a> {
     pub(super) mask_keys: MaskKeySource,
     /// Pongs are sent only while the connection is open (not after our Close).
     pub(super) answer_pings: bool,
-    /// Events queued before this call: the peer's Close waits for a call that starts with none
-    /// new, so replies to earlier messages go out before the close handshake ends.
-    pub(super) events_before: usize,
-    /// Set when the call stopped before the peer's Close to let earlier events be answered.
-    pub(super) deferred: bool,
 }
 
 /// Why [`Incoming::consume`] returned.
 pub(super) enum Consumed {
-    /// Everything usable was consumed and more bytes are needed, or the call stopped before
-    /// the peer's Close so earlier events can be answered first.
+    /// Everything usable was consumed and more bytes are needed.
     NeedMore,
     /// The peer's Close frame arrived (validated); nothing after it is read.
     PeerClosed(Option<CloseFrame>),
@@ -78,7 +71,7 @@ struct MessageInProgress {
 }
 
 impl Incoming {
-    pub(super) fn new(_config: &Config) -> Self {
+    pub(super) fn new(_config: &Limits) -> Self {
         Incoming::default()
     }
 
@@ -93,7 +86,7 @@ impl Incoming {
     pub(super) fn whole_frame_len(
         &self,
         buf: &[u8],
-        config: &Config,
+        config: &Limits,
         role: Role,
         at_least: usize,
     ) -> Option<usize> {
@@ -128,7 +121,7 @@ impl Incoming {
     pub(super) fn consume(
         &mut self,
         buf: &mut BytesMut,
-        config: &Config,
+        config: &Limits,
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
         while self.frame.is_none() && self.message.is_none() {
@@ -147,7 +140,7 @@ impl Incoming {
     fn consume_general(
         &mut self,
         buf: &mut BytesMut,
-        config: &Config,
+        config: &Limits,
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
         // `consume` has just tried the shortcut on what `buf` starts with.
@@ -187,11 +180,6 @@ impl Incoming {
                 let len = frame.remaining as usize;
                 if buf.len() < len {
                     self.frame = Some(frame);
-                    return Ok(Consumed::NeedMore);
-                }
-                if header.opcode == OpCode::Close && out.events.len() > out.events_before {
-                    self.frame = Some(frame);
-                    out.deferred = true;
                     return Ok(Consumed::NeedMore);
                 }
                 self.frame = None;
@@ -334,44 +322,28 @@ impl Incoming {
     fn consume_whole_frame(
         &mut self,
         buf: &mut BytesMut,
-        config: &Config,
+        config: &Limits,
         out: &mut Output<'_>,
     ) -> Result<bool, ProtocolError> {
-        let [b0, b1, ..] = buf[..] else {
+        let Some(header) = decode_short(buf) else {
             return Ok(false);
         };
         // FIN set, no RSV bit, and an opcode that starts a message.
-        let kind = match b0 {
+        let kind = match header.first {
             0x81 => DataKind::Text,
             0x82 => DataKind::Binary,
             _ => return Ok(false),
         };
-        if config.streaming_receive || (b1 & 0x80 != 0) != out.role.requires_masked_incoming() {
+        let (len, start) = (header.payload_len, header.len);
+        if config.streaming_receive
+            || header.mask.is_some() != out.role.requires_masked_incoming()
+            || len > config.max_frame_size
+            || len > config.max_message_size
+            || buf.len() < start + len
+        {
             return Ok(false);
         }
-        let (len, mut start) = match b1 & 0x7f {
-            126 => match buf.get(2..4) {
-                Some(&[hi, lo]) => (usize::from(u16::from_be_bytes([hi, lo])), 4),
-                _ => return Ok(false),
-            },
-            127 => return Ok(false),
-            len => (usize::from(len), 2),
-        };
-        if len > config.max_frame_size || len > config.max_message_size {
-            return Ok(false);
-        }
-        let key = if b1 & 0x80 != 0 {
-            let Some(&[k0, k1, k2, k3]) = buf.get(start..start + 4) else {
-                return Ok(false);
-            };
-            start += 4;
-            Some([k0, k1, k2, k3])
-        } else {
-            None
-        };
-        if buf.len() < start + len {
-            return Ok(false);
-        }
+        let key = header.mask;
         buf.advance(start);
         let mut payload = if buf.len() == len {
             // The frame ends the buffer (one message per read): take it all, no split.
@@ -400,7 +372,7 @@ impl Incoming {
     fn check_header(
         &mut self,
         header: &FrameHeader,
-        config: &Config,
+        config: &Limits,
         role: Role,
     ) -> Result<(), ProtocolError> {
         match (role.requires_masked_incoming(), header.mask.is_some()) {

@@ -254,16 +254,23 @@ fn messages_before_a_violation_can_still_be_answered() {
     let mut wire = client_frame(true, 0, 1, b"echo me");
     wire.extend_from_slice(&client_frame(true, 0b010, 1, b"bad"));
     server.recv(&mut wire).unwrap();
-    assert!(server.needs_recv());
+    assert!(wire.is_empty(), "nothing after the violation is read");
     assert_eq!(
-        events(&mut server),
-        vec![Event::Message(Message::text("echo me"))]
+        server.poll_event(),
+        Some(Event::Message(Message::text("echo me")))
     );
+    assert_eq!(server.state(), State::Open);
+    assert_eq!(server.protocol_error(), None);
     server.send(Message::text("echo me")).unwrap();
+    // Drained: the violation is carried out without another `recv`.
+    assert_eq!(server.poll_event(), None);
     assert_eq!(
-        server.recv(&mut BytesMut::new()),
-        Err(Error::Protocol(ProtocolError::ReservedBits(0b010)))
+        server.protocol_error(),
+        Some(&ProtocolError::ReservedBits(0b010))
     );
+    assert!(server.is_closed());
+    assert_eq!(server.recv(&mut client_frame(true, 0, 1, b"more")), Ok(()));
+    assert_eq!(server.poll_event(), None);
     let wire = drain(&mut server);
     assert_eq!(
         &wire[..9],
@@ -279,19 +286,20 @@ fn messages_before_the_peers_close_are_answered_before_the_reply() {
     let mut wire = client_frame(true, 0, 1, b"last words");
     wire.extend_from_slice(&client_frame(true, 0, 8, &1000u16.to_be_bytes()));
     server.recv(&mut wire).unwrap();
-    assert!(server.needs_recv());
+    assert!(server.has_pending_event());
     assert_eq!(
-        events(&mut server),
-        vec![Event::Message(Message::text("last words"))]
+        server.poll_event(),
+        Some(Event::Message(Message::text("last words")))
     );
     assert_eq!(server.state(), State::Open);
+    assert!(server.has_pending_event(), "the Close is still to come");
     server.send(Message::text("last words")).unwrap();
-    server.recv(&mut wire).unwrap();
-    assert!(!server.needs_recv());
     assert_eq!(
         events(&mut server),
         vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
     );
+    assert!(server.is_closed());
+    assert!(!server.has_pending_event());
     assert_eq!(
         &drain(&mut server)[..],
         b"\x81\x0alast words\x88\x02\x03\xe8"
@@ -884,21 +892,20 @@ fn whole_frame_shortcut_keeps_every_rule() {
         small.recv(&mut client_frame(true, 0, 0x2, b"12345")),
         Err(Error::Protocol(ProtocolError::MessageTooLarge { .. }))
     ));
-    // A message, then the peer's Close in the same buffer: the message first, the close on
-    // the next call.
+    // A message, then the peer's Close in the same buffer: the message first, then the close
+    // once it is drained.
     let mut server = Connection::new(Role::Server, Config::default());
     let mut wire = client_frame(true, 0, 0x1, b"last");
     wire.extend_from_slice(&client_frame(true, 0, 0x8, &1000u16.to_be_bytes()));
     server.recv(&mut wire).unwrap();
-    assert_eq!(events(&mut server), [Event::Message(Message::text("last"))]);
-    assert!(server.needs_recv());
-    server.recv(&mut wire).unwrap();
-    assert!(matches!(&events(&mut server)[..], [Event::Close(Some(_))]));
+    assert!(matches!(
+        &events(&mut server)[..],
+        [Event::Message(m), Event::Close(Some(_))] if *m == Message::text("last")
+    ));
 }
 
 /// Feeds `wire` to a fresh server in pieces of the given sizes (cycled), draining events after
-/// every call and calling again while `needs_recv`: every event, then the error's close code
-/// (if the bytes broke the protocol).
+/// every call: every event, then the error's close code (if the bytes broke the protocol).
 fn feed_in_pieces(wire: &[u8], pieces: &[usize]) -> (Vec<Event>, Option<u16>) {
     let mut piece = pieces.iter().cycle();
     feed_with(wire, |_, _, _| *piece.next().expect("cycled"))
@@ -926,15 +933,14 @@ fn feed_with(
             .min(wire.len() - pos);
         buf.extend_from_slice(&wire[pos..pos + take]);
         pos += take;
-        loop {
-            let result = server.recv(&mut buf);
-            seen.extend(std::iter::from_fn(|| server.poll_event()));
-            if let Err(Error::Protocol(e)) = result {
-                return (seen, Some(e.close_code().as_u16()));
-            }
-            if !server.needs_recv() {
-                break;
-            }
+        let result = server.recv(&mut buf);
+        seen.extend(std::iter::from_fn(|| server.poll_event()));
+        if let Err(Error::Protocol(e)) = result {
+            assert_eq!(server.protocol_error(), Some(&e));
+            return (seen, Some(e.close_code().as_u16()));
+        }
+        if let Some(e) = server.protocol_error() {
+            return (seen, Some(e.close_code().as_u16()));
         }
         if pos == wire.len() || server.is_closed() {
             return (seen, None);
@@ -1007,4 +1013,267 @@ proptest! {
         });
         prop_assert_eq!(plain, held);
     }
+}
+
+// ---- masking keys (RFC 6455 section 5.3) ----
+
+/// The masking key of each frame a client queued, read off the wire bytes.
+fn wire_mask_keys(client: &mut Connection) -> Vec<[u8; 4]> {
+    let mut wire = drain(client);
+    let mut keys = Vec::new();
+    while let Some((header, len)) = FrameHeader::decode(&wire).unwrap() {
+        keys.push(header.mask.expect("client frames are masked"));
+        let _ = wire.split_to(len + header.payload_len as usize);
+    }
+    keys
+}
+
+#[test]
+fn a_new_client_masks_with_unpredictable_keys_without_any_setup() {
+    let mut a = Connection::new(Role::Client, Config::default());
+    let mut b = Connection::new(Role::Client, Config::default());
+    for i in 0..40u8 {
+        a.send(Message::binary(vec![i; 8])).unwrap();
+        b.send(Message::binary(vec![i; 8])).unwrap();
+    }
+    let (ka, kb) = (wire_mask_keys(&mut a), wire_mask_keys(&mut b));
+    assert_eq!((ka.len(), kb.len()), (40, 40));
+    let all: std::collections::HashSet<_> = ka.iter().chain(&kb).collect();
+    // 80 draws of 32 random bits: a repeat is a ~1e-6 event, a fixed or shared sequence
+    // repeats for sure.
+    assert_eq!(all.len(), 80, "keys repeat across frames or connections");
+    // And each payload is masked with its own key.
+    let mut server = Connection::new(Role::Server, Config::default());
+    a.send(Message::text("check")).unwrap();
+    server.recv(&mut drain(&mut a)).unwrap();
+    assert_eq!(
+        server.poll_event(),
+        Some(Event::Message(Message::text("check")))
+    );
+}
+
+#[test]
+fn deterministic_masks_only_when_asked_for() {
+    // Two deterministic clients draw from one predictable walk: the keys follow each other in
+    // the SplitMix64 sequence, which a test can recompute.
+    let mut client = Connection::new(Role::Client, Config::default()).with_deterministic_masks();
+    client.send(Message::binary(vec![0; 4])).unwrap();
+    let key = wire_mask_keys(&mut client)[0];
+    let sequence: Vec<[u8; 4]> = {
+        // The walk's possible outputs near its start: the key must be one of them (other tests
+        // may draw from it concurrently).
+        let mut state: u64 = 0x853c_49e6_748f_ea9b;
+        (0..10_000)
+            .map(|_| {
+                let mut z = state;
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let b = (z ^ (z >> 31)).to_le_bytes();
+                [b[0], b[1], b[2], b[3]]
+            })
+            .collect()
+    };
+    assert!(sequence.contains(&key), "asked for, the sequence is used");
+    let mut default = Connection::new(Role::Client, Config::default());
+    for _ in 0..20 {
+        default.send(Message::binary(vec![0; 4])).unwrap();
+    }
+    let from_os = wire_mask_keys(&mut default);
+    let predictable = from_os.iter().filter(|k| sequence.contains(k)).count();
+    assert_eq!(
+        predictable, 0,
+        "by default, keys do not come from the sequence"
+    );
+}
+
+// ---- timers (time passed in by hand: no runtime, no clock) ----
+
+fn timed(role: Role, ping_ms: Option<u64>, idle_ms: Option<u64>, close_ms: u64) -> Connection {
+    let ms = std::time::Duration::from_millis;
+    let timers = crate::config::Timers {
+        ping_interval: ping_ms.map(ms),
+        idle_timeout: idle_ms.map(ms),
+        close_timeout: ms(close_ms),
+    };
+    let config = Config {
+        timers,
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    Connection::new(role, config)
+}
+
+fn at(start: Instant, ms: u64) -> Instant {
+    start + std::time::Duration::from_millis(ms)
+}
+
+/// Steps `conn` at each deadline it asks for, up to `until`; returns when (ms from `start`)
+/// each frame it queued was queued, with its first header byte.
+fn run_until(conn: &mut Connection, start: Instant, until: u64) -> Vec<(u64, u8)> {
+    let mut out = Vec::new();
+    while let Some(deadline) = conn.poll_timeout() {
+        if deadline > at(start, until) {
+            break;
+        }
+        conn.handle_timeout(deadline);
+        let when = deadline.duration_since(start).as_millis() as u64;
+        while let Some(tx) = conn.poll_transmit() {
+            out.push((when, tx.head()[0]));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_timer_runs_before_the_clock_starts_or_without_settings() {
+    let mut plain = Connection::new(Role::Server, Config::default());
+    assert_eq!(plain.poll_timeout(), None);
+    let start = Instant::now();
+    plain.handle_timeout(start);
+    assert_eq!(plain.poll_timeout(), None, "no keepalive, no idle timeout");
+    let pinging = timed(Role::Server, Some(1000), None, 500);
+    assert_eq!(pinging.poll_timeout(), None, "not started");
+}
+
+#[test]
+fn keepalive_pings_only_a_quiet_peer() {
+    let mut server = timed(Role::Server, Some(1000), None, 500);
+    let start = Instant::now();
+    server.handle_timeout(start);
+    // The peer sends something every 300 ms for 3 s: never pinged.
+    let mut client = Connection::new(Role::Client, Config::default());
+    for step in 1..=10 {
+        client.send(Message::text("tick")).unwrap();
+        server.recv(&mut drain(&mut client)).unwrap();
+        let _ = events(&mut server);
+        assert!(run_until(&mut server, start, step * 300).is_empty());
+    }
+    // The last message came after the step at 2700 ms, then silence: the first ping 1000 ms
+    // later, give or take the check period (250 ms: what arrives is dated at the next check),
+    // then one per interval while the silence lasts.
+    let pings = run_until(&mut server, start, 6_100);
+    let times: Vec<u64> = pings.iter().map(|&(t, _)| t).collect();
+    assert!(pings.iter().all(|&(_, b0)| b0 == 0x89), "{pings:?}");
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert!((3700..=3950).contains(&times[0]), "{times:?}");
+    assert_eq!(times[1] - times[0], 1000);
+    assert_eq!(times[2] - times[1], 1000);
+    // A pong (anything received) resets the silence.
+    let mut pong = client_frame(true, 0, 0xa, b"");
+    server.recv(&mut pong).unwrap();
+    assert_eq!(server.poll_event(), Some(Event::Pong(Bytes::new())));
+    let next = run_until(&mut server, start, 8_000);
+    assert!(next[0].0 >= times[2] + 1000, "{next:?}");
+}
+
+#[test]
+fn idle_timeout_sends_1001_then_the_close_timeout_closes_the_transport() {
+    let mut server = timed(Role::Server, None, Some(2000), 700);
+    let start = Instant::now();
+    server.handle_timeout(start);
+    assert_eq!(
+        server.poll_timeout(),
+        Some(at(start, 500)),
+        "quarter checks"
+    );
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.send(Message::text("hi")).unwrap();
+    server.recv(&mut drain(&mut client)).unwrap();
+    let _ = events(&mut server);
+    // Received before the 500 ms check: dated there, so idle from 500 on.
+    assert!(run_until(&mut server, start, 2_400).is_empty());
+    let mut deadline = server.poll_timeout().unwrap();
+    server.handle_timeout(deadline);
+    assert_eq!(deadline, at(start, 2500));
+    assert_eq!(server.state(), State::CloseSent);
+    let close = server.poll_transmit().unwrap();
+    assert_eq!(close.head()[0], 0x88);
+    assert_eq!(&close.payload()[..2], &1001u16.to_be_bytes());
+    assert_eq!(&close.payload()[2..], b"idle timeout");
+    assert!(!server.should_close_transport());
+    // The peer never answers: the transport must be closed `close_timeout` later.
+    deadline = server.poll_timeout().unwrap();
+    assert_eq!(deadline, at(start, 3200));
+    server.handle_timeout(at(start, 3199));
+    assert!(!server.should_close_transport());
+    server.handle_timeout(deadline);
+    assert!(server.should_close_transport() && server.close_timed_out());
+    assert_eq!(server.poll_timeout(), None);
+    assert_eq!(server.state(), State::CloseSent, "never answered");
+}
+
+#[test]
+fn a_close_between_steps_is_dated_at_the_next_step() {
+    let mut client = timed(Role::Client, None, None, 1000);
+    let start = Instant::now();
+    client.handle_timeout(start);
+    assert_eq!(client.poll_timeout(), None);
+    client.close(CloseCode::NORMAL, "").unwrap();
+    // The core does not know when that was: it asks for a step at once.
+    assert_eq!(client.poll_timeout(), Some(start));
+    client.handle_timeout(at(start, 40));
+    assert_eq!(client.poll_timeout(), Some(at(start, 1040)));
+    client.handle_timeout(at(start, 1040));
+    assert!(client.should_close_transport());
+}
+
+#[test]
+fn the_server_closes_the_transport_first_and_the_client_waits_for_it() {
+    let (mut client, mut server) = pair();
+    let start = Instant::now();
+    client.handle_timeout(start);
+    server.handle_timeout(start);
+    server.close(CloseCode::NORMAL, "bye").unwrap();
+    assert!(!server.should_close_transport());
+    client.recv(&mut drain(&mut server)).unwrap();
+    let _ = events(&mut client);
+    assert!(client.is_closed());
+    assert!(
+        !client.should_close_transport(),
+        "its Close reply is queued"
+    );
+    server.recv(&mut drain(&mut client)).unwrap();
+    let _ = events(&mut server);
+    assert!(server.is_closed() && server.should_close_transport());
+    // The client waits for the server's end of stream ...
+    assert!(!client.should_close_transport());
+    client.recv_eof();
+    assert!(client.should_close_transport());
+    // ... or for the close timeout (5 s by default).
+    let (mut client, mut server) = pair();
+    client.handle_timeout(start);
+    server.close(CloseCode::NORMAL, "").unwrap();
+    client.recv(&mut drain(&mut server)).unwrap();
+    let _ = events(&mut client);
+    let _ = drain(&mut client);
+    assert!(!client.should_close_transport());
+    client.handle_timeout(at(start, 1));
+    client.handle_timeout(at(start, 5001));
+    assert!(client.should_close_transport());
+}
+
+#[test]
+fn a_failure_closes_a_server_transport_once_its_close_is_written() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    assert!(server.recv(&mut raw_frame(true, 0, 1, None, b"x")).is_err());
+    assert!(
+        !server.should_close_transport(),
+        "the Close is still queued"
+    );
+    let _ = drain(&mut server);
+    assert!(server.should_close_transport());
+    // The peer ending the transport early closes it too, and the connection with it.
+    let mut server = Connection::new(Role::Server, Config::default());
+    server.recv_eof();
+    assert!(server.is_closed() && server.should_close_transport());
+}
+
+/// Every idle connection holds one: the timers added 32 bytes to 232 (the clock's last step,
+/// its settings and state as `u32` milliseconds, flags sharing a word with the role and state).
+#[test]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn a_connection_stays_small() {
+    let size = std::mem::size_of::<Connection>();
+    assert!(size <= 264, "Connection grew to {size} bytes");
 }

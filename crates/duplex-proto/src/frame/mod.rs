@@ -169,7 +169,7 @@ impl FrameHeader {
     #[inline]
     pub fn encode(&self) -> ([u8; MAX_HEADER_LEN], usize) {
         let mut out = [0u8; MAX_HEADER_LEN];
-        out[0] = (u8::from(self.fin) << 7) | ((self.rsv & 0x7) << 4) | self.opcode as u8;
+        out[0] = first_byte(self.fin, self.rsv, self.opcode);
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
         let mut pos = match self.payload_len {
             n @ 0..=125 => {
@@ -192,6 +192,107 @@ impl FrameHeader {
             pos += 4;
         }
         (out, pos)
+    }
+}
+
+/// The first header byte: FIN, the three RSV bits (`rsv`'s low bits, RSV1 = 0b100) and the
+/// opcode.
+#[inline]
+pub const fn first_byte(fin: bool, rsv: u8, opcode: OpCode) -> u8 {
+    ((fin as u8) << 7) | ((rsv & 0x7) << 4) | opcode as u8
+}
+
+/// The header of an unmasked frame (a server's) whose payload is shorter than 64 KiB, in the
+/// shortest form: 2 bytes up to 125, else 4. `None` for longer payloads.
+///
+/// ```
+/// use duplex_proto::frame::{encode_unmasked_short, first_byte, OpCode};
+/// let (head, len) = encode_unmasked_short(first_byte(true, 0, OpCode::Binary), 256).unwrap();
+/// assert_eq!(&head[..usize::from(len)], &[0x82, 0x7e, 0x01, 0x00]);
+/// assert!(encode_unmasked_short(0x82, 1 << 16).is_none());
+/// ```
+#[inline]
+pub fn encode_unmasked_short(first: u8, payload_len: usize) -> Option<([u8; MAX_HEADER_LEN], u8)> {
+    let mut head = [0u8; MAX_HEADER_LEN];
+    head[0] = first;
+    if payload_len <= 125 {
+        head[1] = payload_len as u8;
+        return Some((head, 2));
+    }
+    let [hi, lo] = u16::try_from(payload_len).ok()?.to_be_bytes();
+    head[1..4].copy_from_slice(&[126, hi, lo]);
+    Some((head, 4))
+}
+
+/// A header with a 7- or 16-bit length, as [`decode_short`] reads it: the raw first byte
+/// (unchecked: the caller matches it against the frames it takes), the payload length, the
+/// masking key, and the header's length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortHeader {
+    /// FIN, RSV and opcode as on the wire.
+    pub first: u8,
+    /// Payload length (under 64 KiB).
+    pub payload_len: usize,
+    /// The masking key, if the MASK bit is set.
+    pub mask: Option<[u8; 4]>,
+    /// Header bytes: 2 to 8.
+    pub len: usize,
+}
+
+/// The hot path's decode: a whole header with a 7- or 16-bit length at the start of `buf`.
+/// `None` when the header is incomplete or announces a 64-bit length (use
+/// [`FrameHeader::decode`] for those, and for everything that needs checking: this checks
+/// nothing).
+///
+/// ```
+/// use duplex_proto::frame::decode_short;
+/// let h = decode_short(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f]).unwrap();
+/// assert_eq!((h.first, h.payload_len, h.mask, h.len), (0x81, 5, Some([0x37, 0xfa, 0x21, 0x3d]), 6));
+/// assert!(decode_short(&[0x81, 0x85, 0x37]).is_none());
+/// ```
+#[inline]
+pub fn decode_short(buf: &[u8]) -> Option<ShortHeader> {
+    let [first, b1, ..] = *buf else { return None };
+    let (payload_len, mut len) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(&[hi, lo]) => (usize::from(u16::from_be_bytes([hi, lo])), 4),
+            _ => return None,
+        },
+        127 => return None,
+        n => (usize::from(n), 2),
+    };
+    let mask = if b1 & 0x80 != 0 {
+        let &[k0, k1, k2, k3] = buf.get(len..len + 4)? else {
+            return None;
+        };
+        len += 4;
+        Some([k0, k1, k2, k3])
+    } else {
+        None
+    };
+    Some(ShortHeader {
+        first,
+        payload_len,
+        mask,
+        len,
+    })
+}
+
+/// The payload length announced by the header at the start of `buf`, once its length field is
+/// there (the first 2, 4 or 10 bytes), without checking anything else.
+///
+/// ```
+/// use duplex_proto::frame::peek_payload_len;
+/// assert_eq!(peek_payload_len(&[0x82, 0x7e, 0x01]), None);
+/// assert_eq!(peek_payload_len(&[0x82, 0x7e, 0x01, 0x00]), Some(256));
+/// assert_eq!(peek_payload_len(&[0x81, 0x05]), Some(5));
+/// ```
+#[inline]
+pub fn peek_payload_len(buf: &[u8]) -> Option<u64> {
+    let len7 = buf.get(1)? & 0x7f;
+    match len7 {
+        126 | 127 => peek_extended_len(buf, len7),
+        n => Some(u64::from(n)),
     }
 }
 
@@ -274,6 +375,40 @@ mod tests {
             FrameHeader::decode(&[0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtocolError::InvalidLength)
         );
+    }
+
+    #[test]
+    fn shortcuts_agree_with_the_full_decode_and_encode() {
+        for len in [0u64, 1, 125, 126, 127, 1000, 65535, 65536, 1 << 20] {
+            for mask in [None, Some([9, 8, 7, 6])] {
+                let h = FrameHeader {
+                    fin: true,
+                    rsv: 0,
+                    opcode: OpCode::Binary,
+                    mask,
+                    payload_len: len,
+                };
+                let (bytes, n) = h.encode();
+                assert_eq!(peek_payload_len(&bytes[..n]), Some(len));
+                match decode_short(&bytes[..n]) {
+                    Some(short) => {
+                        assert!(len < 65536);
+                        assert_eq!(
+                            (short.first, short.payload_len as u64, short.mask, short.len),
+                            (bytes[0], len, mask, n)
+                        );
+                        assert_eq!(decode_short(&bytes[..n - 1]), None);
+                    }
+                    None => assert!(len >= 65536),
+                }
+                if mask.is_none() {
+                    match encode_unmasked_short(bytes[0], len as usize) {
+                        Some((head, l)) => assert_eq!(&head[..usize::from(l)], &bytes[..n]),
+                        None => assert!(len >= 65536),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -256,7 +256,6 @@ impl<H: Handler> EventLoop<'_, H> {
         self.entries[index].slot = Some(Slot {
             stream,
             phase: Phase::Handshake(Vec::new()),
-            last_rx: self.tick,
             deadline: self
                 .tick
                 .saturating_add(ticks(self.options.handshake_timeout)),
@@ -339,7 +338,6 @@ impl<H: Handler> EventLoop<'_, H> {
                 Err(Errno::INTR) => continue,
                 Err(_) => return Next::Drop,
             };
-            slot.last_rx = self.tick;
             let chunk = self.scratch.split_to(n);
             let next = match &mut slot.phase {
                 Phase::Open(open) => {
@@ -374,7 +372,6 @@ impl<H: Handler> EventLoop<'_, H> {
     /// never copied in user space.
     #[inline(never)]
     fn read_large(&mut self, index: usize) -> Step {
-        let tick = self.tick;
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Step::Stop(Next::Drop);
         };
@@ -397,10 +394,7 @@ impl<H: Handler> EventLoop<'_, H> {
             // One system call into the spare capacity, which is never zeroed first.
             match rustix::net::recv(&slot.stream, spare_capacity(&mut buf), RecvFlags::empty()) {
                 Ok((0, _)) => break (true, true),
-                Ok((n, _)) => {
-                    slot.last_rx = tick;
-                    break (n < room, false);
-                }
+                Ok((n, _)) => break (n < room, false),
                 Err(Errno::AGAIN) => break (true, false),
                 Err(Errno::INTR) => {}
                 Err(_) => return Step::Stop(Next::Drop),
@@ -533,7 +527,6 @@ impl<H: Handler> EventLoop<'_, H> {
             held: Vec::new(),
             held_target: 0,
             expect: 0,
-            last_ping: 0,
             notified: false,
         }));
         let id = self.id(index);
@@ -583,42 +576,35 @@ impl<H: Handler> EventLoop<'_, H> {
             chunk.clear();
             &mut open.read_buf
         };
-        loop {
-            let result = open.conn.recv(buf);
-            while let Some(event) = open.conn.poll_event() {
-                match event {
-                    Event::Message(message) => {
-                        let mut socket = Socket {
-                            id,
-                            conn: &mut open.conn,
+        // A violation is reported below, from `protocol_error`, whether this call found it or
+        // the drain below carried it out (after the messages before it were answered).
+        let _ = open.conn.recv(buf);
+        while let Some(event) = open.conn.poll_event() {
+            match event {
+                Event::Message(message) => {
+                    let mut socket = Socket {
+                        id,
+                        conn: &mut open.conn,
+                    };
+                    self.handler.on_message(&mut socket, message);
+                }
+                Event::Close(frame) => {
+                    if !open.notified {
+                        open.notified = true;
+                        let (code, reason) = match &frame {
+                            Some(frame) => (frame.code, frame.reason.as_str()),
+                            None => (CloseCode::NO_STATUS, ""),
                         };
-                        self.handler.on_message(&mut socket, message);
+                        self.handler.on_close(id, code, reason);
                     }
-                    Event::Close(frame) => {
-                        if !open.notified {
-                            open.notified = true;
-                            let (code, reason) = match &frame {
-                                Some(frame) => (frame.code, frame.reason.as_str()),
-                                None => (CloseCode::NO_STATUS, ""),
-                            };
-                            self.handler.on_close(id, code, reason);
-                        }
-                    }
-                    // Pongs are queued by the connection; fragments are off.
-                    Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
                 }
+                // Pongs are queued by the connection; fragments are off.
+                Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
             }
-            if let Err(e) = result {
-                if let (duplex_proto::Error::Protocol(e), false) = (&e, open.notified) {
-                    open.notified = true;
-                    self.handler.on_close(id, e.close_code(), &e.to_string());
-                }
-                buf.clear();
-                break;
-            }
-            if !open.conn.needs_recv() {
-                break;
-            }
+        }
+        if let (Some(e), false) = (open.conn.protocol_error(), open.notified) {
+            open.notified = true;
+            self.handler.on_close(id, e.close_code(), &e.to_string());
         }
         if !chunk.is_empty() {
             // A partial header or control frame: the only bytes a connection keeps.
@@ -681,20 +667,18 @@ impl<H: Handler> EventLoop<'_, H> {
                 if open.conn.state() == State::Open && !was_paused {
                     return Next::Keep;
                 }
-                let close_ticks = ticks(self.options.close_timeout);
-                if open.conn.is_closed() {
-                    // Both Close frames are through (or the connection failed and its Close
-                    // is written): the server closes the TCP connection first (section 7.1.1).
+                if open.conn.should_close_transport() {
+                    // The core's call (section 7.1.1: a server closes TCP first, once both
+                    // Close frames are through or the failure's Close is written): shut the
+                    // write side, and linger so the peer reads our last bytes before the
+                    // descriptor goes.
                     slot.phase = Phase::Linger {
                         out: Vec::new(),
                         shut: true,
                     };
                     shut_write(&slot.stream);
-                    slot.deadline = tick.saturating_add(close_ticks);
+                    slot.deadline = tick.saturating_add(ticks(self.options.close_timeout));
                     return Next::Keep;
-                }
-                if open.conn.state() == State::CloseSent && slot.deadline == 0 {
-                    slot.deadline = tick.saturating_add(close_ticks);
                 }
                 if was_paused {
                     slot.read_paused = false;
@@ -721,11 +705,14 @@ impl<H: Handler> EventLoop<'_, H> {
 
     // ---- timers and shutdown ----
 
-    /// Once a second: handshake, idle, ping and close deadlines.
+    /// Once a second: the handshake and linger deadlines (the loop's own), and every upgraded
+    /// connection's timers, run by its core (keepalive, idle, close: what they mean is
+    /// `duplex_proto::Timers`'); their resolution here is the sweep's second.
     fn sweep(&mut self) {
         let tick = self.tick;
-        let idle = self.options.idle_timeout.map(ticks);
-        let ping = self.options.ping_interval.map(ticks);
+        // The second this sweep is for, not the clock's reading: sweeps then step the cores
+        // exactly a second apart, so jitter cannot make a 2 s timer wait for a third sweep.
+        let now = self.started + Duration::from_secs(u64::from(tick.saturating_sub(1)));
         if self.stopping.is_some_and(|deadline| tick >= deadline) {
             for index in 0..self.entries.len() {
                 self.remove(index);
@@ -746,16 +733,22 @@ impl<H: Handler> EventLoop<'_, H> {
             let Phase::Open(open) = &mut slot.phase else {
                 continue;
             };
-            if open.conn.state() != State::Open {
+            // `None`: no timer runs, or the clock is not started (the first sweep after the
+            // upgrade starts it); stepping then is harmless.
+            if open
+                .conn
+                .poll_timeout()
+                .is_some_and(|deadline| deadline > now)
+            {
                 continue;
             }
-            let quiet = tick.saturating_sub(slot.last_rx.max(open.last_ping));
-            if idle.is_some_and(|idle| tick.saturating_sub(slot.last_rx) >= idle) {
-                let _ = open.conn.close(CloseCode::GOING_AWAY, "idle timeout");
-            } else if ping.is_some_and(|ping| quiet >= ping) {
-                open.last_ping = tick;
-                let _ = open.conn.ping(bytes::Bytes::new());
-            } else {
+            open.conn.handle_timeout(now);
+            if open.conn.close_timed_out() {
+                // The close handshake took longer than the close timeout: drop the socket.
+                self.remove(index);
+                continue;
+            }
+            if !open.conn.has_pending_transmit() && !open.conn.should_close_transport() {
                 continue;
             }
             if self.flush(index) == Next::Drop {

@@ -21,7 +21,9 @@
 //! - A connection whose queued output passes [`EngineOptions::max_backpressure`] is not read
 //!   until the peer catches up, so a client that sends without reading cannot grow the server's
 //!   memory; [`Handler::on_drain`] says when its queue is empty again.
-//! - Timers (handshake, idle, ping, close) are checked once a second by a sweep of the slab.
+//! - Timers are swept once a second: the handshake deadline is the loop's own; keepalive, idle
+//!   and close timeouts are run by each connection's core, with the meaning documented on
+//!   [`duplex_proto::Timers`] (the same as the tokio runtime's), to within that second.
 //! - Plain TCP only: serve `wss://` with the tokio server (or a TLS terminator in front).
 //!
 //! ```no_run
@@ -91,11 +93,14 @@ pub struct EngineOptions {
     pub handshake_timeout: Duration,
     /// Largest request head; larger gets 431. Default 16 KiB.
     pub max_handshake_size: usize,
-    /// Close (1001) a connection that sent nothing for this long. Default: none.
+    /// Close (1001 "idle timeout") a connection that sent nothing for this long. Default: none.
+    /// Overrides `config.timers` (see [`duplex_proto::Timers`]).
     pub idle_timeout: Option<Duration>,
-    /// Ping a connection that sent nothing for this long. Default: none.
+    /// Ping a connection that sent nothing for this long, and again every interval while it
+    /// stays quiet. Default: none. Overrides `config.timers`.
     pub ping_interval: Option<Duration>,
-    /// How long the close handshake may take before the socket is dropped. Default 5 s.
+    /// How long the close handshake may take before the socket is dropped; also bounds the
+    /// linger after a refusal and the shutdown. Default 5 s. Overrides `config.timers`.
     pub close_timeout: Duration,
     /// Bytes queued for one connection above which it is not read until they are written.
     /// Default 1 MiB.
@@ -274,6 +279,12 @@ impl Engine {
         let handle = self.handle();
         let mut options = self.options;
         options.config.streaming_receive = false;
+        // The core runs the timers: one meaning for every runtime.
+        options.config.timers = duplex_proto::Timers {
+            ping_interval: options.ping_interval,
+            idle_timeout: options.idle_timeout,
+            close_timeout: options.close_timeout,
+        };
         options
             .config
             .validate()

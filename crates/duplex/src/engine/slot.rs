@@ -18,9 +18,8 @@ pub(super) struct Slot {
     /// than mio's: std's reads into a `Vec`'s spare capacity skip zeroing it first.
     pub(super) stream: TcpStream,
     pub(super) phase: Phase,
-    /// Loop tick (seconds since the loop started, from 1) of the last bytes received.
-    pub(super) last_rx: u32,
-    /// Tick at which the handshake, the close handshake or the linger gives up; 0: none.
+    /// Loop tick (seconds since the loop started, from 1) at which the handshake or the linger
+    /// gives up; 0: none. An upgraded connection's timers are its core's.
     pub(super) deadline: u32,
     /// The last write stopped short: wait for the socket to be writable.
     pub(super) write_blocked: bool,
@@ -56,8 +55,6 @@ pub(super) struct Open {
     /// The size of the last large binary frame: the next read goes straight into a buffer of
     /// that size, on the guess that large frames follow large frames. 0: read small.
     pub(super) expect: usize,
-    /// Tick of the last ping sent.
-    pub(super) last_ping: u32,
     /// `on_close` was called.
     pub(super) notified: bool,
 }

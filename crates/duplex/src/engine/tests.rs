@@ -398,17 +398,19 @@ async fn idle_connections_are_closed_with_1001_and_pinged_before() {
     let (mut ws, _) = crate::connect(&server.url()).await.unwrap();
     let started = Instant::now();
     // Our client answers pings by itself, and the pongs count as traffic: stay open while
-    // reading. Stop reading the socket to go quiet, then read again: a ping came, then 1001.
+    // reading. After the first ping, stop reading the socket to go quiet (once), then read
+    // again: pings came (one per quiet second), then 1001.
     let mut pinged = false;
     let close = loop {
         match tokio::time::timeout(Duration::from_secs(6), ws.recv_event()).await {
-            Ok(Some(Ok(crate::Event::Ping(_)))) => pinged = true,
+            Ok(Some(Ok(crate::Event::Ping(_)))) if !pinged => {
+                pinged = true;
+                // Silence from here: no more pongs.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Ok(Some(Ok(crate::Event::Ping(_)))) => {}
             Ok(Some(Ok(crate::Event::Close(frame)))) => break frame,
             other => panic!("unexpected {other:?}"),
-        }
-        if pinged {
-            // Silence from here: no more pongs.
-            tokio::time::sleep(Duration::from_secs(3)).await;
         }
     };
     assert!(pinged);
@@ -584,4 +586,117 @@ async fn garbage_from_many_peers_disturbs_no_one_else_and_leaks_nothing() {
     }
     assert_eq!(server.handle.connections(), 0, "connections left behind");
     assert!(server.stop() < Duration::from_secs(2));
+}
+
+/// The timers' one meaning (duplex_proto::Timers), in the engine: a silent peer gets Close
+/// 1001 "idle timeout" after the idle timeout, then, never answering, an end of stream once
+/// the close timeout ran out (to within the sweep's second each).
+#[test]
+fn an_idle_peer_gets_1001_then_eof_within_the_close_timeout() {
+    let options = EngineOptions {
+        idle_timeout: Some(Duration::from_secs(2)),
+        close_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let echo = Echo::default();
+    let server = Server::start(options, echo.clone());
+    let (mut tcp, head) = raw_connect(server.addr, "/", "13");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let started = Instant::now();
+    let (first, payload) = read_frame(&mut tcp);
+    let closed_after = started.elapsed();
+    assert_eq!(first, 0x88);
+    assert_eq!(&payload[..2], &1001u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"idle timeout");
+    // Idle for 2 s, give or take the quarter-interval check and the sweep's second.
+    assert!(
+        closed_after >= Duration::from_millis(1900) && closed_after < Duration::from_millis(4000),
+        "{closed_after:?}"
+    );
+    assert_eof(&mut tcp);
+    let eof_after = started.elapsed() - closed_after;
+    assert!(
+        eof_after >= Duration::from_millis(900) && eof_after < Duration::from_millis(2600),
+        "{eof_after:?}"
+    );
+    assert_eq!(echo.closes.lock().unwrap().len(), 1, "on_close once");
+}
+
+/// A peer that answers the idle Close gets its end of stream at once: the server closes TCP
+/// first (RFC 6455 section 7.1.1) without waiting for the close timeout.
+#[test]
+fn an_idle_peer_that_answers_the_close_is_let_go_at_once() {
+    let options = EngineOptions {
+        idle_timeout: Some(Duration::from_secs(1)),
+        close_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let server = Server::start(options, Echo::default());
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let (first, _) = read_frame(&mut tcp);
+    assert_eq!(first, 0x88);
+    let answered = Instant::now();
+    tcp.write_all(&masked_any(0x8, &1001u16.to_be_bytes()))
+        .unwrap();
+    assert_eof(&mut tcp);
+    assert!(answered.elapsed() < Duration::from_secs(2));
+}
+
+/// Keepalive pings go only to a quiet peer: one that keeps sending is never pinged; once it
+/// stops, a ping comes after the interval (to within the sweep's second).
+#[test]
+fn keepalive_pings_only_a_quiet_peer() {
+    let options = EngineOptions {
+        ping_interval: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let server = Server::start(options, Echo::default());
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let busy = Instant::now();
+    while busy.elapsed() < Duration::from_millis(3500) {
+        tcp.write_all(&masked_any(0x1, b"busy")).unwrap();
+        let (first, payload) = read_frame(&mut tcp);
+        assert_eq!(
+            (first, &payload[..]),
+            (0x81, &b"busy"[..]),
+            "pinged while busy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let quiet = Instant::now();
+    let (first, _) = read_frame(&mut tcp);
+    assert_eq!(first, 0x89);
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_millis(700) && after < Duration::from_millis(2600),
+        "{after:?}"
+    );
+}
+
+/// What ends a connection behind other messages in the same read is carried out by the core
+/// once they are answered: the echo goes out before the Close (Autobahn 3.2, 5.15), with no
+/// second `recv` from the loop.
+#[test]
+fn messages_before_a_violation_or_a_close_are_echoed_first() {
+    let echo = Echo::default();
+    let server = Server::start(EngineOptions::default(), echo.clone());
+    // A message, then a frame with RSV2 set (no extension defines it): 1002 after the echo.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let mut bytes = masked(0x1, true, b"first");
+    bytes.extend_from_slice(&masked_first(0xa1, b"bad"));
+    tcp.write_all(&bytes).unwrap();
+    assert_eq!(read_frame(&mut tcp), (0x81, b"first".to_vec()));
+    let (first, payload) = read_frame(&mut tcp);
+    assert_eq!((first, &payload[..2]), (0x88, &1002u16.to_be_bytes()[..]));
+    assert_eof(&mut tcp);
+    // A message, then the peer's Close: the echo, then the Close reply.
+    let (mut tcp, _) = raw_connect(server.addr, "/", "13");
+    let mut bytes = masked(0x1, true, b"last");
+    bytes.extend_from_slice(&masked(0x8, true, &1000u16.to_be_bytes()));
+    tcp.write_all(&bytes).unwrap();
+    assert_eq!(read_frame(&mut tcp), (0x81, b"last".to_vec()));
+    assert_eq!(read_frame(&mut tcp), (0x88, 1000u16.to_be_bytes().to_vec()));
+    assert_eof(&mut tcp);
+    let codes: Vec<u16> = echo.closes.lock().unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(codes, [1002, 1000]);
 }
