@@ -200,7 +200,10 @@ pub fn parse_response(
 }
 
 /// What the server agreed to in its 101.
+///
+/// `#[non_exhaustive]`: an HTTP/2 answer (RFC 8441) may add to it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Accepted {
     /// The subprotocol the server selected, one of [`ClientRequest::protocols`].
     pub protocol: Option<String>,

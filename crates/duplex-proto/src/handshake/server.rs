@@ -19,7 +19,7 @@ use http::header::{
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use super::{
-    HandshakeError, MAX_HEADERS, accept_key, describe, has_token, http1_version, is_header_value,
+    AcceptKey, HandshakeError, MAX_HEADERS, describe, has_token, http1_version, is_header_value,
     is_token, list_elements, put_extra_headers, put_header, to_header_map, trim_ows,
 };
 
@@ -84,7 +84,12 @@ pub fn parse_request(
 /// What a valid upgrade request offers; the application decides what to accept.
 ///
 /// Path, query and the other headers are on the [`http::Request`] it came from.
+///
+/// `#[non_exhaustive]`: an HTTP/2 extended CONNECT (RFC 8441) carries no `Sec-WebSocket-Key`,
+/// and what it carries instead will be added here. Outside this crate, build one with
+/// [`ClientOffer::new`] and set the public fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientOffer {
     /// `Sec-WebSocket-Key`, as sent (base64 of 16 bytes).
     pub key: String,
@@ -99,17 +104,32 @@ pub struct ClientOffer {
 }
 
 impl ClientOffer {
+    /// An offer with `Sec-WebSocket-Key` `key` and nothing else: no subprotocols, no
+    /// extensions, no `Origin`. For tests and for servers that parse requests themselves;
+    /// [`validate_request`] builds it from a request.
+    ///
+    /// ```
+    /// # use duplex_proto::handshake::ClientOffer;
+    /// let mut offer = ClientOffer::new("dGhlIHNhbXBsZSBub25jZQ==");
+    /// offer.protocols.push("chat".into());
+    /// assert_eq!(offer.origin, None);
+    /// ```
+    pub fn new(key: impl Into<String>) -> ClientOffer {
+        ClientOffer {
+            key: key.into(),
+            protocols: Vec::new(),
+            extensions: None,
+            origin: None,
+        }
+    }
+
     /// The first of the server's `supported` subprotocols (in the server's order of preference)
     /// that the client offered.
     ///
     /// ```
     /// # use duplex_proto::handshake::ClientOffer;
-    /// let offer = ClientOffer {
-    ///     key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
-    ///     protocols: vec!["v1.chat".into(), "v2.chat".into()],
-    ///     extensions: None,
-    ///     origin: None,
-    /// };
+    /// let mut offer = ClientOffer::new("dGhlIHNhbXBsZSBub25jZQ==");
+    /// offer.protocols = vec!["v1.chat".into(), "v2.chat".into()];
     /// assert_eq!(offer.select_protocol(&["v2.chat", "v1.chat"]), Some("v2.chat"));
     /// assert_eq!(offer.select_protocol(&["mqtt"]), None);
     /// ```
@@ -287,12 +307,8 @@ fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, HandshakeError>
 ///
 /// ```
 /// use duplex_proto::handshake::{accept_response, ClientOffer};
-/// let offer = ClientOffer {
-///     key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
-///     protocols: vec!["chat".into()],
-///     extensions: None,
-///     origin: None,
-/// };
+/// let mut offer = ClientOffer::new("dGhlIHNhbXBsZSBub25jZQ==");
+/// offer.protocols.push("chat".into());
 /// let response = accept_response(&offer, Some("chat"), None, &http::HeaderMap::new());
 /// assert_eq!(
 ///     response,
@@ -306,37 +322,54 @@ pub fn accept_response(
     extensions: Option<&str>,
     extra: &HeaderMap,
 ) -> Vec<u8> {
+    let accept = AcceptKey::new(offer.key.as_bytes());
+    encode_switching(accept.as_str(), protocol, extensions, extra)
+}
+
+/// The headers of a 101 that [`accept_response`] and [`Upgrade`](super::Upgrade) write
+/// besides the application's: those names in the application's headers are ignored, and so
+/// are `Content-Length` / `Transfer-Encoding`, which a 101 must not carry.
+pub(super) const SWITCHING_OWN_HEADERS: [HeaderName; 7] = [
+    UPGRADE,
+    CONNECTION,
+    SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_EXTENSIONS,
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+];
+
+/// The subprotocol as written: left out unless it is a token.
+pub(super) fn written_protocol(protocol: Option<&str>) -> Option<&str> {
+    protocol.filter(|p| is_token(p))
+}
+
+/// The extensions value as written: trimmed, left out if empty or if it has control characters.
+pub(super) fn written_extensions(extensions: Option<&str>) -> Option<&str> {
+    extensions
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && is_header_value(e))
+}
+
+/// The HTTP/1.1 bytes of a `101 Switching Protocols` (section 4.2.2).
+pub(super) fn encode_switching(
+    accept: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+    extra: &HeaderMap,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     put_header(&mut out, "Upgrade", b"websocket");
     put_header(&mut out, "Connection", b"Upgrade");
-    put_header(
-        &mut out,
-        "Sec-WebSocket-Accept",
-        accept_key(offer.key.as_bytes()).as_bytes(),
-    );
-    if let Some(protocol) = protocol.filter(|p| is_token(p)) {
+    put_header(&mut out, "Sec-WebSocket-Accept", accept.as_bytes());
+    if let Some(protocol) = written_protocol(protocol) {
         put_header(&mut out, "Sec-WebSocket-Protocol", protocol.as_bytes());
     }
-    if let Some(extensions) = extensions
-        .map(str::trim)
-        .filter(|e| !e.is_empty() && is_header_value(e))
-    {
+    if let Some(extensions) = written_extensions(extensions) {
         put_header(&mut out, "Sec-WebSocket-Extensions", extensions.as_bytes());
     }
-    put_extra_headers(
-        &mut out,
-        extra,
-        &[
-            UPGRADE,
-            CONNECTION,
-            SEC_WEBSOCKET_ACCEPT,
-            SEC_WEBSOCKET_PROTOCOL,
-            SEC_WEBSOCKET_EXTENSIONS,
-            CONTENT_LENGTH,
-            TRANSFER_ENCODING,
-        ],
-    );
+    put_extra_headers(&mut out, extra, &SWITCHING_OWN_HEADERS);
     out.extend_from_slice(b"\r\n");
     out
 }
