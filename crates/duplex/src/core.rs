@@ -181,7 +181,23 @@ impl<S> Core<S> {
         leftover: BytesMut,
         protocol: Option<String>,
     ) -> Self {
-        let mut conn = Connection::new(role, config);
+        Self::with_connection(
+            stream,
+            Connection::new(role, config),
+            options,
+            leftover,
+            protocol,
+        )
+    }
+
+    /// Drives `conn`, configured by a handshake (`duplex_proto::handshake`).
+    pub(crate) fn with_connection(
+        stream: S,
+        mut conn: Connection,
+        options: WebSocketOptions,
+        leftover: BytesMut,
+        protocol: Option<String>,
+    ) -> Self {
         conn.set_mask_key_source(crate::rng::mask_key);
         Core {
             stream,

@@ -226,3 +226,54 @@ async fn handshake_timeout_closes_a_half_sent_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_chosen_subprotocol_that_was_not_offered_is_a_500() {
+    within(async {
+        let (listener, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            duplex::accept_with(tcp, ServerOptions::default(), |_, _| {
+                Ok(Accept::with_protocol("never-offered"))
+            })
+            .await
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
+        let answer = String::from_utf8(read_to_end(&mut tcp).await).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("which was not offered"), "{answer}");
+        let server_err = server.await.unwrap().unwrap_err();
+        assert!(matches!(
+            server_err,
+            Error::Handshake(HandshakeError::ProtocolNotOffered(ref p)) if p == "never-offered"
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_extension_offer_is_accepted_without_compression() {
+    within(async {
+        let addr = echo_server(ServerOptions::default()).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = UPGRADE.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; x=\"open\r\n\r\n",
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(!head.contains("Extensions"), "{head}");
+    })
+    .await;
+}

@@ -42,8 +42,9 @@ use super::{AcceptKey, HandshakeError};
 use crate::{Config, Connection, Role};
 
 /// How long a server keeps reading after it wrote a refusal and shut its write side, so that
-/// closing does not reset the connection before the client read the answer (see the
-/// [module docs](self)). Every runtime of this workspace uses it.
+/// closing does not reset the connection before the client read the answer (see
+/// [lingering after a refusal](super#lingering-after-a-refusal)). Every runtime of this
+/// workspace uses it.
 pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Most bytes a server reads and discards while lingering after a refusal: past it the socket
@@ -359,7 +360,7 @@ impl Refused {
 
     /// The HTTP/1.1 bytes of the answer: [`reject_response`](super::reject_response) with the
     /// error's status and reason and the extra headers. The server closes the connection
-    /// after writing it, lingering as the [module docs](self) say.
+    /// after writing it, [lingering](super#lingering-after-a-refusal) for a moment.
     pub fn encode_http11(&self) -> Vec<u8> {
         let headers: HeaderMap = self.headers.iter().cloned().collect();
         reject_response(self.status(), &self.error.reason(), &headers)

@@ -127,10 +127,10 @@ impl ClientHandshake {
     /// [`HandshakeError::InvalidResponseHeader`]`("Sec-WebSocket-Extensions")` for a
     /// permessage-deflate answer the offer does not allow (RFC 7692 section 5: the client fails
     /// the connection).
-    pub fn finish(self, response: &Response<()>) -> Result<Connected, HandshakeError> {
+    pub fn finish(&self, response: &Response<()>) -> Result<Connected, HandshakeError> {
         let accepted = validate_response(&self.request, response)?;
         #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
-        let mut connection = Connection::new(Role::Client, self.config);
+        let mut connection = Connection::new(Role::Client, self.config.clone());
         #[cfg(feature = "deflate")]
         if let (Some(answer), Some(deflate)) = (accepted.extensions.as_deref(), &self.deflate) {
             use crate::extensions::{deflate::client_accept, parse};

@@ -24,6 +24,19 @@
 //!   [`accept_response`], [`reject_response`], [`HandshakeError::response`],
 //!   [`validate_response`] into [`Accepted`].
 //!
+//! # Lingering after a refusal
+//!
+//! A server that refuses writes the response ([`Refused::encode_http11`]), shuts its write
+//! side, and then reads and discards what the client still sends, for at most
+//! [`REFUSAL_LINGER`] and [`REFUSAL_DRAIN_LIMIT`] bytes, whichever comes first, or until the
+//! client closes. Why: closing a socket with unread bytes in its receive buffer makes the
+//! kernel send a reset, and a reset can destroy the response before the client read it
+//! (RFC 9112 section 9.6); draining for a moment lets the answer arrive, and the bounds keep a
+//! client that never stops sending from holding the server. The I/O is each runtime's; the
+//! bounds are these.
+//!
+//! # Limits
+//!
 //! Limits are checked before anything is allocated: a head larger than `max_size`
 //! ([`DEFAULT_MAX_HANDSHAKE_SIZE`]) or with more than [`MAX_HEADERS`] header lines fails with
 //! `431 Request Header Fields Too Large` (RFC 6585 section 5) rather than a generic 400, so a
