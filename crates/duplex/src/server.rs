@@ -113,11 +113,15 @@ where
 /// and what it offers (key, subprotocols, extensions, `Origin`), and answers with an
 /// [`Accept`] or a [`Reject`]. A malformed or non-WebSocket request is answered with the
 /// matching error status (400, 405, 426 with `Sec-WebSocket-Version: 13`, 431) without calling
-/// it. After any refusal the socket is shut and the error returned:
-/// [`Error::Handshake`], with [`HandshakeError::Refused`] for the callback's refusals.
+/// it; an [`Accept`] naming a subprotocol the client did not offer is answered with 500
+/// ([`HandshakeError::ProtocolNotOffered`]). After any refusal the write side is shut, what
+/// the client still sends is drained within [`REFUSAL_LINGER`] and [`REFUSAL_DRAIN_LIMIT`],
+/// and the error returned: [`Error::Handshake`], with [`HandshakeError::Refused`] for the
+/// callback's refusals. The decisions are [`ServerHandshake::decide`]'s.
 ///
 /// The whole handshake is bounded by [`ServerOptions::handshake_timeout`]
-/// ([`Error::Timeout`]).
+/// ([`Error::Timeout`]); an invalid `config` or `deflate` fails with [`Error::Config`] before
+/// anything is read.
 ///
 /// ```no_run
 /// # async fn run(tcp: tokio::net::TcpStream) -> Result<(), duplex::Error> {
