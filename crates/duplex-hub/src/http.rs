@@ -11,7 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use duplex::WebSocket;
 use duplex_proto::Role;
 use duplex_proto::handshake::{
-    ClientOffer, HandshakeError, accept_response, reject_response, validate_request,
+    Accept, ClientOffer, HandshakeError, REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER, Refused, Reject,
+    ServerHandshake, Upgrade, validate_request,
 };
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -384,8 +385,9 @@ impl Drop for WebSocketSlot<'_> {
     }
 }
 
-/// `/ws`: validates the upgrade, checks origin, token and the connection limit, negotiates
-/// permessage-deflate, answers 101 and runs the session.
+/// `/ws`: validates the upgrade, checks origin, token and the connection limit (the hub's
+/// decisions), lets duplex-proto's handshake decide the rest (permessage-deflate, the
+/// answer), answers 101 and runs the session.
 async fn upgrade(
     mut tcp: TcpStream,
     request: Request<()>,
@@ -399,49 +401,42 @@ async fn upgrade(
     };
     let grants = match admit(&shared, &request, &offer) {
         Ok(grants) => grants,
-        Err((status, reason)) => {
-            tracing::debug!(%peer, %status, reason, "websocket refused");
+        Err(reject) => {
+            tracing::debug!(%peer, status = %reject.status, reason = reject.reason, "websocket refused");
             shared.metrics.connections_refused.fetch_add(1, Relaxed);
-            let mut headers = HeaderMap::new();
-            if status == StatusCode::UNAUTHORIZED {
-                headers.insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
-            }
-            return refuse(tcp, &reject_response(status, &reason, &headers)).await;
+            return refuse(tcp, &Refused::from(reject).encode_http11()).await;
         }
     };
     let open = shared.websockets.fetch_add(1, Relaxed);
     let _slot = WebSocketSlot(&shared);
-    if open >= shared.config.max_connections {
+    let choice = if open >= shared.config.max_connections {
         shared.metrics.connections_refused.fetch_add(1, Relaxed);
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         let reason = format!(
             "too many connections (limit {}); try again later",
             shared.config.max_connections
         );
-        return refuse(
-            tcp,
-            &reject_response(StatusCode::SERVICE_UNAVAILABLE, &reason, &headers),
-        )
-        .await;
-    }
-
-    let (negotiated, extensions) = negotiate_deflate(&shared, &offer);
-    let response = accept_response(&offer, None, extensions.as_deref(), &HeaderMap::new());
-    if timeout(IDLE_TIMEOUT, tcp.write_all(&response))
+        Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+            .header(http::header::RETRY_AFTER, HeaderValue::from_static("5")))
+    } else {
+        Ok(Accept::default())
+    };
+    let handshake = ServerHandshake::new(&shared.ws_config).deflate(shared.deflate.as_ref());
+    let upgrade = match handshake.decide(&offer, choice) {
+        Ok(upgrade) => upgrade,
+        Err(refused) => return refuse(tcp, &refused.encode_http11()).await,
+    };
+    if timeout(IDLE_TIMEOUT, tcp.write_all(&upgrade.encode_http11()))
         .await
         .map_or(true, |r| r.is_err())
     {
         return;
     }
+    let Upgrade { connection, .. } = upgrade;
+    let negotiated = connection.deflate().copied();
     let (stream, outbox) = OutboxStream::new(tcp, shared.config.queue_bytes, negotiated);
-    let ws = WebSocket::from_raw(
+    let ws = WebSocket::from_connection(
         stream,
-        Role::Server,
-        shared.ws_config.clone(),
+        connection,
         shared.ws_options.clone(),
         leftover,
         None,
@@ -452,20 +447,12 @@ async fn upgrade(
             duplex_proto::extensions::deflate::MAX_WINDOW_BITS,
         )
     });
-    let ws = match negotiated {
-        Some(negotiated) => ws.with_deflate(negotiated),
-        None => ws,
-    };
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
     crate::session::run(ws, outbox, shared.clone(), grants, shared_deflate).await;
 }
 
-/// Origin and token checks: the grants, or the refusal's status and reason.
-fn admit(
-    shared: &HubState,
-    request: &Request<()>,
-    offer: &ClientOffer,
-) -> Result<Grants, (StatusCode, String)> {
+/// Origin and token checks: the grants, or the refusal (401 with `WWW-Authenticate: Bearer`).
+fn admit(shared: &HubState, request: &Request<()>, offer: &ClientOffer) -> Result<Grants, Reject> {
     let config = &shared.config;
     if !config.allowed_origins.is_empty() {
         let allowed = offer
@@ -473,7 +460,7 @@ fn admit(
             .as_deref()
             .is_some_and(|o| config.allowed_origins.iter().any(|a| a == o));
         if !allowed {
-            return Err((
+            return Err(Reject::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "origin {} is not allowed",
@@ -488,51 +475,48 @@ fn admit(
             .unwrap_or_else(|| "anonymous".to_owned());
         return Ok(Grants::anonymous(user));
     };
+    let unauthorized = |reason: String| {
+        Reject::new(StatusCode::UNAUTHORIZED, reason).header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        )
+    };
     let token = query_param(request, "token")
         .or_else(|| bearer(request.headers()).map(str::to_owned))
-        .ok_or((
-            StatusCode::UNAUTHORIZED,
-            "a token is required: connect to /ws?token=<JWT>".to_owned(),
-        ))?;
+        .ok_or_else(|| {
+            unauthorized("a token is required: connect to /ws?token=<JWT>".to_owned())
+        })?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    verify_hs256(&token, secret.as_bytes(), now)
-        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+    verify_hs256(&token, secret.as_bytes(), now).map_err(|e| unauthorized(e.to_string()))
 }
 
-fn negotiate_deflate(
-    shared: &HubState,
-    offer: &ClientOffer,
-) -> (
-    Option<duplex_proto::extensions::deflate::Negotiated>,
-    Option<String>,
-) {
-    let (Some(config), Some(header)) = (&shared.deflate, &offer.extensions) else {
-        return (None, None);
-    };
-    let Ok(offers) = duplex_proto::extensions::parse(header) else {
-        // A malformed offer declines compression, not the connection.
-        return (None, None);
-    };
-    match duplex_proto::extensions::deflate::server_negotiate(&offers, config) {
-        Ok(Some((negotiated, answer))) => (Some(negotiated), Some(answer)),
-        _ => (None, None),
-    }
-}
-
-/// Writes a refusal, shuts the write side, and drains what the client still sends for a
-/// moment, so the close does not reset the connection before the client read the answer.
+/// Writes a refusal, shuts the write side, and drains what the client still sends within the
+/// handshake's bounds ([`REFUSAL_LINGER`], [`REFUSAL_DRAIN_LIMIT`]), so the close does not
+/// reset the connection before the client read the answer.
 async fn refuse(mut tcp: TcpStream, response: &[u8]) {
-    let linger = async {
+    let answer = async {
         tcp.write_all(response).await?;
-        tcp.shutdown().await?;
+        tcp.shutdown().await
+    };
+    // Bounded too: a client that does not read must not hold the task.
+    if !matches!(timeout(REFUSAL_LINGER, answer).await, Ok(Ok(()))) {
+        return;
+    }
+    let linger = async {
         // On the heap: an array here would sit in every connection's future for its life.
         let mut sink = vec![0u8; 4096];
-        while tcp.read(&mut sink).await? > 0 {}
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_LIMIT {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
         Ok::<(), std::io::Error>(())
     };
-    let _ = timeout(Duration::from_secs(1), linger).await;
+    let _ = timeout(REFUSAL_LINGER, linger).await;
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
-//! Client side: TCP (and TLS) connect and the opening handshake (RFC 6455 section 4.1), driven
-//! by the sans-IO functions of [`duplex_proto::handshake`].
+//! Client side: TCP (and TLS) connect and the opening handshake (RFC 6455 section 4.1). The
+//! request and the checks of the answer are [`duplex_proto::handshake::ClientHandshake`]'s;
+//! this module connects, writes the request, reads the response head under the size limit and
+//! the timeout, and reads a refusal's body for the error message.
 
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
+use duplex_proto::Config;
 use duplex_proto::handshake::{
-    ClientRequest, DEFAULT_MAX_HANDSHAKE_SIZE, WsUrl, parse_response, validate_response,
+    ClientHandshake, ClientRequest, Connected, DEFAULT_MAX_HANDSHAKE_SIZE, WsUrl, parse_response,
 };
-use duplex_proto::{Config, Role};
 use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -199,64 +201,42 @@ where
 {
     let mut request = ClientRequest::new(url, crate::rng::handshake_key()?);
     request.protocols = options.protocols;
-    #[cfg(feature = "deflate")]
-    if let Some(deflate) = &options.deflate {
-        deflate.validate()?;
-        request.extensions = duplex_proto::extensions::deflate::client_offer(deflate);
-    }
     request.headers = options.headers;
+    #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+    let mut handshake = ClientHandshake::new(request, options.config);
+    #[cfg(feature = "deflate")]
+    if let Some(deflate) = options.deflate {
+        handshake.offer_deflate(deflate)?;
+    }
 
-    let exchange = exchange(&mut stream, &request, options.max_handshake_size);
+    let exchange = exchange(&mut stream, &handshake, options.max_handshake_size);
     let (response, leftover) = match timeout_at(deadline, exchange).await {
         Ok(done) => done?,
         Err(_) => return Err(Error::Timeout(Timeout::Handshake)),
     };
-    let accepted = validate_response(&request, &response)?;
-    tracing::debug!(url = %request.url, protocol = ?accepted.protocol, "websocket connected");
+    let Connected {
+        connection,
+        protocol,
+        extensions,
+        ..
+    } = handshake.finish(&response)?;
+    tracing::debug!(url = %handshake.request().url, ?protocol, "websocket connected");
 
-    let ws = WebSocket::from_raw(
+    let ws = WebSocket::from_connection(
         stream,
-        Role::Client,
-        options.config,
+        connection,
         options.websocket,
         leftover,
-        accepted.protocol.clone(),
+        protocol.clone(),
     );
-    #[cfg(feature = "deflate")]
-    let ws = match accepted_deflate(accepted.extensions.as_deref(), options.deflate.as_ref())? {
-        Some(negotiated) => ws.with_deflate(negotiated),
-        None => ws,
-    };
     let (parts, ()) = response.into_parts();
     let response = Response {
         status: parts.status,
-        protocol: accepted.protocol,
-        extensions: accepted.extensions,
+        protocol,
+        extensions,
         headers: parts.headers,
     };
     Ok((ws, response))
-}
-
-/// Checks the server's `Sec-WebSocket-Extensions` against our permessage-deflate offer
-/// (RFC 7692 section 5.2, 7.1): what it accepted, or an error for an answer we did not allow.
-#[cfg(feature = "deflate")]
-fn accepted_deflate(
-    answer: Option<&str>,
-    offer: Option<&duplex_proto::extensions::deflate::DeflateConfig>,
-) -> Result<Option<duplex_proto::extensions::deflate::Negotiated>, Error> {
-    let (Some(answer), Some(offer)) = (answer, offer) else {
-        return Ok(None);
-    };
-    let invalid = |e: duplex_proto::extensions::ExtensionError| {
-        tracing::debug!("server's Sec-WebSocket-Extensions refused: {e}");
-        Error::Handshake(
-            duplex_proto::handshake::HandshakeError::InvalidResponseHeader(
-                "Sec-WebSocket-Extensions",
-            ),
-        )
-    };
-    let extensions = duplex_proto::extensions::parse(answer).map_err(invalid)?;
-    duplex_proto::extensions::deflate::client_accept(&extensions, offer).map_err(invalid)
 }
 
 /// Writes the request and reads the response head; returns it with the bytes read past it (the
@@ -264,13 +244,13 @@ fn accepted_deflate(
 /// [`Error::Rejected`] with its body.
 async fn exchange<S>(
     stream: &mut S,
-    request: &ClientRequest,
+    handshake: &ClientHandshake,
     max_size: usize,
 ) -> Result<(http::Response<()>, BytesMut), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&request.encode()).await?;
+    stream.write_all(&handshake.encode()).await?;
     stream.flush().await?;
 
     let mut buf = BytesMut::with_capacity(1024);

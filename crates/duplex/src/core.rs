@@ -182,15 +182,29 @@ impl<S> Core<S> {
         leftover: BytesMut,
         protocol: Option<String>,
     ) -> Self {
-        let config = Config {
-            timers: Timers {
-                ping_interval: options.ping_interval,
-                idle_timeout: options.idle_timeout,
-                close_timeout: options.close_timeout,
-            },
-            ..config
-        };
-        let mut conn = Connection::new(role, config);
+        Self::with_connection(
+            stream,
+            Connection::new(role, config),
+            options,
+            leftover,
+            protocol,
+        )
+    }
+
+    /// Drives `conn`, configured by a handshake (`duplex_proto::handshake`), with the timers of
+    /// `options`.
+    pub(crate) fn with_connection(
+        stream: S,
+        mut conn: Connection,
+        options: WebSocketOptions,
+        leftover: BytesMut,
+        protocol: Option<String>,
+    ) -> Self {
+        conn.set_timers(&Timers {
+            ping_interval: options.ping_interval,
+            idle_timeout: options.idle_timeout,
+            close_timeout: options.close_timeout,
+        });
         // Starts the core's clock.
         conn.handle_timeout(Instant::now().into_std());
         Core {

@@ -3,8 +3,11 @@
 //! WebSocket client and server for tokio, driving the sans-IO [`duplex_proto`] core.
 //!
 //! This crate holds no protocol logic: framing, masking rules, close codes and the opening
-//! handshake all live in `duplex_proto`. What it adds is I/O: sockets, TLS, timers, and a
-//! poll-based driver loop per connection:
+//! handshake all live in `duplex_proto`. Every upgrade decision (request validation, the
+//! subprotocol check, permessage-deflate negotiation, refusal statuses, the bounds of the
+//! linger after a refusal) is `duplex_proto::handshake`'s `ServerHandshake` and
+//! `ClientHandshake`; [`Accept`] and [`Reject`] are its types. What this crate adds is I/O:
+//! sockets, TLS, timers, and a poll-based driver loop per connection:
 //!
 //! ```text
 //!   socket --read--> BytesMut --Connection::recv--> events --> recv() / Stream

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use duplex_proto::{CloseCode, CloseFrame, Config, DataKind, Event, Message, Role, State};
+use duplex_proto::{
+    CloseCode, CloseFrame, Config, Connection, DataKind, Event, Message, Role, State,
+};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,6 +78,34 @@ where
     ) -> Self {
         WebSocket {
             core: Core::new(stream, role, config, options, leftover, protocol),
+        }
+    }
+
+    /// Wraps a stream whose opening handshake is done, with the [`Connection`] that handshake
+    /// configured ([`Upgrade::connection`](duplex_proto::handshake::Upgrade) on a server,
+    /// [`Connected::connection`](duplex_proto::handshake::Connected) on a client: subprotocol
+    /// and permessage-deflate already agreed). `leftover` holds bytes read past the handshake.
+    ///
+    /// ```
+    /// use duplex::{WebSocket, WebSocketOptions};
+    /// use duplex_proto::{Config, Connection, Role};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (a, _b) = tokio::io::duplex(1024);
+    /// let conn = Connection::new(Role::Server, Config::default());
+    /// let ws = WebSocket::from_connection(a, conn, WebSocketOptions::default(),
+    ///     bytes::BytesMut::new(), Some("chat".into()));
+    /// assert_eq!(ws.protocol(), Some("chat"));
+    /// # }
+    /// ```
+    pub fn from_connection(
+        stream: S,
+        connection: Connection,
+        options: WebSocketOptions,
+        leftover: BytesMut,
+        protocol: Option<String>,
+    ) -> Self {
+        WebSocket {
+            core: Core::with_connection(stream, connection, options, leftover, protocol),
         }
     }
 

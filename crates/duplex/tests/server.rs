@@ -226,3 +226,103 @@ async fn handshake_timeout_closes_a_half_sent_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_chosen_subprotocol_that_was_not_offered_is_a_500() {
+    within(async {
+        let (listener, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            duplex::accept_with(tcp, ServerOptions::default(), |_, _| {
+                Ok(Accept::with_protocol("never-offered"))
+            })
+            .await
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
+        let answer = String::from_utf8(read_to_end(&mut tcp).await).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("which was not offered"), "{answer}");
+        let server_err = server.await.unwrap().unwrap_err();
+        assert!(matches!(
+            server_err,
+            Error::Handshake(HandshakeError::ProtocolNotOffered(ref p)) if p == "never-offered"
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_extension_offer_is_accepted_without_compression() {
+    within(async {
+        let addr = echo_server(ServerOptions::default()).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = UPGRADE.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; x=\"open\r\n\r\n",
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(!head.contains("Extensions"), "{head}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refusal_lingers_then_the_server_gives_up_within_the_handshake_bounds() {
+    use duplex::duplex_proto::handshake::{REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER};
+    let (listener, addr) = listener().await;
+    let serve = || async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let result = duplex::accept_with(tcp, ServerOptions::default(), |_, _| {
+            Err(Reject::new(StatusCode::FORBIDDEN, "no"))
+        })
+        .await;
+        assert!(matches!(
+            result,
+            Err(Error::Handshake(HandshakeError::Refused { status, .. })) if status == 403
+        ));
+        started.elapsed()
+    };
+
+    // A client that reads the answer and then neither sends nor closes: the server lingers
+    // for REFUSAL_LINGER, then gives up.
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    quiet.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let lingered = within(serve()).await;
+    let answer = String::from_utf8(read_to_end(&mut quiet).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(lingered >= REFUSAL_LINGER, "{lingered:?}");
+    assert!(lingered < REFUSAL_LINGER * 2, "{lingered:?}");
+
+    // A client that keeps sending: the server stops reading after REFUSAL_DRAIN_LIMIT bytes,
+    // well before the linger is over.
+    let mut noisy = TcpStream::connect(addr).await.unwrap();
+    noisy.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < 64 * REFUSAL_DRAIN_LIMIT && noisy.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let drained = within(serve()).await;
+    assert!(drained < REFUSAL_LINGER, "{drained:?}");
+    let sent = within(flood).await.unwrap();
+    assert!(
+        sent < 64 * REFUSAL_DRAIN_LIMIT,
+        "the server never stopped reading"
+    );
+}

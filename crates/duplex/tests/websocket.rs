@@ -499,3 +499,17 @@ async fn close_gives_up_after_the_close_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn permessage_deflate_is_negotiated_by_default_and_messages_round_trip() {
+    within(async {
+        let addr = echo_server(ServerOptions::default()).await;
+        let (mut ws, response) = duplex::connect(&ws_url(addr, "/")).await.unwrap();
+        let extensions = response.extensions.expect("deflate accepted");
+        assert!(extensions.starts_with("permessage-deflate"), "{extensions}");
+        let message = Message::text("squeeze ".repeat(1000));
+        ws.send(message.clone()).await.unwrap();
+        assert_eq!(ws.recv().await.transpose().unwrap(), Some(message));
+    })
+    .await;
+}

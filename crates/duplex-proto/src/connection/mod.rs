@@ -242,6 +242,13 @@ impl Connection {
         }
     }
 
+    /// Replaces the timer settings ([`Config::timers`]), for a runtime whose own options carry
+    /// them once a handshake has built the connection. Call it before the first
+    /// [`Connection::handle_timeout`]: it restarts the timers.
+    pub fn set_timers(&mut self, timers: &crate::config::Timers) {
+        self.clock = Clock::new(timers);
+    }
+
     /// Sets where masking keys come from (used by clients only). The default,
     /// [`os_mask_key`], is what RFC 6455 section 5.3 asks for; change it only for a source at
     /// least as unpredictable, or in tests.

@@ -9,7 +9,8 @@ use http::{HeaderMap, Method, StatusCode, Version};
 /// The variants fall in three groups, by who is to blame:
 /// - the client's request (server side): 400, 405, 426 or 431;
 /// - the application's decision (server side): [`OriginNotAllowed`](Self::OriginNotAllowed)
-///   (403) and [`Refused`](Self::Refused) (any status);
+///   (403), [`Refused`](Self::Refused) (any status) and
+///   [`ProtocolNotOffered`](Self::ProtocolNotOffered) (500);
 /// - the server's response or the caller's URL (client side): [`status`](Self::status) is
 ///   `502 Bad Gateway` for a bad response (what a proxy in front of this client would answer)
 ///   and `400 Bad Request` for a bad URL. A client never sends these; the status is there so a
@@ -67,6 +68,11 @@ pub enum HandshakeError {
         /// A short sentence for the body.
         reason: String,
     },
+    /// The application accepted with a subprotocol the client did not offer (section 4.2.2:
+    /// the server selects one of the client's values). The server's mistake, not the
+    /// client's: 500, and the connection is not opened, since the client would fail it anyway
+    /// (section 4.1).
+    ProtocolNotOffered(String),
 
     // ---- the caller's URL or the server's response (client side)
     /// The URL is not a usable `ws://` / `wss://` URL. 400.
@@ -112,6 +118,7 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion(_) => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             HandshakeError::Refused { status, .. } => *status,
+            HandshakeError::ProtocolNotOffered(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HandshakeError::InvalidUrl(_) => StatusCode::BAD_REQUEST,
             HandshakeError::MalformedResponse(_)
             | HandshakeError::ResponseTooLarge { .. }
@@ -185,6 +192,11 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Refused { status, reason } => {
                 write!(f, "refused by the application ({status}): {reason}")
             }
+            HandshakeError::ProtocolNotOffered(protocol) => write!(
+                f,
+                "the server chose subprotocol {}, which was not offered",
+                Short(protocol)
+            ),
             HandshakeError::InvalidUrl(e) => write!(f, "invalid WebSocket URL: {e}"),
             HandshakeError::MalformedResponse(what) => {
                 write!(f, "malformed HTTP response: {what}")

@@ -7,11 +7,35 @@
 //! head is there yet (`Ok(None)` = read more), and writes the bytes it gets back. Bytes after the
 //! head (the first frames) are left to the caller, who gets the number of bytes consumed.
 //!
-//! - [`server`]: [`parse_request`], [`validate_request`] into a [`ClientOffer`] the application
-//!   looks at (path, query, Origin, subprotocols, extensions), then [`accept_response`] or
-//!   [`reject_response`] / [`HandshakeError::response`].
-//! - [`client`]: [`WsUrl`], [`ClientRequest::encode`], [`parse_response`], [`validate_response`]
-//!   into [`Accepted`].
+//! Every runtime takes the same path, split into decide and encode (after quinn-proto and
+//! rustls), so the rules live here once:
+//!
+//! - Server: [`parse_request`], [`validate_request`] into a [`ClientOffer`] the application
+//!   looks at (path, query, Origin, subprotocols, extensions) and answers with
+//!   `Result<`[`Accept`]`, `[`Reject`]`>`; [`ServerHandshake::decide`] turns that into an
+//!   [`Upgrade`] (the answer and a configured [`Connection`](crate::Connection)) or a
+//!   [`Refused`] (a [`HandshakeError`] and its status); `encode_http11` on either gives the
+//!   bytes. After a refusal the server lingers within [`REFUSAL_LINGER`] and
+//!   [`REFUSAL_DRAIN_LIMIT`].
+//! - Client: a [`ClientHandshake`] around a [`ClientRequest`] ([`WsUrl`], key, subprotocols,
+//!   a permessage-deflate offer) gives the request bytes; [`parse_response`] the answer, and
+//!   [`ClientHandshake::finish`] checks it into [`Connected`] (a configured connection).
+//! - The building blocks stay public for servers that write their own heads:
+//!   [`accept_response`], [`reject_response`], [`HandshakeError::response`],
+//!   [`validate_response`] into [`Accepted`].
+//!
+//! # Lingering after a refusal
+//!
+//! A server that refuses writes the response ([`Refused::encode_http11`]), shuts its write
+//! side, and then reads and discards what the client still sends, for at most
+//! [`REFUSAL_LINGER`] and [`REFUSAL_DRAIN_LIMIT`] bytes, whichever comes first, or until the
+//! client closes. Why: closing a socket with unread bytes in its receive buffer makes the
+//! kernel send a reset, and a reset can destroy the response before the client read it
+//! (RFC 9112 section 9.6); draining for a moment lets the answer arrive, and the bounds keep a
+//! client that never stops sending from holding the server. The I/O is each runtime's; the
+//! bounds are these.
+//!
+//! # Limits
 //!
 //! Limits are checked before anything is allocated: a head larger than `max_size`
 //! ([`DEFAULT_MAX_HANDSHAKE_SIZE`]) or with more than [`MAX_HEADERS`] header lines fails with
@@ -19,28 +43,45 @@
 //! client that sends too many cookies learns why.
 //!
 //! ```
-//! use duplex_proto::handshake::{client, server, DEFAULT_MAX_HANDSHAKE_SIZE};
-//! use http::HeaderMap;
+//! use duplex_proto::handshake::{
+//!     parse_request, parse_response, validate_request, Accept, ClientHandshake, ClientRequest,
+//!     Reject, ServerHandshake, DEFAULT_MAX_HANDSHAKE_SIZE,
+//! };
+//! use duplex_proto::{Config, Message};
 //!
 //! // Client: build the request (the 16 key bytes come from the caller's RNG).
-//! let url: client::WsUrl = "ws://example.com/chat".parse()?;
-//! let mut request = client::ClientRequest::new(url, [7; 16]);
+//! let mut request = ClientRequest::new("ws://example.com/chat".parse()?, [7; 16]);
 //! request.protocols.push("chat".into());
-//! let wire = request.encode();
+//! let client = ClientHandshake::new(request, Config::default());
+//! let wire = client.encode();
 //!
-//! // Server: parse, validate, let the application choose, answer.
-//! let (head, used) = server::parse_request(&wire, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
-//! assert_eq!(used, wire.len());
-//! let offer = server::validate_request(&head)?;
-//! assert_eq!(head.uri().path(), "/chat");
-//! let protocol = offer.select_protocol(&["chat"]);
-//! let answer = server::accept_response(&offer, protocol, None, &HeaderMap::new());
+//! // Server: parse, validate, let the application choose, decide, encode.
+//! let (head, used) = parse_request(&wire, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
+//! assert_eq!(used, wire.len()); // wire[used..] would be the client's first frames
+//! let offer = validate_request(&head)?;
+//! let choice = match head.uri().path() {
+//!     "/chat" => Ok(Accept { protocol: offer.select_protocol(&["chat"]).map(Into::into), ..Accept::default() }),
+//!     _ => Err(Reject::new(http::StatusCode::NOT_FOUND, "no such endpoint")),
+//! };
+//! let config = Config::default();
+//! let upgrade = ServerHandshake::new(&config).decide(&offer, choice)?;
+//! let answer = upgrade.encode_http11();
+//! let mut server = upgrade.connection;
 //!
-//! // Client: check the 101.
-//! let (response, _) = client::parse_response(&answer, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
-//! let accepted = client::validate_response(&request, &response)?;
-//! assert_eq!(accepted.protocol.as_deref(), Some("chat"));
-//! # Ok::<(), duplex_proto::handshake::HandshakeError>(())
+//! // Client: check the 101; both sides now hold a configured connection.
+//! let (response, _) = parse_response(&answer, DEFAULT_MAX_HANDSHAKE_SIZE)?.expect("complete");
+//! let connected = client.finish(&response)?;
+//! assert_eq!(connected.protocol.as_deref(), Some("chat"));
+//! let mut client = connected.connection;
+//! client.send(Message::text("hi"))?;
+//! let mut bytes = bytes::BytesMut::new();
+//! while let Some(transmit) = client.poll_transmit() {
+//!     bytes.extend_from_slice(transmit.head());
+//!     bytes.extend_from_slice(transmit.payload());
+//! }
+//! server.recv(&mut bytes)?;
+//! assert!(matches!(server.poll_event(), Some(duplex_proto::Event::Message(m)) if m == Message::text("hi")));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use base64::Engine as _;
@@ -48,12 +89,18 @@ use base64::engine::general_purpose::STANDARD;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use sha1::{Digest, Sha1};
 
+mod accept;
 pub mod client;
+mod connect;
 mod error;
 pub mod server;
 mod url;
 
+pub use accept::{
+    Accept, REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER, Refused, Reject, ServerHandshake, Upgrade,
+};
 pub use client::{Accepted, ClientRequest, parse_response, validate_response};
+pub use connect::{ClientHandshake, Connected};
 pub use error::{HandshakeError, UrlError};
 pub use server::{ClientOffer, accept_response, parse_request, reject_response, validate_request};
 pub use url::WsUrl;
@@ -77,10 +124,39 @@ pub const MAX_HEADERS: usize = 64;
 /// assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 /// ```
 pub fn accept_key(key: &[u8]) -> String {
-    let mut sha1 = Sha1::new();
-    sha1.update(key);
-    sha1.update(GUID.as_bytes());
-    STANDARD.encode(sha1.finalize())
+    AcceptKey::new(key).as_str().to_owned()
+}
+
+/// A `Sec-WebSocket-Accept` value held inline: base64 of a 20-byte SHA-1 digest is always 28
+/// characters, so the accept path needs no allocation for it.
+#[derive(Clone, Copy)]
+struct AcceptKey([u8; 28]);
+
+impl AcceptKey {
+    /// base64(SHA-1(key ++ [`GUID`])) (RFC 6455 section 1.3).
+    fn new(key: &[u8]) -> AcceptKey {
+        let mut sha1 = Sha1::new();
+        sha1.update(key);
+        sha1.update(GUID.as_bytes());
+        let mut out = [0u8; 28];
+        // 20 bytes encode to exactly 28 characters, so the slice always fits.
+        let written = STANDARD
+            .encode_slice(sha1.finalize(), &mut out)
+            .unwrap_or_default();
+        debug_assert_eq!(written, out.len());
+        AcceptKey(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // base64 output is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for AcceptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Optional whitespace around list elements and header values (RFC 9110 section 5.6.3).

@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use duplex_proto::handshake::parse_request;
-use duplex_proto::{CloseCode, Connection, Event, Role, State};
+use duplex_proto::handshake::{
+    REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER, Refused, ServerHandshake, parse_request, validate_request,
+};
+use duplex_proto::{CloseCode, Event, State};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -352,8 +354,15 @@ impl<H: Handler> EventLoop<'_, H> {
                     self.on_frames(index, chunk)
                 }
                 Phase::Handshake(_) => self.on_request_bytes(index, chunk),
-                // Discarded: the peer's last words after ours.
-                Phase::Linger { .. } => Next::Keep,
+                // Discarded: the peer's last words after ours, up to the drain bound.
+                Phase::Linger { drained, .. } => {
+                    *drained = drained.saturating_add(n);
+                    if *drained > REFUSAL_DRAIN_LIMIT {
+                        Next::Drop
+                    } else {
+                        Next::Keep
+                    }
+                }
             };
             if next == Next::Drop {
                 return Next::Drop;
@@ -477,7 +486,7 @@ impl<H: Handler> EventLoop<'_, H> {
                 }
                 return Next::Keep;
             }
-            Err(e) => return self.refuse(index, e.response()),
+            Err(e) => return self.refuse(index, &e.into()),
         };
         let rest = if buf.is_empty() {
             &chunk[consumed..]
@@ -485,29 +494,20 @@ impl<H: Handler> EventLoop<'_, H> {
             &buf[consumed..]
         };
         let leftover = BytesMut::from(rest);
-        #[cfg(feature = "deflate")]
-        let deflate = self.options.deflate.as_ref();
-        #[cfg(not(feature = "deflate"))]
-        let deflate = None;
-        let handler = &mut self.handler;
-        let upgrade = match crate::server::answer(&request, deflate, |request, offer| {
-            handler.on_upgrade(request, offer)
-        }) {
-            Ok(upgrade) => upgrade,
-            Err(refusal) => {
-                return match refusal.response {
-                    Some(response) => self.refuse(index, response),
-                    None => Next::Drop,
-                };
-            }
+        let offer = match validate_request(&request) {
+            Ok(offer) => offer,
+            Err(e) => return self.refuse(index, &e.into()),
         };
-        #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
-        let mut conn = Connection::new(Role::Server, self.options.config.clone());
+        let choice = self.handler.on_upgrade(&request, &offer);
+        let handshake = ServerHandshake::new(&self.options.config);
         #[cfg(feature = "deflate")]
-        if let Some(negotiated) = upgrade.negotiated {
-            conn.set_deflate(negotiated);
-        }
-        let response = upgrade.response;
+        let handshake = handshake.deflate(self.options.deflate.as_ref());
+        let upgrade = match handshake.decide(&offer, choice) {
+            Ok(upgrade) => upgrade,
+            Err(refused) => return self.refuse(index, &refused),
+        };
+        let response = upgrade.encode_http11();
+        let conn = upgrade.connection;
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
@@ -543,16 +543,22 @@ impl<H: Handler> EventLoop<'_, H> {
         }
     }
 
-    /// Answers a bad or refused request with an HTTP error, then lingers.
-    fn refuse(&mut self, index: usize, response: Vec<u8>) -> Next {
+    /// Answers a bad or refused request with its HTTP error, then lingers within the
+    /// handshake module's bounds: [`REFUSAL_LINGER`] (at least, and at most one sweep more)
+    /// and [`REFUSAL_DRAIN_LIMIT`] bytes read and discarded (see `read`).
+    fn refuse(&mut self, index: usize, refused: &Refused) -> Next {
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
         slot.phase = Phase::Linger {
-            out: response,
+            out: refused.encode_http11(),
             shut: false,
+            drained: 0,
         };
-        slot.deadline = self.tick.saturating_add(ticks(self.options.close_timeout));
+        // The sweep runs once a tick: one more tick makes the linger at least REFUSAL_LINGER.
+        slot.deadline = self
+            .tick
+            .saturating_add(ticks(REFUSAL_LINGER).saturating_add(1));
         self.flush(index)
     }
 
@@ -634,7 +640,7 @@ impl<H: Handler> EventLoop<'_, H> {
         }
         match &mut slot.phase {
             Phase::Handshake(_) => Next::Keep,
-            Phase::Linger { out, shut } => {
+            Phase::Linger { out, shut, .. } => {
                 if !*shut {
                     let mut done = 0;
                     let written = write_raw(&slot.stream, out, &mut done);
@@ -675,6 +681,7 @@ impl<H: Handler> EventLoop<'_, H> {
                     slot.phase = Phase::Linger {
                         out: Vec::new(),
                         shut: true,
+                        drained: 0,
                     };
                     shut_write(&slot.stream);
                     slot.deadline = tick.saturating_add(ticks(self.options.close_timeout));

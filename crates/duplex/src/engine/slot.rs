@@ -35,8 +35,13 @@ pub(super) enum Phase {
     Open(Box<Open>),
     /// Writing the last bytes (a refusal), then the write side is shut and what the peer still
     /// sends is discarded until it closes, so closing does not reset the connection before the
-    /// peer read our last bytes.
-    Linger { out: Vec<u8>, shut: bool },
+    /// peer read our last bytes. `drained` counts the discarded bytes, bounded by
+    /// `duplex_proto::handshake::REFUSAL_DRAIN_LIMIT`.
+    Linger {
+        out: Vec<u8>,
+        shut: bool,
+        drained: usize,
+    },
 }
 
 /// An upgraded connection.

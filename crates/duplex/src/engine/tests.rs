@@ -700,3 +700,66 @@ fn messages_before_a_violation_or_a_close_are_echoed_first() {
     let codes: Vec<u16> = echo.closes.lock().unwrap().iter().map(|c| c.0).collect();
     assert_eq!(codes, [1002, 1000]);
 }
+
+/// Writes one byte every 50 ms until the write fails (the server dropped the socket and
+/// answered with a reset); returns how long that took.
+fn time_until_dropped(tcp: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if tcp.write_all(b"x").is_err() {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server kept a refused connection for 10 s");
+}
+
+#[test]
+fn a_refusal_lingers_for_the_handshake_modules_bound() {
+    use duplex_proto::handshake::REFUSAL_LINGER;
+    // A close timeout far from the linger, to tell the two apart.
+    let options = EngineOptions {
+        close_timeout: Duration::from_secs(8),
+        ..Default::default()
+    };
+    let server = Server::start(options, Echo::default());
+    let (mut tcp, head) = raw_connect(server.addr, "/private", "13");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"token required", "the body, then the server's FIN");
+    // The socket stays open on our side: the server drops it once the linger is over (the
+    // sweep runs once a second, so at most a second and a bit later).
+    let lingered = time_until_dropped(&mut tcp);
+    assert!(
+        lingered >= REFUSAL_LINGER - Duration::from_millis(100),
+        "{lingered:?}"
+    );
+    assert!(lingered < REFUSAL_LINGER * 3, "{lingered:?}");
+}
+
+#[test]
+fn a_refused_client_that_keeps_sending_is_dropped_after_the_drain_limit() {
+    use duplex_proto::handshake::{REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER};
+    let server = Server::start(EngineOptions::default(), Echo::default());
+    let (mut tcp, head) = raw_connect(server.addr, "/private", "13");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while tcp.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+        assert!(sent < 64 * REFUSAL_DRAIN_LIMIT, "never dropped");
+    }
+    assert!(
+        sent >= REFUSAL_DRAIN_LIMIT / 2,
+        "dropped after {sent} bytes"
+    );
+    // Well before the linger's time bound: it was the byte bound.
+    assert!(
+        started.elapsed() < REFUSAL_LINGER,
+        "{:?}",
+        started.elapsed()
+    );
+}
