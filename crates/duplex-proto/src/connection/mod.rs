@@ -317,6 +317,8 @@ impl Connection {
     /// says so: **after draining the events, call `recv` again**, even with no new bytes.
     #[inline]
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        // Cleared on every path: a deferral is answered by this very call.
+        self.deferred = false;
         if let Some(e) = self.pending_error.take() {
             buf.clear();
             self.fail(&e);
@@ -327,7 +329,6 @@ impl Connection {
             return Ok(());
         }
         let events_before = self.events.len();
-        self.deferred = false;
         let mut out = recv::Output {
             events: &mut self.events,
             transmits: &mut self.transmits,

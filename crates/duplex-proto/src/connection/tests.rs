@@ -274,6 +274,22 @@ fn messages_before_a_violation_can_still_be_answered() {
 }
 
 #[test]
+fn the_deferred_error_ends_the_re_feed_loop() {
+    // Found by fuzz/connection_client: once recv returned the deferred error, needs_recv stayed
+    // true, so a runtime calling recv again while needs_recv() spun forever.
+    let mut server = Connection::new(Role::Server, Config::default());
+    let mut wire = client_frame(true, 0, 1, b"echo me");
+    wire.extend_from_slice(&client_frame(true, 0b010, 1, b"bad"));
+    server.recv(&mut wire).unwrap();
+    assert!(server.needs_recv());
+    events(&mut server);
+    assert!(server.recv(&mut BytesMut::new()).is_err());
+    assert!(!server.needs_recv(), "the error was the answer");
+    assert_eq!(server.recv(&mut BytesMut::new()), Ok(()));
+    assert!(!server.needs_recv());
+}
+
+#[test]
 fn messages_before_the_peers_close_are_answered_before_the_reply() {
     let mut server = Connection::new(Role::Server, Config::default());
     let mut wire = client_frame(true, 0, 1, b"last words");
