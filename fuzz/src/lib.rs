@@ -1,0 +1,247 @@
+//! Helpers shared by the fuzz targets: cutting an input into pieces the way a socket would,
+//! and driving a [`Connection`] the way a runtime does while checking what must always hold.
+
+use bytes::{Bytes, BytesMut};
+use duplex_proto::extensions::deflate::Negotiated;
+use duplex_proto::frame::{FrameHeader, OpCode, RSV1};
+use duplex_proto::{
+    CloseCode, Config, Connection, Error, Event, Role, State, Transmit, UsageError,
+};
+
+/// Piece lengths derived from one input byte: `0` gives one piece (everything at once), `n`
+/// gives pieces of 1..=n bytes in a sequence fixed by `n` (a small xorshift), so the fuzzer
+/// controls where the frames are cut by changing one byte.
+#[derive(Debug, Clone)]
+pub struct Splitter {
+    max: usize,
+    state: u32,
+}
+
+impl Splitter {
+    /// Pieces of at most `max` bytes (`0`: unbounded).
+    pub fn new(max: u8) -> Splitter {
+        Splitter {
+            max: usize::from(max),
+            state: 0x9e37_79b9 ^ u32::from(max),
+        }
+    }
+
+    /// The next pseudo-random 32 bits.
+    pub fn next_u32(&mut self) -> u32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 17;
+        self.state ^= self.state << 5;
+        self.state
+    }
+
+    /// Takes the next piece off the front of `rest`.
+    pub fn next_piece<'a>(&mut self, rest: &mut &'a [u8]) -> &'a [u8] {
+        let len = if self.max == 0 {
+            rest.len()
+        } else {
+            (1 + self.next_u32() as usize % self.max).min(rest.len())
+        };
+        let (piece, tail) = rest.split_at(len);
+        *rest = tail;
+        piece
+    }
+}
+
+/// Deflate parameters picked by the bits of one byte: window bits 8..=15 for each direction
+/// and both no-context-takeover flags.
+pub fn negotiated(byte: u8) -> Negotiated {
+    Negotiated {
+        server_no_context_takeover: byte & 0x01 != 0,
+        client_no_context_takeover: byte & 0x02 != 0,
+        server_max_window_bits: 8 + ((byte >> 2) & 0x7),
+        client_max_window_bits: 8 + ((byte >> 5) & 0x7),
+        level: 1,
+        threshold: 0,
+    }
+}
+
+/// Runs a `Connection` in `role` on `data` like a runtime would, and panics where an
+/// invariant breaks. The first byte picks the setup, the second the piece lengths, the rest is
+/// what the peer sends:
+///
+/// - bit 0: permessage-deflate negotiated (parameters from the second byte);
+/// - bit 1: streaming receive (fragments echoed as fragments);
+/// - bit 2: small limits (frame and message 256 bytes), so the 1009 paths are reached;
+/// - bit 3: we start the close handshake after the first message we echo.
+pub fn run_connection(role: Role, data: &[u8]) {
+    let [setup, split, ref wire @ ..] = *data else {
+        return;
+    };
+    let mut config = Config {
+        streaming_receive: setup & 0x02 != 0,
+        ..Config::default()
+    };
+    if setup & 0x04 != 0 {
+        config.max_frame_size = 256;
+        config.max_message_size = 256;
+    }
+    let mut conn = Connection::new(role, config);
+    if role == Role::Client {
+        // Deterministic keys: the fuzzer needs reproducible runs.
+        conn.set_mask_key_source(|| [0x37, 0xfa, 0x21, 0x3d]);
+    }
+    let deflate = setup & 0x01 != 0;
+    if deflate {
+        conn.set_deflate(negotiated(split));
+    }
+    let close_after_echo = setup & 0x08 != 0;
+
+    let mut checker = TransmitChecker::new(role, deflate);
+    let mut splitter = Splitter::new(split);
+    let mut rest = wire;
+    let mut buf = BytesMut::new();
+    let mut closed_and_drained = false;
+    while !rest.is_empty() {
+        buf.extend_from_slice(splitter.next_piece(&mut rest));
+        // The re-feed loop of the call protocol: after draining, recv again while asked to.
+        loop {
+            let was_closed = conn.state() == State::Closed;
+            let result = conn.recv(&mut buf);
+            match &result {
+                Err(Error::Protocol(_)) => {
+                    assert_eq!(conn.state(), State::Closed, "a failed recv closes");
+                    assert!(!was_closed, "a closed connection reports no error");
+                }
+                Err(Error::Usage(e)) => panic!("recv reported a usage error: {e:?}"),
+                Ok(()) => {}
+            }
+            if was_closed {
+                assert!(buf.is_empty(), "input after the close is discarded");
+                assert!(!conn.has_pending_event(), "no event after the close");
+            }
+            if result.is_ok() && !conn.needs_recv() && conn.state() != State::Closed {
+                // Only an incomplete header or a control frame's start stays buffered.
+                assert!(
+                    buf.len() < 14 + 125 + 1,
+                    "recv left {} bytes unconsumed",
+                    buf.len()
+                );
+            }
+            drain_events(&mut conn, close_after_echo);
+            while let Some(tx) = conn.poll_transmit() {
+                assert!(
+                    !closed_and_drained,
+                    "a transmit after the connection closed"
+                );
+                checker.check(&tx);
+            }
+            if conn.state() == State::Closed {
+                closed_and_drained = true;
+            }
+            if !conn.needs_recv() {
+                break;
+            }
+        }
+    }
+}
+
+/// Answers events as an echo server does: messages and fragments are sent back.
+fn drain_events(conn: &mut Connection, close_after_echo: bool) {
+    while let Some(event) = conn.poll_event() {
+        let open = conn.state() == State::Open;
+        let sent = match event {
+            Event::Message(message) => {
+                let sent = conn.send(message);
+                if close_after_echo && open {
+                    conn.close(CloseCode::NORMAL, "bye")
+                        .expect("closing an open connection");
+                }
+                sent
+            }
+            Event::Fragment {
+                kind, data, fin, ..
+            } => conn.send_fragment(kind, data, fin),
+            // The pong and the Close reply are queued by the connection itself.
+            Event::Ping(_) | Event::Pong(_) | Event::Close(_) => continue,
+        };
+        match sent {
+            Ok(()) => assert!(open, "sent on a connection that is not open"),
+            Err(Error::Usage(UsageError::Closed)) => {
+                assert!(!open, "refused on an open connection")
+            }
+            Err(e) => panic!("echo refused: {e:?}"),
+        }
+    }
+}
+
+/// Checks every frame a connection writes: its head decodes to exactly itself with the
+/// payload's length, the mask follows the role (RFC 6455 section 5.1), RSV1 only on the
+/// first frame of a compressed message, control frames whole and small, and data fragments in
+/// order.
+#[derive(Debug)]
+pub struct TransmitChecker {
+    role: Role,
+    deflate: bool,
+    in_message: bool,
+    close_sent: bool,
+}
+
+impl TransmitChecker {
+    /// A checker for the frames of a connection in `role`.
+    pub fn new(role: Role, deflate: bool) -> TransmitChecker {
+        TransmitChecker {
+            role,
+            deflate,
+            in_message: false,
+            close_sent: false,
+        }
+    }
+
+    /// Checks one transmit, in the order they were polled.
+    pub fn check(&mut self, tx: &Transmit) {
+        let head = tx.head();
+        let (header, len) = FrameHeader::decode(head)
+            .expect("a transmit head decodes")
+            .expect("a transmit head is complete");
+        assert_eq!(len, head.len(), "the head is exactly one header");
+        assert_eq!(header.payload_len, tx.payload().len() as u64);
+        assert_eq!(header.mask.is_some(), self.role == Role::Client);
+        assert!(!self.close_sent, "a frame after our Close");
+        assert!(header.rsv & !RSV1 == 0, "RSV2/RSV3 set: {:#x}", header.rsv);
+        match header.opcode {
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                assert_eq!(header.rsv, 0, "a control frame with RSV bits");
+                assert!(header.payload_len <= 125);
+                if header.opcode == OpCode::Close {
+                    self.close_sent = true;
+                    check_close_payload(tx.payload(), header.mask);
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                assert!(!self.in_message, "a new message inside a fragmented one");
+                assert!(header.rsv == 0 || self.deflate, "RSV1 without deflate");
+                self.in_message = !header.fin;
+            }
+            OpCode::Continuation => {
+                assert!(self.in_message, "a continuation outside a message");
+                assert_eq!(header.rsv, 0, "RSV1 on a continuation frame");
+                self.in_message = !header.fin;
+            }
+        }
+    }
+}
+
+/// A Close payload we send is empty or a valid code and a UTF-8 reason.
+fn check_close_payload(payload: &Bytes, mask: Option<[u8; 4]>) {
+    let mut bytes = payload.to_vec();
+    if let Some(key) = mask {
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    if bytes.is_empty() {
+        return;
+    }
+    assert!(bytes.len() >= 2, "a one-byte Close payload");
+    let code = CloseCode(u16::from_be_bytes([bytes[0], bytes[1]]));
+    assert!(code.is_valid_on_wire(), "we sent the close code {}", code.0);
+    assert!(
+        std::str::from_utf8(&bytes[2..]).is_ok(),
+        "a close reason that is not UTF-8"
+    );
+}
