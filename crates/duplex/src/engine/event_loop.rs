@@ -507,7 +507,13 @@ impl<H: Handler> EventLoop<'_, H> {
                 };
             }
         };
-        #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+        #[cfg_attr(
+            not(feature = "deflate"),
+            allow(
+                unused_mut,
+                reason = "only deflate configures the connection after new"
+            )
+        )]
         let mut conn = Connection::new(Role::Server, self.options.config.clone());
         #[cfg(feature = "deflate")]
         if let Some(negotiated) = upgrade.negotiated {
