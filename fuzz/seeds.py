@@ -131,7 +131,8 @@ write("inflate", "window-9", bytes([0x01, 0xFF, 40]) + deflate(b"abcdefgh" * 300
 
 
 # ---- connection_server / connection_client:
-#      [setup: 1 deflate | 2 streaming | 4 small limits | 8 close after echo][split][peer bytes]
+#      [setup: 1 deflate | 2 streaming | 4 small limits | 8 close after echo | 16 prepared echo]
+#      [split][peer bytes]
 def conversation(masked, deflated=False):
     text = frame(0x1, HELLO, masked=masked)
     if deflated:
@@ -156,6 +157,9 @@ for target, masked in (("connection_server", True), ("connection_client", False)
     write(target, "small-limits", bytes([0x04, 0x00]) + conversation(masked))
     write(target, "close-first", bytes([0x08, 0x00]) + conversation(masked))
     write(target, "wrong-mask", bytes([0x00, 0x00]) + conversation(not masked))
+    # split byte 0xFD: server_no_context_takeover, so a server sends the prepared compressed frame
+    write(target, "prepared", bytes([0x10, 0x00]) + conversation(masked))
+    write(target, "prepared-deflate", bytes([0x11, 0xFD]) + conversation(masked, deflated=True))
     write(
         target,
         "deflate-no-context",

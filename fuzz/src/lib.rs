@@ -1,11 +1,14 @@
 //! Helpers shared by the fuzz targets: cutting an input into pieces the way a socket would,
 //! and driving a [`Connection`] the way a runtime does while checking what must always hold.
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use duplex_proto::extensions::deflate::Negotiated;
 use duplex_proto::frame::{FrameHeader, OpCode, RSV1};
 use duplex_proto::{
-    CloseCode, Config, Connection, Error, Event, Role, State, Transmit, UsageError,
+    CloseCode, Config, Connection, DataKind, Error, Event, PreparedMessage, Role, State, Transmit,
+    UsageError,
 };
 
 /// Piece lengths derived from one input byte: `0` gives one piece (everything at once), `n`
@@ -67,7 +70,11 @@ pub fn negotiated(byte: u8) -> Negotiated {
 /// - bit 0: permessage-deflate negotiated (parameters from the second byte);
 /// - bit 1: streaming receive (fragments echoed as fragments);
 /// - bit 2: small limits (frame and message 256 bytes), so the 1009 paths are reached;
-/// - bit 3: we start the close handshake after the first message we echo.
+/// - bit 3: we start the close handshake after the first message we echo;
+/// - bit 4: messages are echoed as a `PreparedMessage` (compressed once when deflate is on).
+///
+/// Everything the connection sends is fed to a peer `Connection` of the other role with the
+/// same parameters, which must accept it and receive exactly the echoed messages.
 pub fn run_connection(role: Role, data: &[u8]) {
     let [setup, split, ref wire @ ..] = *data else {
         return;
@@ -81,15 +88,26 @@ pub fn run_connection(role: Role, data: &[u8]) {
         config.max_message_size = 256;
     }
     let mut conn = Connection::new(role, config);
-    if role == Role::Client {
-        // Deterministic keys: the fuzzer needs reproducible runs.
-        conn.set_mask_key_source(|| [0x37, 0xfa, 0x21, 0x3d]);
+    let peer_role = match role {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    };
+    let mut peer = Peer::new(Connection::new(peer_role, Config::default()));
+    for c in [&mut conn, &mut peer.conn] {
+        if c.role() == Role::Client {
+            // Deterministic keys: the fuzzer needs reproducible runs.
+            c.set_mask_key_source(|| [0x37, 0xfa, 0x21, 0x3d]);
+        }
     }
     let deflate = setup & 0x01 != 0;
     if deflate {
         conn.set_deflate(negotiated(split));
+        peer.conn.set_deflate(negotiated(split));
     }
-    let close_after_echo = setup & 0x08 != 0;
+    let echo = Echo {
+        close_after: setup & 0x08 != 0,
+        prepared: setup & 0x10 != 0,
+    };
 
     let mut checker = TransmitChecker::new(role, deflate);
     let mut splitter = Splitter::new(split);
@@ -98,6 +116,7 @@ pub fn run_connection(role: Role, data: &[u8]) {
     let mut closed_and_drained = false;
     while !rest.is_empty() {
         buf.extend_from_slice(splitter.next_piece(&mut rest));
+        check_whole_frame_len(&conn, &buf);
         // The re-feed loop of the call protocol: after draining, recv again while asked to.
         loop {
             let was_closed = conn.state() == State::Closed;
@@ -122,13 +141,14 @@ pub fn run_connection(role: Role, data: &[u8]) {
                     buf.len()
                 );
             }
-            drain_events(&mut conn, close_after_echo);
+            drain_events(&mut conn, echo, &mut peer.expected);
             while let Some(tx) = conn.poll_transmit() {
                 assert!(
                     !closed_and_drained,
                     "a transmit after the connection closed"
                 );
                 checker.check(&tx);
+                peer.feed(&tx);
             }
             if conn.state() == State::Closed {
                 closed_and_drained = true;
@@ -140,14 +160,37 @@ pub fn run_connection(role: Role, data: &[u8]) {
     }
 }
 
-/// Answers events as an echo server does: messages and fragments are sent back.
-fn drain_events(conn: &mut Connection, close_after_echo: bool) {
+/// How the echo answers.
+#[derive(Debug, Clone, Copy)]
+struct Echo {
+    /// Start the close handshake after the first echoed message.
+    close_after: bool,
+    /// Send messages as a `PreparedMessage`.
+    prepared: bool,
+}
+
+/// Answers events as an echo server does: messages and fragments are sent back. What was
+/// sent is added to `expected`, the messages the peer must receive.
+fn drain_events(conn: &mut Connection, echo: Echo, expected: &mut Expected) {
     while let Some(event) = conn.poll_event() {
         let open = conn.state() == State::Open;
         let sent = match event {
             Event::Message(message) => {
-                let sent = conn.send(message);
-                if close_after_echo && open {
+                let (kind, bytes) = (message.kind(), Bytes::copy_from_slice(message.as_bytes()));
+                let sent = if echo.prepared {
+                    let deflate = conn.deflate().is_some();
+                    conn.send_prepared(&if deflate {
+                        PreparedMessage::with_deflate(message, 1)
+                    } else {
+                        PreparedMessage::new(message)
+                    })
+                } else {
+                    conn.send(message)
+                };
+                if sent.is_ok() {
+                    expected.messages.push_back((kind, bytes));
+                }
+                if echo.close_after && open {
                     conn.close(CloseCode::NORMAL, "bye")
                         .expect("closing an open connection");
                 }
@@ -155,7 +198,18 @@ fn drain_events(conn: &mut Connection, close_after_echo: bool) {
             }
             Event::Fragment {
                 kind, data, fin, ..
-            } => conn.send_fragment(kind, data, fin),
+            } => {
+                let piece = data.clone();
+                let sent = conn.send_fragment(kind, data, fin);
+                if sent.is_ok() {
+                    expected.partial.extend_from_slice(&piece);
+                    if fin {
+                        let whole = std::mem::take(&mut expected.partial).freeze();
+                        expected.messages.push_back((kind, whole));
+                    }
+                }
+                sent
+            }
             // The pong and the Close reply are queued by the connection itself.
             Event::Ping(_) | Event::Pong(_) | Event::Close(_) => continue,
         };
@@ -167,6 +221,73 @@ fn drain_events(conn: &mut Connection, close_after_echo: bool) {
             Err(e) => panic!("echo refused: {e:?}"),
         }
     }
+}
+
+/// The messages the peer must receive, in order, and the echo's fragments so far.
+#[derive(Debug, Default)]
+struct Expected {
+    messages: VecDeque<(DataKind, Bytes)>,
+    partial: BytesMut,
+}
+
+/// The other end: reads everything the fuzzed connection sends, as a correct peer would.
+#[derive(Debug)]
+struct Peer {
+    conn: Connection,
+    buf: BytesMut,
+    expected: Expected,
+}
+
+impl Peer {
+    fn new(conn: Connection) -> Peer {
+        Peer {
+            conn,
+            buf: BytesMut::new(),
+            expected: Expected::default(),
+        }
+    }
+
+    /// Feeds one transmit: the peer must accept it, and every message it completes must be
+    /// the next echoed one.
+    fn feed(&mut self, tx: &Transmit) {
+        self.buf.extend_from_slice(tx.head());
+        self.buf.extend_from_slice(tx.payload());
+        loop {
+            if let Err(e) = self.conn.recv(&mut self.buf) {
+                panic!("the peer rejected what we sent: {e:?}");
+            }
+            while let Some(event) = self.conn.poll_event() {
+                if let Event::Message(message) = event {
+                    let expected = self
+                        .expected
+                        .messages
+                        .pop_front()
+                        .expect("the peer received a message that was not sent");
+                    assert_eq!(
+                        (message.kind(), message.as_bytes()),
+                        (expected.0, &expected.1[..]),
+                        "the peer received something else than what was sent"
+                    );
+                }
+            }
+            if !self.conn.needs_recv() {
+                break;
+            }
+        }
+    }
+}
+
+/// `whole_frame_len` agrees with the frame header at the start of `buf`.
+fn check_whole_frame_len(conn: &Connection, buf: &[u8]) {
+    let Some(len) = conn.whole_frame_len(buf, 0) else {
+        return;
+    };
+    let (header, head_len) = FrameHeader::decode(buf)
+        .expect("whole_frame_len only for a valid header")
+        .expect("whole_frame_len only for a complete header");
+    assert_eq!(header.opcode, OpCode::Binary, "whole frames are binary");
+    assert!(header.payload_len >= 126);
+    assert_eq!(len as u64, head_len as u64 + header.payload_len);
 }
 
 /// Checks every frame a connection writes: its head decodes to exactly itself with the
