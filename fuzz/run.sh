@@ -85,9 +85,10 @@ for target in "${targets[@]}"; do
         failed=$((failed + 1))
         echo "fuzz: $target: FAILED (exit status $rc) after ${execs:-?} executions; from its log:"
         # From the panic or sanitizer report on; the whole end when there is none (build error).
+        # (`|| true`: head closing the pipe early is not an error here.)
         report=$(sed -n '/panicked at\|==ERROR\|ERROR: libFuzzer\|ALARM: working on the last Unit/,+30p' \
-            "$logs/$target.log" | head -n 40)
-        [ -n "$report" ] || report=$(tail -n 40 "$logs/$target.log")
+            "$logs/$target.log" | head -n 40 || true)
+        [ -n "$report" ] || report=$(tail -n 40 "$logs/$target.log" || true)
         sed 's/^/    /' <<<"$report"
         artifact=$(grep -aoE '(Test unit written to|Running:) [^ ]*artifacts/[^ ]+' "$logs/$target.log" | tail -n1 | awk '{print $NF}' || true)
         if [ -n "$artifact" ]; then

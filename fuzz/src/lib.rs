@@ -285,7 +285,12 @@ fn check_whole_frame_len(conn: &Connection, buf: &[u8]) {
     let (header, head_len) = FrameHeader::decode(buf)
         .expect("whole_frame_len only for a valid header")
         .expect("whole_frame_len only for a complete header");
-    assert_eq!(header.opcode, OpCode::Binary, "whole frames are binary");
+    // A binary message's first frame or one of its continuations.
+    assert!(
+        matches!(header.opcode, OpCode::Binary | OpCode::Continuation),
+        "a whole {:?} frame",
+        header.opcode
+    );
     assert!(header.payload_len >= 126);
     assert_eq!(len as u64, head_len as u64 + header.payload_len);
 }
