@@ -58,8 +58,6 @@
 //! hub.wait().await;
 //! # Ok(()) }
 //! ```
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod auth;
 pub mod broker;

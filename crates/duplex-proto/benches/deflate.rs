@@ -2,6 +2,10 @@
 //! is visible, and the compression ratio on a JSON-like payload.
 //!
 //! `cargo bench -p duplex-proto --bench deflate` prints MB/s for each, then the ratio.
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines an undocumented pub fn"
+)]
 
 use std::hint::black_box;
 

@@ -2,6 +2,10 @@
 //! whole receive of a masked frame.
 //!
 //! `cargo bench -p duplex-proto --bench hot_paths` prints throughput (GiB/s) and ns per frame.
+#![allow(
+    missing_docs,
+    reason = "criterion_group! defines an undocumented pub fn"
+)]
 
 use std::hint::black_box;
 

@@ -7,8 +7,6 @@
 //! section 5.3), so the same input always gives the same output and every rule can be tested
 //! without a network.
 #![doc = include_str!("../DESIGN.md")]
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod close;
 pub mod config;

@@ -35,7 +35,10 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     #[cfg(target_arch = "x86_64")]
     if buf.len() >= 256 && std::is_x86_feature_detected!("avx2") {
         // SAFETY: `apply_mask_avx2` only requires AVX2, which was just detected on this CPU.
-        #[allow(unsafe_code)]
+        #[expect(
+            unsafe_code,
+            reason = "calls a target_feature function; AVX2 was detected"
+        )]
         unsafe {
             return apply_mask_avx2(buf, key, offset);
         }
@@ -70,7 +73,10 @@ pub fn apply_mask_from_start(buf: &mut [u8], key: [u8; 4]) {
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "a target_feature function is unsafe to call: callers check AVX2 first"
+)]
 unsafe fn apply_mask_avx2(buf: &mut [u8], key: [u8; 4], offset: usize) {
     apply_mask_blocks(buf, key, offset);
 }
@@ -178,7 +184,7 @@ mod tests {
                 if std::is_x86_feature_detected!("avx2") {
                     let mut avx2 = data.clone();
                     // SAFETY: AVX2 was detected.
-                    #[allow(unsafe_code)]
+                    #[expect(unsafe_code, reason = "tests the AVX2 path against the scalar one")]
                     unsafe {
                         apply_mask_avx2(&mut avx2, key, offset)
                     };

@@ -49,8 +49,6 @@
 //! ws.close(CloseCode::NORMAL, "done").await?;
 //! # Ok(()) }
 //! ```
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
 
 mod client;
 mod core;

@@ -1,6 +1,9 @@
 //! Helpers for the hub's integration tests: a hub on an ephemeral port of 127.0.0.1, a JSON
 //! WebSocket client, a raw HTTP client; everything bounded in time.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use std::collections::VecDeque;
 use std::future::Future;

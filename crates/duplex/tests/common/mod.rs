@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests: everything on 127.0.0.1, everything bounded in time.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use std::future::Future;
 use std::net::SocketAddr;
