@@ -202,7 +202,10 @@ where
     let mut request = ClientRequest::new(url, crate::rng::handshake_key()?);
     request.protocols = options.protocols;
     request.headers = options.headers;
-    #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+    #[cfg_attr(
+        not(feature = "deflate"),
+        allow(unused_mut, reason = "only deflate configures it after it is built")
+    )]
     let mut handshake = ClientHandshake::new(request, options.config);
     #[cfg(feature = "deflate")]
     if let Some(deflate) = options.deflate {

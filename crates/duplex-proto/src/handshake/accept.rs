@@ -204,7 +204,10 @@ impl<'a> ServerHandshake<'a> {
         protocol: Option<String>,
         headers: HeaderMap,
     ) -> Upgrade {
-        #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+        #[cfg_attr(
+            not(feature = "deflate"),
+            allow(unused_mut, reason = "only deflate configures it after it is built")
+        )]
         let mut connection = Connection::new(Role::Server, self.config.clone());
         let extensions = self.accept_deflate(offer, &mut connection);
         Upgrade {

@@ -129,7 +129,10 @@ impl ClientHandshake {
     /// the connection).
     pub fn finish(&self, response: &Response<()>) -> Result<Connected, HandshakeError> {
         let accepted = validate_response(&self.request, response)?;
-        #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+        #[cfg_attr(
+            not(feature = "deflate"),
+            allow(unused_mut, reason = "only deflate configures it after it is built")
+        )]
         let mut connection = Connection::new(Role::Client, self.config.clone());
         #[cfg(feature = "deflate")]
         if let (Some(answer), Some(deflate)) = (accepted.extensions.as_deref(), &self.deflate) {
