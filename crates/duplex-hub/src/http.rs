@@ -393,34 +393,34 @@ async fn upgrade(
     request: Request<()>,
     leftover: BytesMut,
     peer: SocketAddr,
-    shared: Arc<HubState>,
+    hub: Arc<HubState>,
 ) {
     let offer = match validate_request(&request) {
         Ok(offer) => offer,
         Err(e) => return refuse(tcp, &e.response()).await,
     };
-    let grants = match admit(&shared, &request, &offer) {
+    let grants = match admit(&hub, &request, &offer) {
         Ok(grants) => grants,
         Err(reject) => {
             tracing::debug!(%peer, status = %reject.status, reason = reject.reason, "websocket refused");
-            shared.metrics.connections_refused.fetch_add(1, Relaxed);
+            hub.metrics.connections_refused.fetch_add(1, Relaxed);
             return refuse(tcp, &Refused::from(reject).encode_http11()).await;
         }
     };
-    let open = shared.websockets.fetch_add(1, Relaxed);
-    let _slot = WebSocketSlot(&shared);
-    let choice = if open >= shared.config.max_connections {
-        shared.metrics.connections_refused.fetch_add(1, Relaxed);
+    let open = hub.websockets.fetch_add(1, Relaxed);
+    let _slot = WebSocketSlot(&hub);
+    let choice = if open >= hub.config.max_connections {
+        hub.metrics.connections_refused.fetch_add(1, Relaxed);
         let reason = format!(
             "too many connections (limit {}); try again later",
-            shared.config.max_connections
+            hub.config.max_connections
         );
         Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
             .header(http::header::RETRY_AFTER, HeaderValue::from_static("5")))
     } else {
         Ok(Accept::default())
     };
-    let handshake = ServerHandshake::new(&shared.ws_config).deflate(shared.deflate.as_ref());
+    let handshake = ServerHandshake::new(&hub.ws_config).deflate(hub.deflate.as_ref());
     let upgrade = match handshake.decide(&offer, choice) {
         Ok(upgrade) => upgrade,
         Err(refused) => return refuse(tcp, &refused.encode_http11()).await,
@@ -433,14 +433,8 @@ async fn upgrade(
     }
     let Upgrade { connection, .. } = upgrade;
     let negotiated = connection.deflate().copied();
-    let (stream, outbox) = OutboxStream::new(tcp, shared.config.queue_bytes, negotiated);
-    let ws = WebSocket::from_connection(
-        stream,
-        connection,
-        shared.ws_options.clone(),
-        leftover,
-        None,
-    );
+    let (stream, outbox) = OutboxStream::new(tcp, hub.config.queue_bytes, negotiated);
+    let ws = WebSocket::from_connection(stream, connection, hub.ws_options.clone(), leftover, None);
     let shared_deflate = negotiated.is_some_and(|n| {
         n.accepts_prepared(
             Role::Server,
@@ -448,12 +442,12 @@ async fn upgrade(
         )
     });
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(ws, outbox, shared.clone(), grants, shared_deflate).await;
+    crate::session::run(ws, outbox, hub.clone(), grants, shared_deflate).await;
 }
 
 /// Origin and token checks: the grants, or the refusal (401 with `WWW-Authenticate: Bearer`).
-fn admit(shared: &HubState, request: &Request<()>, offer: &ClientOffer) -> Result<Grants, Reject> {
-    let config = &shared.config;
+fn admit(hub: &HubState, request: &Request<()>, offer: &ClientOffer) -> Result<Grants, Reject> {
+    let config = &hub.config;
     if !config.allowed_origins.is_empty() {
         let allowed = offer
             .origin
