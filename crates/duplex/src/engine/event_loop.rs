@@ -507,7 +507,10 @@ impl<H: Handler> EventLoop<'_, H> {
             Err(refused) => return self.refuse(index, &refused),
         };
         let response = upgrade.encode_http11();
-        let conn = upgrade.connection;
+        let mut conn = upgrade.connection;
+        // Start the core's clock now, on the sweep's time scale: from here on `poll_timeout`
+        // is `None` only when no timer runs, so sweeps pass such connections by for free.
+        conn.handle_timeout(self.sweep_time(self.tick));
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
@@ -717,9 +720,7 @@ impl<H: Handler> EventLoop<'_, H> {
     /// `duplex_proto::Timers`'); their resolution here is the sweep's second.
     fn sweep(&mut self) {
         let tick = self.tick;
-        // The second this sweep is for, not the clock's reading: sweeps then step the cores
-        // exactly a second apart, so jitter cannot make a 2 s timer wait for a third sweep.
-        let now = self.started + Duration::from_secs(u64::from(tick.saturating_sub(1)));
+        let now = self.sweep_time(tick);
         if self.stopping.is_some_and(|deadline| tick >= deadline) {
             for index in 0..self.entries.len() {
                 self.remove(index);
@@ -740,14 +741,12 @@ impl<H: Handler> EventLoop<'_, H> {
             let Phase::Open(open) = &mut slot.phase else {
                 continue;
             };
-            // `None`: no timer runs, or the clock is not started (the first sweep after the
-            // upgrade starts it); stepping then is harmless.
-            if open
-                .conn
-                .poll_timeout()
-                .is_some_and(|deadline| deadline > now)
-            {
-                continue;
+            // `None`: no timer runs (the clock was started at the upgrade). Most connections
+            // of a busy loop end here or at the comparison: a sweep costs a few instructions
+            // per connection, not a clock step each.
+            match open.conn.poll_timeout() {
+                Some(deadline) if deadline <= now => {}
+                Some(_) | None => continue,
             }
             open.conn.handle_timeout(now);
             if open.conn.close_timed_out() {
@@ -762,6 +761,13 @@ impl<H: Handler> EventLoop<'_, H> {
                 self.remove(index);
             }
         }
+    }
+
+    /// The time a sweep of `tick` stands for: the second it is for, not the clock's reading,
+    /// so sweeps step the cores exactly a second apart (jitter cannot make a 2 s timer wait
+    /// for a third sweep), and an upgrade starts its core's clock on the same scale.
+    fn sweep_time(&self, tick: u32) -> Instant {
+        self.started + Duration::from_secs(u64::from(tick.saturating_sub(1)))
     }
 
     /// Stops accepting and starts the close handshake (1001) on every connection.
