@@ -26,7 +26,7 @@
 /// apply_mask(b, key, 5);
 /// assert_eq!(&data, b"hello world");
 /// ```
-#[inline]
+#[inline(always)]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if buf.len() < 128 {
         // Short payloads (the common case): building the 32-byte key costs more than it saves.

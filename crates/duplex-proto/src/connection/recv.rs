@@ -117,7 +117,7 @@ impl Incoming {
     /// Whole single frames are taken here, in a small function; the general path (a function
     /// large enough that merely entering it costs more than a small frame's whole work) runs
     /// only for what they cannot take.
-    #[inline]
+    #[inline(always)]
     pub(super) fn consume(
         &mut self,
         buf: &mut BytesMut,
@@ -318,7 +318,7 @@ impl Incoming {
     /// shorter than 64 KiB, masked as the role requires, entirely in `buf`, with no message in
     /// progress. Anything else returns `false` having consumed nothing, and the general path
     /// takes it (errors included: a frame over a limit is left to it to report).
-    #[inline]
+    #[inline(always)]
     fn consume_whole_frame(
         &mut self,
         buf: &mut BytesMut,

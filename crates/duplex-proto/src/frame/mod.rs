@@ -202,26 +202,32 @@ pub const fn first_byte(fin: bool, rsv: u8, opcode: OpCode) -> u8 {
     ((fin as u8) << 7) | ((rsv & 0x7) << 4) | opcode as u8
 }
 
-/// The header of an unmasked frame (a server's) whose payload is shorter than 64 KiB, in the
-/// shortest form: 2 bytes up to 125, else 4. `None` for longer payloads.
+/// Writes the header of an unmasked frame (a server's) whose payload is shorter than 64 KiB
+/// into `head`, in the shortest form: 2 bytes up to 125, else 4; returns its length. `None`
+/// (and `head` untouched) for longer payloads. The caller's buffer, rather than a returned
+/// array, keeps this free on a server's per-message path.
 ///
 /// ```
-/// use duplex_proto::frame::{encode_unmasked_short, first_byte, OpCode};
-/// let (head, len) = encode_unmasked_short(first_byte(true, 0, OpCode::Binary), 256).unwrap();
+/// use duplex_proto::frame::{encode_unmasked_short, first_byte, OpCode, MAX_HEADER_LEN};
+/// let mut head = [0u8; MAX_HEADER_LEN];
+/// let len = encode_unmasked_short(&mut head, first_byte(true, 0, OpCode::Binary), 256).unwrap();
 /// assert_eq!(&head[..usize::from(len)], &[0x82, 0x7e, 0x01, 0x00]);
-/// assert!(encode_unmasked_short(0x82, 1 << 16).is_none());
+/// assert!(encode_unmasked_short(&mut head, 0x82, 1 << 16).is_none());
 /// ```
 #[inline]
-pub fn encode_unmasked_short(first: u8, payload_len: usize) -> Option<([u8; MAX_HEADER_LEN], u8)> {
-    let mut head = [0u8; MAX_HEADER_LEN];
-    head[0] = first;
+pub fn encode_unmasked_short(
+    head: &mut [u8; MAX_HEADER_LEN],
+    first: u8,
+    payload_len: usize,
+) -> Option<u8> {
     if payload_len <= 125 {
+        head[0] = first;
         head[1] = payload_len as u8;
-        return Some((head, 2));
+        return Some(2);
     }
     let [hi, lo] = u16::try_from(payload_len).ok()?.to_be_bytes();
-    head[1..4].copy_from_slice(&[126, hi, lo]);
-    Some((head, 4))
+    head[..4].copy_from_slice(&[first, 126, hi, lo]);
+    Some(4)
 }
 
 /// A header with a 7- or 16-bit length, as [`decode_short`] reads it: the raw first byte
@@ -402,8 +408,9 @@ mod tests {
                     None => assert!(len >= 65536),
                 }
                 if mask.is_none() {
-                    match encode_unmasked_short(bytes[0], len as usize) {
-                        Some((head, l)) => assert_eq!(&head[..usize::from(l)], &bytes[..n]),
+                    let mut head = [0u8; MAX_HEADER_LEN];
+                    match encode_unmasked_short(&mut head, bytes[0], len as usize) {
+                        Some(l) => assert_eq!(&head[..usize::from(l)], &bytes[..n]),
                         None => assert!(len >= 65536),
                     }
                 }
