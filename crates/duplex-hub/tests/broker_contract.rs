@@ -86,8 +86,8 @@ async fn the_memory_broker_keeps_exactly_its_history_size() {
 /// `broker_unavailable` / 503 while the broker cannot be reached, and `internal` / 500 when a
 /// broker call fails otherwise.
 mod hub {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
     use bytes::Bytes;
@@ -101,11 +101,31 @@ mod hub {
 
     /// A memory broker whose backend can be "down" (start, publish and subscribe fail with
     /// `Unavailable`), and whose presence always fails (`Failed`).
-    #[derive(Debug)]
     struct Flaky {
         inner: MemoryBroker,
         down: AtomicBool,
         starts: AtomicUsize,
+        /// The node's handler, to signal resets and gaps as a networked broker would.
+        handler: OnceLock<Arc<dyn BrokerHandler>>,
+    }
+
+    impl std::fmt::Debug for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Flaky")
+                .field("down", &self.down)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl Flaky {
+        fn new(down: bool) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner: MemoryBroker::new(10, None),
+                down: AtomicBool::new(down),
+                starts: AtomicUsize::new(0),
+                handler: OnceLock::new(),
+            })
+        }
     }
 
     impl Flaky {
@@ -123,6 +143,7 @@ mod hub {
             self.starts.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
                 self.check()?;
+                let _ = self.handler.set(handler.clone());
                 self.inner.start(handler).await
             })
         }
@@ -194,11 +215,7 @@ mod hub {
     #[tokio::test]
     async fn the_hub_retries_the_start_and_says_when_the_broker_is_unavailable() {
         within(async {
-            let flaky = Arc::new(Flaky {
-                inner: MemoryBroker::new(10, None),
-                down: AtomicBool::new(true),
-                starts: AtomicUsize::new(0),
-            });
+            let flaky = Flaky::new(true);
             let hub = Hub::bind_with_broker(config(), flaky.clone())
                 .await
                 .unwrap();
@@ -255,6 +272,46 @@ mod hub {
             assert_eq!(publish_http("4").await.status, 503);
             let pong = client.call(json!({"op": "ping"})).await;
             assert_eq!(pong["ok"], true, "{pong}");
+            hub.shutdown();
+            hub.wait().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn resets_and_gaps_reach_subscribers_in_order_with_publications() {
+        within(async {
+            let flaky = Flaky::new(false);
+            let hub = Hub::bind_with_broker(config(), flaky.clone())
+                .await
+                .unwrap();
+            let mut client = Client::connect(hub.local_addr(), "").await;
+            let reply = client.subscribe("c").await;
+            let epoch = reply["epoch"].as_str().unwrap().to_owned();
+            client.publish("c", json!(1)).await;
+            assert_eq!(client.publication().await["offset"], 1);
+            let handler = flaky.handler.get().expect("started");
+            handler.on_gap("c", 2, 4);
+            // The next publication the memory broker makes is 2: past the gap as far as the
+            // filter goes (it has none any more), so it is delivered after the gap push.
+            client.publish("c", json!(2)).await;
+            assert_eq!(
+                client.push().await,
+                json!({"op": "gap", "channel": "c", "epoch": epoch, "first": 2, "last": 4})
+            );
+            assert_eq!(client.publication().await["offset"], 2);
+            let reset = StreamPosition {
+                epoch: "e2".into(),
+                offset: 0,
+            };
+            handler.on_reset("c", &reset);
+            assert_eq!(
+                client.push().await,
+                json!({"op": "reset", "channel": "c", "epoch": "e2", "offset": 0})
+            );
+            // A channel nobody here subscribed to: nothing.
+            handler.on_gap("other", 1, 2);
+            client.assert_quiet().await;
             hub.shutdown();
             hub.wait().await;
         })
