@@ -82,7 +82,8 @@ pub struct HubArgs {
     /// spread over the listed instances) [default: memory].
     #[arg(long, env = "DUPLEX_BROKER", value_parser = BrokerConfig::parse)]
     pub broker: Option<BrokerConfig>,
-    /// Threads that fan publications out to this node's subscribers (default: one per core).
+    /// Threads that fan publications out to this node's subscribers (0: automatic: one per
+    /// core, none with `--threads 1`, whose one thread fans out itself) [default: 0].
     #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
 }
@@ -261,7 +262,8 @@ pub struct HubConfig {
     pub close_timeout: Duration,
     /// The broker [`Hub::bind`](crate::Hub::bind) builds.
     pub broker: BrokerConfig,
-    /// Fan-out threads (default: the cores this process may use).
+    /// Fan-out threads; 0 (the default): one per core this process may use, or none on a
+    /// single-threaded runtime (its one thread fans out itself: see [`HubArgs::threads`]).
     pub fanout_threads: usize,
 }
 
@@ -286,7 +288,7 @@ impl Default for HubConfig {
             ping_interval: Some(Duration::from_secs(25)),
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
-            fanout_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            fanout_threads: 0,
         }
     }
 }
@@ -420,9 +422,6 @@ impl HubConfig {
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
         }
-        if self.fanout_threads == 0 {
-            return fail("fanout_threads must be at least 1");
-        }
         Ok(())
     }
 }
@@ -527,11 +526,6 @@ mod tests {
             Cli::try_parse_from(["hub", "--broker", "redis//x"]).is_err(),
             "clap refuses it too"
         );
-        let zero = HubConfig {
-            fanout_threads: 0,
-            ..HubConfig::default()
-        };
-        assert!(zero.validate().is_err());
     }
 
     #[test]
