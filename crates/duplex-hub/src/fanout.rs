@@ -21,7 +21,7 @@ use std::time::Instant;
 use duplex::{Message, PreparedMessage, Utf8Bytes};
 use tokio::sync::OnceCell;
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication};
+use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication, StreamPosition};
 use crate::json;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Tally};
@@ -292,6 +292,16 @@ impl BrokerHandler for Fanout {
                 json::push_presence(out, "leave", channel, client)
             });
         }
+    }
+
+    fn on_reset(&self, channel: &str, position: &StreamPosition) {
+        self.fan_out(channel, 0, |out| json::push_reset(out, channel, position));
+    }
+
+    fn on_gap(&self, channel: &str, first: u64, last: u64) {
+        self.fan_out(channel, 0, |out| {
+            json::push_gap(out, channel, None, first, last)
+        });
     }
 }
 

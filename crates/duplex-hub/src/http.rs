@@ -25,7 +25,7 @@ use crate::broker::HistoryQuery;
 use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
 use crate::outbox::OutboxStream;
-use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
+use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
@@ -307,7 +307,7 @@ async fn api_publish(hub: &HubState, body: Bytes) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 
@@ -338,7 +338,7 @@ async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 
@@ -355,7 +355,7 @@ async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 

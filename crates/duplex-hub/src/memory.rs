@@ -220,10 +220,12 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn start(&self, handler: Arc<dyn BrokerHandler>) {
+    fn start(&self, handler: Arc<dyn BrokerHandler>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        // Nothing to connect to: ready at once.
         if self.handler.set(handler).is_err() {
             tracing::warn!("MemoryBroker::start called twice; keeping the first handler");
         }
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn publish<'a>(
@@ -426,13 +428,19 @@ mod tests {
         fn on_leave(&self, channel: &str, c: &ClientInfo) {
             lock(&self.0).push(format!("leave {channel} {}", c.client));
         }
+        fn on_reset(&self, channel: &str, p: &StreamPosition) {
+            lock(&self.0).push(format!("reset {channel} {}", p.offset));
+        }
+        fn on_gap(&self, channel: &str, first: u64, last: u64) {
+            lock(&self.0).push(format!("gap {channel} {first} {last}"));
+        }
     }
 
     #[tokio::test]
     async fn broker_assigns_offsets_and_notifies() {
         let broker = MemoryBroker::new(2, None);
         let recorder = Arc::new(Recorder::default());
-        broker.start(recorder.clone());
+        broker.start(recorder.clone()).await.unwrap();
         let empty = broker
             .history(
                 "a",
@@ -506,13 +514,16 @@ mod tests {
         }
         fn on_join(&self, _: &str, _: &ClientInfo) {}
         fn on_leave(&self, _: &str, _: &ClientInfo) {}
+        fn on_reset(&self, _: &str, _: &StreamPosition) {}
+        fn on_gap(&self, _: &str, _: u64, _: u64) {}
     }
 
     #[test]
     fn concurrent_publishers_are_delivered_one_at_a_time_in_offset_order() {
         let broker = Arc::new(MemoryBroker::new(1000, None));
         let slow = Arc::new(Slow::default());
-        broker.start(slow.clone());
+        let started = broker.start(slow.clone());
+        drop(started);
         let publishers: Vec<_> = (0..4)
             .map(|_| {
                 let broker = broker.clone();

@@ -72,7 +72,10 @@ impl Hub {
             },
             metrics.clone(),
         ));
-        broker.start(fanout.clone());
+        broker
+            .start(fanout.clone())
+            .await
+            .map_err(io::Error::other)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ws_config = duplex::Config {
             max_frame_size: config.max_message_size,

@@ -355,7 +355,7 @@ impl Session {
             }
             Err(e) => {
                 self.subscriptions.remove(channel);
-                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
+                return Err(Refusal::broker(&e));
             }
         };
         // 2. Read history: everything up to its top offset comes from here, the rest live.
@@ -367,7 +367,7 @@ impl Session {
             Ok(history) => history,
             Err(e) => {
                 self.leave(channel).await;
-                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
+                return Err(Refusal::broker(&e));
             }
         };
         let top = history.position.offset;
@@ -477,7 +477,7 @@ impl Session {
             .broker
             .publish(&channel, data)
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::broker(&e))?;
         self.hub.metrics.publishes.fetch_add(1, Relaxed);
         let mut out = id.ok();
         out.extend_from_slice(br#","offset":"#);
@@ -500,7 +500,7 @@ impl Session {
             .broker
             .presence(channel)
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::broker(&e))?;
         let mut out = id.ok();
         out.extend_from_slice(br#","clients":"#);
         json::clients(&mut out, &clients);
