@@ -177,6 +177,15 @@ pub struct HubConfig {
     pub ping_interval: Option<Duration>,
     /// How long closing a WebSocket may take (close handshake) before the socket is dropped.
     pub close_timeout: Duration,
+    /// Redis broker: how long a client's presence entry lives unless its node refreshes it
+    /// (a dead node's clients leave presence by themselves after this) [default: 30 s].
+    pub presence_ttl: Duration,
+    /// Redis broker: how often a node refreshes its clients' presence entries (less than
+    /// `presence_ttl`) [default: 10 s].
+    pub presence_refresh: Duration,
+    /// Redis broker: bound on connecting and on every command; past it the command fails
+    /// with `broker_unavailable` and the connection is replaced [default: 2 s].
+    pub redis_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -199,6 +208,9 @@ impl Default for HubConfig {
             join_leave: true,
             ping_interval: Some(Duration::from_secs(25)),
             close_timeout: Duration::from_secs(3),
+            presence_ttl: Duration::from_secs(30),
+            presence_refresh: Duration::from_secs(10),
+            redis_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -299,6 +311,9 @@ impl HubConfig {
                 None => d.ping_interval,
             },
             close_timeout: d.close_timeout,
+            presence_ttl: d.presence_ttl,
+            presence_refresh: d.presence_refresh,
+            redis_timeout: d.redis_timeout,
         }
     }
 
@@ -322,6 +337,12 @@ impl HubConfig {
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
+        }
+        if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
+            return fail("presence_refresh must be above zero and below presence_ttl");
+        }
+        if self.redis_timeout.is_zero() {
+            return fail("redis_timeout must be above zero");
         }
         Ok(())
     }

@@ -122,10 +122,26 @@ impl Metrics {
     fn render_broker(&self, out: &mut String) {
         let c = |a: &AtomicU64| a.load(Relaxed);
         for (name, help, value) in [
-            ("broker_errors_total", "Broker commands that failed (connection errors, timeouts, server errors).", c(&self.broker_errors)),
-            ("broker_reconnects_total", "Broker connections re-established after a loss.", c(&self.broker_reconnects)),
-            ("broker_gaps_filled_total", "Publications missed on the broker's pub/sub and read back from history.", c(&self.broker_gaps_filled)),
-            ("broker_gaps_lost_total", "Publications missed that history no longer held (signalled to subscribers as gaps).", c(&self.broker_gaps_lost)),
+            (
+                "broker_errors_total",
+                "Broker commands that failed (connection errors, timeouts, server errors).",
+                c(&self.broker_errors),
+            ),
+            (
+                "broker_reconnects_total",
+                "Broker connections re-established after a loss.",
+                c(&self.broker_reconnects),
+            ),
+            (
+                "broker_gaps_filled_total",
+                "Publications missed on the broker's pub/sub and read back from history.",
+                c(&self.broker_gaps_filled),
+            ),
+            (
+                "broker_gaps_lost_total",
+                "Publications missed that history no longer held (signalled to subscribers as gaps).",
+                c(&self.broker_gaps_lost),
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -261,8 +277,7 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_nanos
-            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {

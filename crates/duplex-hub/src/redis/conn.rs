@@ -146,6 +146,8 @@ impl Conn {
         };
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, connection.send_packed_command(cmd)).await;
+        // A server error (a script's, NOSCRIPT) comes back as a value: make it an error.
+        let result = result.map(|reply| reply.and_then(Value::extract_error));
         match result {
             Ok(Ok(value)) => {
                 self.metrics.observe_broker_round_trip(started.elapsed());
@@ -207,12 +209,18 @@ impl Conn {
     }
 
     /// SCRIPT LOAD: returns the script's SHA1 (the same from every server).
-    pub(crate) async fn load<'s>(self: &Arc<Self>, script: &'s Script) -> Result<&'s str, BrokerError> {
+    pub(crate) async fn load<'s>(
+        self: &Arc<Self>,
+        script: &'s Script,
+    ) -> Result<&'s str, BrokerError> {
         let reply = self
             .query(redis::cmd("SCRIPT").arg("LOAD").arg(script.source))
             .await?;
         let sha: String = redis::from_redis_value(reply).map_err(|e| {
-            BrokerError::Failed(format!("redis {}: SCRIPT LOAD {}: {e}", self.url, script.name))
+            BrokerError::Failed(format!(
+                "redis {}: SCRIPT LOAD {}: {e}",
+                self.url, script.name
+            ))
         })?;
         Ok(script.sha.get_or_init(|| sha))
     }
@@ -262,7 +270,10 @@ mod tests {
         for attempt in 0..40 {
             let cap = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
             let d = backoff(attempt);
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} vs cap {cap:?}");
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} vs cap {cap:?}"
+            );
         }
         let draws: std::collections::HashSet<Duration> = (0..50).map(|_| backoff(3)).collect();
         assert!(draws.len() > 10, "jittered: {draws:?}");

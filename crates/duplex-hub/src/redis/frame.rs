@@ -112,9 +112,20 @@ mod tests {
 
     #[test]
     fn presence_frames_round_trip() {
-        for client in [info("c1", "ada"), info("a:b", ":x:"), info("", ""), info("ç", "ü")] {
-            assert_eq!(decode(&presence(b'j', &client)), Some(Frame::Join(client.clone())));
-            assert_eq!(decode(&presence(b'l', &client)), Some(Frame::Leave(client.clone())));
+        for client in [
+            info("c1", "ada"),
+            info("a:b", ":x:"),
+            info("", ""),
+            info("ç", "ü"),
+        ] {
+            assert_eq!(
+                decode(&presence(b'j', &client)),
+                Some(Frame::Join(client.clone()))
+            );
+            assert_eq!(
+                decode(&presence(b'l', &client)),
+                Some(Frame::Leave(client.clone()))
+            );
         }
         assert_eq!(presence(b'j', &info("c1", "ada")), b"j2:c1ada");
     }

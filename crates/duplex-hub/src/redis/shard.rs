@@ -84,7 +84,10 @@ mod tests {
         // 4 -> 5 shards: only the channels that go to the new shard move.
         for name in &names {
             let (before, after) = (shard_of(name, 4), shard_of(name, 5));
-            assert!(after == before || after == 4, "{name} moved {before} -> {after}");
+            assert!(
+                after == before || after == 4,
+                "{name} moved {before} -> {after}"
+            );
         }
     }
 }
