@@ -62,8 +62,19 @@ pub(crate) struct Options {
     pub(crate) timeout: Duration,
 }
 
-/// Offsets, history, presence and delivery in Redis, for a hub of many nodes (see the
-/// [module docs](self)).
+/// Offsets, history, presence and delivery in Redis, for a hub of many nodes.
+///
+/// Each hub channel lives on one Redis shard (a stable hash of its name, the same on every
+/// node): its history in a stream with entry ids `<offset>-0`, its epoch and offset counter
+/// beside it (a new epoch whenever Redis lost them), its presence in a hash with an expiry
+/// per client, and its events on one pub/sub channel. A publish is one round trip (a Lua
+/// script: next offset, XADD, PUBLISH). A node subscribes in Redis only to the channels its
+/// clients use, over one pub/sub connection per shard, and hands publications to its own
+/// fan-out in offset order: a jump in offsets or a lost connection is filled from the stream
+/// first; a new epoch is signalled as a reset, what the stream lost as a gap. Each node
+/// refreshes its clients' presence; a dead node's clients expire. While a shard is
+/// unreachable its commands fail fast with [`BrokerError::Unavailable`] and the node
+/// reconnects in the background. See docs/hub.md ("Many nodes").
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
