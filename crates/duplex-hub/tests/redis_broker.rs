@@ -512,3 +512,27 @@ async fn while_redis_is_down_commands_fail_fast_and_the_node_comes_back() {
         "command and pub/sub connections"
     );
 }
+
+#[tokio::test]
+async fn a_node_puts_its_clients_back_when_redis_lost_presence() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let ada = ClientInfo {
+        client: "ada-1".into(),
+        user: "ada".into(),
+    };
+    a.broker.join("room", &ada).await.unwrap();
+    server.command(&["FLUSHALL"]);
+    assert!(a.broker.presence("room").await.unwrap().is_empty());
+    // The next refresh round (every 300 ms here) restores it.
+    let deadline = Instant::now() + WAIT;
+    while a.broker.presence("room").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "ada never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.broker.presence("room").await.unwrap(), [ada.clone()]);
+    // A client that left is not brought back by later rounds.
+    a.broker.leave("room", &ada).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(a.broker.presence("room").await.unwrap().is_empty());
+}

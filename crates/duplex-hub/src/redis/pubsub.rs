@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use ::redis::Client;
 use ::redis::aio::{PubSubSink, PubSubStream};
@@ -272,9 +273,15 @@ struct Tracked {
     catch_up: bool,
 }
 
+/// How often the reader PINGs its pub/sub connection: a Redis that vanished without closing
+/// the socket (a network partition) is noticed within this plus the timeout.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 impl Reader {
     /// Runs until the task is aborted (when the broker is dropped).
     pub(crate) async fn run(mut self) {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 self.reconnect().await;
@@ -292,6 +299,15 @@ impl Reader {
                     Some(message) => self.message(&message).await,
                     None => self.lost().await,
                 },
+                _ = keepalive.tick() => {
+                    let sink = self.shard.ops.lock().await.sink.clone();
+                    if let Some(mut sink) = sink {
+                        let ping = tokio::time::timeout(self.shard.options.timeout, sink.ping::<()>());
+                        if !matches!(ping.await, Ok(Ok(()))) {
+                            self.lost().await;
+                        }
+                    }
+                }
             }
         }
     }
@@ -352,9 +368,15 @@ impl Reader {
             );
             break;
         }
-        // The table as the counts left it, then every channel caught up.
+        // The table as the counts left it, then every channel caught up. If Redis restarted,
+        // the command connection learns it from its next command: make that a PING, so the
+        // catch-up reads go over a fresh connection.
         while let Ok(event) = self.events.try_recv() {
             self.event(event).await;
+        }
+        let conn = &self.shard.conn;
+        if conn.query(&::redis::cmd("PING")).await.is_err() {
+            conn.wait_up(shard.options.timeout * 3).await;
         }
         let names: Vec<String> = self.channels.keys().cloned().collect();
         for name in names {
