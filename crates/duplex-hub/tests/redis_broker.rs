@@ -539,3 +539,27 @@ async fn a_node_puts_its_clients_back_when_redis_lost_presence() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(a.broker.presence("room").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn history_expires_by_ttl_on_the_servers_clock() {
+    let server = RedisServer::start();
+    let config = HubConfig {
+        history_ttl: Some(Duration::from_secs(2)),
+        ..config()
+    };
+    let a = node_with(&[server.url()], &config).await;
+    a.broker.publish("t", data(1)).await.unwrap();
+    a.broker.publish("t", data(2)).await.unwrap();
+    // Waiting is the point here: entries older than the TTL leave history.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.broker.publish("t", data(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let read = a.broker.history("t", since(0, 10)).await.unwrap();
+    assert_eq!(read.position.offset, 3, "the offset counter lives on");
+    assert_eq!(read.earliest, 3, "1 and 2 are 2.4 s old: expired");
+    assert_eq!(read.publications.len(), 1);
+    assert_eq!(read.publications[0].offset, 3);
+    // The keys themselves expire with the TTL (PEXPIRE at each publish).
+    let ttl: i64 = server.command(&["PTTL", "duplex:{t}:s"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 2000, "{ttl}");
+}
