@@ -563,3 +563,92 @@ async fn history_expires_by_ttl_on_the_servers_clock() {
     let ttl: i64 = server.command(&["PTTL", "duplex:{t}:s"]).parse().unwrap();
     assert!(ttl > 0 && ttl <= 2000, "{ttl}");
 }
+
+#[tokio::test]
+async fn a_jump_in_offsets_is_filled_from_the_stream_before_what_follows() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("j").await.unwrap();
+    b.broker.publish("j", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Publications 2 and 3 reach the stream but their pub/sub messages are lost (as a
+    // publisher's would be if its PUBLISH never reached this node).
+    for offset in ["2", "3"] {
+        server.command(&["HINCRBY", "duplex:{j}:m", "o", "1"]);
+        let id = format!("{offset}-0");
+        let body = format!("{{\"n\":{offset}}}");
+        server.command(&[
+            "XADD",
+            "duplex:{j}:s",
+            &id,
+            "d",
+            &body,
+            "t",
+            "9999999999999",
+        ]);
+    }
+    b.broker.publish("j", data(4)).await.unwrap();
+    a.recorder
+        .wait_until("offset 4", WAIT, |e| a_has(e, 4))
+        .await;
+    let events = a.recorder.events();
+    let expected: Vec<Event> = (1..=4)
+        .map(|n| Event::Publication("j".into(), n, format!("{{\"n\":{n}}}")))
+        .collect();
+    assert_eq!(events, expected);
+    assert_eq!(a.metrics.broker_gaps_filled(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_publications_flow_hands_on_a_contiguous_sequence() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = Arc::new(node(&server).await);
+    let publisher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for i in 1..=400 {
+                b.broker.publish("flow", data(i)).await.unwrap();
+            }
+        })
+    };
+    // Subscribe somewhere in the middle of the flow.
+    while b
+        .broker
+        .history("flow", newest(0))
+        .await
+        .unwrap()
+        .position
+        .offset
+        < 50
+    {
+        tokio::task::yield_now().await;
+    }
+    a.broker.subscribe("flow").await.unwrap();
+    let baseline = a
+        .broker
+        .history("flow", newest(0))
+        .await
+        .unwrap()
+        .position
+        .offset;
+    publisher.await.unwrap();
+    a.recorder
+        .wait_until("offset 400", WAIT, |e| a_has(e, 400))
+        .await;
+    let offsets = a.recorder.offsets("flow");
+    let first = offsets[0];
+    assert!(
+        first <= baseline + 1,
+        "nothing after the subscriber's history read is missing: {first} vs {baseline}"
+    );
+    assert_eq!(
+        offsets,
+        (first..=400).collect::<Vec<u64>>(),
+        "contiguous, once each"
+    );
+    assert_eq!(a.recorder.events().len(), offsets.len(), "no reset, no gap");
+}
