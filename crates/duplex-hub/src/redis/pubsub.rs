@@ -300,7 +300,9 @@ impl Reader {
                     None => self.lost().await,
                 },
                 _ = keepalive.tick() => {
-                    let sink = self.shard.ops.lock().await.sink.clone();
+                    // Busy with a (un)subscription: the connection is in use, skip this round
+                    // rather than hold up the messages.
+                    let sink = self.shard.ops.try_lock().ok().and_then(|subs| subs.sink.clone());
                     if let Some(mut sink) = sink {
                         let ping = tokio::time::timeout(self.shard.options.timeout, sink.ping::<()>());
                         if !matches!(ping.await, Ok(Ok(()))) {
