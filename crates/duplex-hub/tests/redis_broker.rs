@@ -652,3 +652,57 @@ async fn subscribing_while_publications_flow_hands_on_a_contiguous_sequence() {
     );
     assert_eq!(a.recorder.events().len(), offsets.len(), "no reset, no gap");
 }
+
+#[tokio::test]
+async fn a_hung_redis_is_noticed_commands_do_not_hang_and_the_node_recovers() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("h").await.unwrap();
+    b.broker.publish("h", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Frozen: sockets stay open, nothing answers (a partition, a hung host).
+    server.pause();
+    let started = Instant::now();
+    let err = b.broker.publish("h", data(2)).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1800),
+        "bounded by the 1 s timeout: {took:?}"
+    );
+    // a's pub/sub keepalive (every 5 s, 1 s timeout) notices without any command of a's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.broker.is_available() {
+        assert!(Instant::now() < deadline, "a never noticed the hung Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.resume();
+    for node in [&a, &b] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // b's command connection is replaced on its next command (the failed publish
+            // marked it down); a's pub/sub reconnects on its own.
+            let _ = node.broker.history("h", newest(0)).await;
+            if node.broker.is_available() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let position = b.broker.publish("h", data(3)).await.unwrap();
+    a.recorder
+        .wait_until("the publication after the hang", WAIT, |e| {
+            a_has(e, position.offset)
+        })
+        .await;
+    let offsets = a.recorder.offsets("h");
+    assert_eq!(
+        offsets,
+        (1..=position.offset).collect::<Vec<u64>>(),
+        "nothing lost or doubled"
+    );
+}

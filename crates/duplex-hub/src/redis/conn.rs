@@ -5,7 +5,9 @@
 //! Commands fail fast: while the connection is down (or being re-established) a command gets
 //! [`BrokerError::Unavailable`] at once instead of queueing; a connection error or a timeout
 //! marks the connection down and starts the reconnect task. Nothing here retries a command
-//! (a publish must not be applied twice); the caller decides.
+//! (a publish must not be applied twice); the caller decides. A command that timed out may
+//! still have been applied (it reached a Redis that answered too late): `Unavailable` after a
+//! timeout means the outcome is unknown, as with any networked store.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
