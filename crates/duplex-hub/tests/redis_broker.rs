@@ -706,3 +706,35 @@ async fn a_hung_redis_is_noticed_commands_do_not_hang_and_the_node_recovers() {
         "nothing lost or doubled"
     );
 }
+
+#[tokio::test]
+async fn after_a_reset_late_messages_of_the_old_epoch_are_dropped() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("s").await.unwrap();
+    let old = b.broker.publish("s", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Frames as the publish script writes them: a new epoch, then a straggler of the old one,
+    // then the new epoch's next publication.
+    for frame in [
+        "pfeedfeedfeedfeed:1:{\"n\":10}".to_owned(),
+        format!("p{}:2:{{\"n\":2}}", old.epoch),
+        "pfeedfeedfeedfeed:2:{\"n\":11}".to_owned(),
+    ] {
+        assert_eq!(server.command(&["PUBLISH", "duplex:{s}", &frame]), "1");
+    }
+    a.recorder
+        .wait_until("offset 2 of the new epoch", WAIT, |e| e.len() == 4)
+        .await;
+    assert_eq!(
+        a.recorder.events()[1..],
+        [
+            Event::Reset("s".into(), "feedfeedfeedfeed".into(), 0),
+            Event::Publication("s".into(), 1, "{\"n\":10}".into()),
+            Event::Publication("s".into(), 2, "{\"n\":11}".into()),
+        ]
+    );
+}

@@ -269,6 +269,9 @@ struct Tracked {
     at: Option<(Arc<str>, u64)>,
     /// Publications that arrived before the baseline, in order.
     pending: Vec<(Arc<str>, u64, Bytes)>,
+    /// The epoch the channel left at its last reset: a message of it still in flight is
+    /// stale (epochs are random: a stream never returns to one).
+    left: Option<Arc<str>>,
     /// The connection was lost before the baseline arrived: catch up from it.
     catch_up: bool,
 }
@@ -402,6 +405,7 @@ impl Reader {
                     generation,
                     at: None,
                     pending: Vec::new(),
+                    left: None,
                     catch_up: false,
                 };
                 self.channels.insert(channel, tracked);
@@ -476,6 +480,10 @@ impl Reader {
         let Some((current, last)) = self.channels.get(channel).and_then(|t| t.at.clone()) else {
             return;
         };
+        let left = self.channels.get(channel).and_then(|t| t.left.clone());
+        if left.is_some_and(|left| left == epoch) {
+            return; // sent before the reset this node already handed on
+        }
         if epoch != current {
             // The stream restarted: what came before this publication in the new epoch is
             // the subscribers' to reload (the reset push says so).
@@ -483,7 +491,7 @@ impl Reader {
                 epoch: epoch.clone(),
                 offset: offset.saturating_sub(1),
             };
-            self.handler.on_reset(channel, &position);
+            self.reset(channel, position);
         } else if offset <= last {
             return; // covered by the subscribers' history read, or already filled
         } else if offset > last + 1 {
@@ -535,10 +543,7 @@ impl Reader {
                 self.shard.url,
                 position.epoch
             );
-            self.handler.on_reset(channel, &position);
-            if let Some(tracked) = self.channels.get_mut(channel) {
-                tracked.at = Some((position.epoch, position.offset));
-            }
+            self.reset(channel, position);
             return;
         }
         let upto = upto.unwrap_or(history.position.offset);
@@ -559,6 +564,15 @@ impl Reader {
         }
         if let Some(tracked) = self.channels.get_mut(channel) {
             tracked.at = Some((epoch, upto.max(last)));
+        }
+    }
+
+    /// The channel continues at `position`, in a new epoch.
+    fn reset(&mut self, channel: &str, position: StreamPosition) {
+        self.handler.on_reset(channel, &position);
+        if let Some(tracked) = self.channels.get_mut(channel) {
+            tracked.left = tracked.at.take().map(|(epoch, _)| epoch);
+            tracked.at = Some((position.epoch, position.offset));
         }
     }
 
