@@ -156,7 +156,37 @@ impl PubSubShard {
 
     /// Counts one more local subscription of `channel`; the first one subscribes in Redis and
     /// reads the baseline. Resolves once the channel's publications will reach the handler.
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    ///
+    /// Cancel-safe: the work runs on a task of its own (a caller giving up half-way must not
+    /// leave Redis, the counts and the reader disagreeing), and a subscription whose caller
+    /// gave up is counted down again once it completes.
+    pub(crate) async fn subscribe(self: &Arc<Self>, channel: &str) -> Result<(), BrokerError> {
+        let (shard, name) = (self.clone(), channel.to_owned());
+        let mut pending = UndoIfAbandoned {
+            shard: self.clone(),
+            channel: channel.to_owned(),
+            task: Some(tokio::spawn(
+                async move { shard.subscribe_now(&name).await },
+            )),
+        };
+        let result = match pending.task.as_mut() {
+            Some(task) => task.await,
+            None => return Err(BrokerError::Failed("redis subscribe: no task".to_owned())),
+        };
+        pending.task = None;
+        result.unwrap_or_else(|e| Err(BrokerError::Failed(format!("redis subscribe task: {e}"))))
+    }
+
+    /// Counts one local subscription of `channel` less; after the last one, UNSUBSCRIBE. On a
+    /// task of its own, as [`subscribe`](PubSubShard::subscribe).
+    pub(crate) async fn unsubscribe(self: &Arc<Self>, channel: &str) -> Result<(), BrokerError> {
+        let (shard, channel) = (self.clone(), channel.to_owned());
+        tokio::spawn(async move { shard.unsubscribe_now(&channel).await })
+            .await
+            .unwrap_or_else(|e| Err(BrokerError::Failed(format!("redis unsubscribe task: {e}"))))
+    }
+
+    async fn subscribe_now(&self, channel: &str) -> Result<(), BrokerError> {
         let mut subs = self.ops.lock().await;
         if let Some((count, _)) = subs.counts.get_mut(channel) {
             *count += 1;
@@ -215,8 +245,7 @@ impl PubSubShard {
         Ok(())
     }
 
-    /// Counts one local subscription of `channel` less; after the last one, UNSUBSCRIBE.
-    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    async fn unsubscribe_now(&self, channel: &str) -> Result<(), BrokerError> {
         let mut subs = self.ops.lock().await;
         let Some((count, generation)) = subs.counts.get_mut(channel) else {
             return Ok(());
@@ -240,6 +269,30 @@ impl PubSubShard {
             }
         }
         Ok(())
+    }
+}
+
+/// A subscription in progress whose caller may give up: if it is dropped before the
+/// subscription task finished, the subscription is counted down again once it succeeds.
+struct UndoIfAbandoned {
+    shard: Arc<PubSubShard>,
+    channel: String,
+    task: Option<tokio::task::JoinHandle<Result<(), BrokerError>>>,
+}
+
+impl Drop for UndoIfAbandoned {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        // No runtime any more: nothing runs the broker either.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (shard, channel) = (self.shard.clone(), std::mem::take(&mut self.channel));
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = task.await {
+                let _ = shard.unsubscribe_now(&channel).await;
+            }
+        });
     }
 }
 
