@@ -44,7 +44,7 @@ pub enum ProxyError {
     /// Network: the connection to the proxy failed while the tunnel was being set up (an
     /// `UnexpectedEof` when the proxy closed it).
     Io(io::Error),
-    /// Proxy: the HTTP proxy answered the CONNECT with a status other than 2xx and 407 (403
+    /// Proxy: the HTTP proxy answered the CONNECT with a status other than 2xx, 407 and 401 (403
     /// for a target it does not allow, 502 or 500 when it could not reach the target...).
     Refused {
         /// The proxy's status.
@@ -53,8 +53,11 @@ pub enum ProxyError {
         reason: String,
     },
     /// Proxy (or caller's credentials): `407 Proxy Authentication Required`, the credentials
-    /// of the proxy URL were missing or wrong.
+    /// of the proxy URL were missing or wrong. Some proxies (tinyproxy) answer wrong
+    /// credentials with `401`: to a CONNECT only the proxy can answer, so it lands here too.
     AuthRequired {
+        /// 407, or 401.
+        status: StatusCode,
         /// The proxy's `Proxy-Authenticate` challenge, if any (`Basic realm="..."`).
         challenge: Option<String>,
     },
@@ -107,12 +110,18 @@ impl fmt::Display for ProxyError {
                     status.as_u16()
                 )
             }
-            ProxyError::AuthRequired { challenge: None } => {
-                f.write_str("the proxy requires authentication (407)")
-            }
             ProxyError::AuthRequired {
+                status,
+                challenge: None,
+            } => write!(f, "the proxy requires authentication ({})", status.as_u16()),
+            ProxyError::AuthRequired {
+                status,
                 challenge: Some(challenge),
-            } => write!(f, "the proxy requires authentication (407, {challenge})"),
+            } => write!(
+                f,
+                "the proxy requires authentication ({}, {challenge})",
+                status.as_u16()
+            ),
             ProxyError::SocksNoAcceptableMethod => {
                 f.write_str("SOCKS5 proxy: no acceptable authentication method")
             }

@@ -77,13 +77,14 @@ pub(crate) fn parse_reply(buf: &[u8]) -> Result<Option<usize>, ProxyError> {
         if status.is_success() {
             return Ok(Some(offset + consumed));
         }
-        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED || status == StatusCode::UNAUTHORIZED
+        {
             let challenge = response
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("proxy-authenticate"))
                 .map(|h| String::from_utf8_lossy(h.value).trim().to_owned());
-            return Err(ProxyError::AuthRequired { challenge });
+            return Err(ProxyError::AuthRequired { status, challenge });
         }
         return Err(ProxyError::Refused {
             status,
@@ -176,8 +177,15 @@ mod tests {
             b"HTTP/1.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"t\"\r\n\r\n",
         );
         match e {
-            Err(ProxyError::AuthRequired { challenge }) => {
+            Err(ProxyError::AuthRequired { status, challenge }) => {
+                assert_eq!(status, 407);
                 assert_eq!(challenge.as_deref(), Some("Basic realm=\"t\""));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_reply(b"HTTP/1.0 401 Unauthorized\r\n\r\n") {
+            Err(ProxyError::AuthRequired { status, challenge }) => {
+                assert_eq!((status.as_u16(), challenge), (401, None));
             }
             other => panic!("{other:?}"),
         }
