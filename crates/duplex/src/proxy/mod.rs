@@ -167,45 +167,72 @@ pub(crate) async fn connect_tcp(
 
 /// Connects to the proxy and opens the tunnel to `host:port`.
 async fn tunnel(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
-    let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+    let ip = host.parse::<IpAddr>().ok();
+    match (proxy.kind, ip) {
+        (ProxyKind::Http, _) => {
+            let mut tcp = connect_proxy(proxy).await?;
+            http_connect::tunnel(&mut tcp, host, port, proxy.credentials.as_ref()).await?;
+            Ok(tcp)
+        }
+        (ProxyKind::Socks5 | ProxyKind::Socks5h, Some(ip)) => {
+            socks5_tunnel(proxy, socks5::Target::Addr(SocketAddr::new(ip, port))).await
+        }
+        (ProxyKind::Socks5h, None) => {
+            socks5_tunnel(proxy, socks5::Target::Domain(host.to_owned(), port)).await
+        }
+        (ProxyKind::Socks5, None) => {
+            // Every address of the name in turn, as a direct connect tries them: a name
+            // with an IPv6 and an IPv4 address still works when the target listens on one.
+            let addrs = resolve(host, port).await?;
+            let mut last = None;
+            for addr in addrs {
+                match socks5_tunnel(proxy, socks5::Target::Addr(addr)).await {
+                    Err(ProxyError::Socks(reply)) if unreachable(reply) => last = Some(reply),
+                    done => return done,
+                }
+            }
+            Err(match last {
+                Some(reply) => ProxyError::Socks(reply),
+                None => ProxyError::Resolve {
+                    host: host.to_owned(),
+                    error: io::Error::new(io::ErrorKind::NotFound, "no address"),
+                },
+            })
+        }
+    }
+}
+
+/// Reply codes after which another address of the same name may still work.
+fn unreachable(reply: SocksReply) -> bool {
+    reply == SocksReply::NETWORK_UNREACHABLE
+        || reply == SocksReply::HOST_UNREACHABLE
+        || reply == SocksReply::CONNECTION_REFUSED
+}
+
+async fn connect_proxy(proxy: &Proxy) -> Result<TcpStream, ProxyError> {
+    TcpStream::connect((proxy.host.as_str(), proxy.port))
         .await
         .map_err(|error| ProxyError::Unreachable {
             proxy: proxy.address(),
             error,
-        })?;
-    let credentials = proxy.credentials.as_ref();
-    let ip = host.parse::<IpAddr>().ok();
-    match proxy.kind {
-        ProxyKind::Http => http_connect::tunnel(&mut tcp, host, port, credentials).await?,
-        ProxyKind::Socks5h => {
-            let target = match ip {
-                Some(ip) => socks5::Target::Addr(SocketAddr::new(ip, port)),
-                None => socks5::Target::Domain(host.to_owned(), port),
-            };
-            socks5::tunnel(&mut tcp, &target, credentials).await?;
-        }
-        ProxyKind::Socks5 => {
-            let addr = match ip {
-                Some(ip) => SocketAddr::new(ip, port),
-                None => resolve(host, port).await?,
-            };
-            socks5::tunnel(&mut tcp, &socks5::Target::Addr(addr), credentials).await?;
-        }
-    }
+        })
+}
+
+async fn socks5_tunnel(proxy: &Proxy, target: socks5::Target) -> Result<TcpStream, ProxyError> {
+    let mut tcp = connect_proxy(proxy).await?;
+    socks5::tunnel(&mut tcp, &target, proxy.credentials.as_ref()).await?;
     Ok(tcp)
 }
 
-/// The first address of `host` (for `socks5://`, where the client resolves).
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
-    let resolve_error = |error| ProxyError::Resolve {
-        host: host.to_owned(),
-        error,
-    };
-    tokio::net::lookup_host((host, port))
+/// The addresses of `host` (for `socks5://`, where the client resolves).
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
+    let addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(resolve_error)?
-        .next()
-        .ok_or_else(|| resolve_error(io::Error::new(io::ErrorKind::NotFound, "no address")))
+        .map_err(|error| ProxyError::Resolve {
+            host: host.to_owned(),
+            error,
+        })?;
+    Ok(addrs.collect())
 }
 
 #[cfg(test)]
