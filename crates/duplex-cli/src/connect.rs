@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
+use duplex::proxy::ProxyChoice;
 use duplex::{ClientOptions, CloseCode, Event, Message};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -30,6 +31,15 @@ pub struct ConnectArgs {
     /// Trust this PEM certificate (e.g. a self-signed server's) instead of the public roots.
     #[arg(long, value_name = "PEM")]
     ca_cert: Option<PathBuf>,
+    /// Connect through this proxy: http://[user:pass@]host:port (HTTP CONNECT),
+    /// socks5://... (this client resolves the host) or socks5h://... (the proxy does).
+    /// Default: the proxy HTTPS_PROXY (wss), HTTP_PROXY (ws) or ALL_PROXY names, unless
+    /// NO_PROXY lists the host.
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    proxy: Option<String>,
+    /// Connect directly, ignoring the proxy variables.
+    #[arg(long)]
+    no_proxy: bool,
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = duplex_proto::config::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
@@ -61,6 +71,11 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
             duplex::tls::client_config_trusting_pem(path)
                 .context(|| format!("loading {}", path.display()))?,
         );
+    }
+    if let Some(url) = &args.proxy {
+        options.proxy = ProxyChoice::Use(url.parse().context(|| "--proxy".into())?);
+    } else if args.no_proxy {
+        options.proxy = ProxyChoice::Direct;
     }
     let (ws, response) = duplex::connect_with(&args.url, options)
         .await

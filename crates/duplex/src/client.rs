@@ -12,11 +12,11 @@ use duplex_proto::handshake::{
 };
 use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use crate::core::WebSocketOptions;
 use crate::error::{Error, Timeout};
+use crate::proxy::ProxyChoice;
 use crate::stream::MaybeTlsStream;
 use crate::websocket::WebSocket;
 
@@ -43,7 +43,11 @@ pub struct ClientOptions {
     pub config: Config,
     /// Timers and buffers of the connection.
     pub websocket: WebSocketOptions,
-    /// Bound on the TCP connect. Default 10 s.
+    /// The proxy to connect through. Default [`ProxyChoice::FromEnv`]: the one the
+    /// `*_PROXY` variables name, if any (see [`proxy`](crate::proxy)).
+    pub proxy: ProxyChoice,
+    /// Bound on the TCP connect (through a proxy: the connect to it, and the tunnel).
+    /// Default 10 s.
     pub connect_timeout: Duration,
     /// Bound on the TLS and HTTP handshakes together. Default 10 s.
     pub handshake_timeout: Duration,
@@ -65,6 +69,7 @@ impl Default for ClientOptions {
             deflate: Some(Default::default()),
             config: Config::default(),
             websocket: WebSocketOptions::default(),
+            proxy: ProxyChoice::FromEnv,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_handshake_size: DEFAULT_MAX_HANDSHAKE_SIZE,
@@ -106,7 +111,8 @@ pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response),
 /// Errors: [`Error::Handshake`] for a bad URL or a bad 101 response, [`Error::Rejected`] when
 /// the server answers with another status (with the response body as reason),
 /// [`Error::Timeout`] ([`Timeout::Connect`] / [`Timeout::Handshake`]), [`Error::Tls`] for
-/// certificate problems, [`Error::Io`].
+/// certificate problems, [`Error::Proxy`] when the proxy ([`ClientOptions::proxy`]) could not
+/// be used, [`Error::Io`].
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), duplex::Error> {
@@ -126,15 +132,14 @@ pub async fn connect_with(
     let url: WsUrl = url.parse()?;
     options.config.validate()?;
 
-    let tcp = match timeout(
+    let tcp = crate::proxy::connect_tcp(
+        &url.host,
+        url.port,
+        url.tls,
+        &options.proxy,
         options.connect_timeout,
-        TcpStream::connect((url.host.as_str(), url.port)),
     )
-    .await
-    {
-        Ok(tcp) => tcp?,
-        Err(_) => return Err(Error::Timeout(Timeout::Connect)),
-    };
+    .await?;
     if options.nodelay {
         tcp.set_nodelay(true)?;
     }

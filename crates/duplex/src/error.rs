@@ -72,6 +72,9 @@ pub enum Error {
     /// TLS configuration or handshake failure.
     #[cfg(feature = "tls")]
     Tls(crate::tls::TlsError),
+    /// The proxy could not be used: see [`ProxyError`](crate::proxy::ProxyError) for who is
+    /// to blame (client side).
+    Proxy(crate::proxy::ProxyError),
     /// A timer expired.
     Timeout(Timeout),
     /// The connection is closing or closed (our Close was sent, the close handshake finished,
@@ -124,6 +127,7 @@ impl fmt::Display for Error {
             ),
             #[cfg(feature = "tls")]
             Error::Tls(e) => write!(f, "TLS error: {e}"),
+            Error::Proxy(e) => write!(f, "proxy: {e}"),
             Error::Timeout(which) => write!(f, "{which} timeout"),
             Error::ConnectionClosed => f.write_str("connection closed"),
         }
@@ -140,6 +144,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             #[cfg(feature = "tls")]
             Error::Tls(e) => Some(e),
+            Error::Proxy(e) => Some(e),
             Error::Rejected { .. }
             | Error::StreamingReceive
             | Error::Timeout(_)
@@ -151,6 +156,12 @@ impl std::error::Error for Error {
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+impl From<crate::proxy::ProxyError> for Error {
+    fn from(e: crate::proxy::ProxyError) -> Self {
+        Error::Proxy(e)
     }
 }
 

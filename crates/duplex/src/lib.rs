@@ -16,6 +16,8 @@
 //! ```
 //!
 //! - Client: [`connect`] / [`connect_with`] (`ws://` and, with feature `tls`, `wss://`).
+//! - Proxies: [`proxy`] (HTTP CONNECT, SOCKS5, the `*_PROXY` variables), chosen by
+//!   [`ClientOptions::proxy`].
 //! - Server: [`accept`] / [`accept_with`] on any accepted stream; [`tls::acceptor_from_pem`].
 //! - Connection: [`WebSocket`] (`Stream` + `Sink`, [`split`](WebSocket::split) into halves),
 //!   keepalive and close timers in [`WebSocketOptions`].
@@ -55,6 +57,7 @@ mod core;
 #[cfg(all(feature = "engine", unix))]
 pub mod engine;
 mod error;
+pub mod proxy;
 mod rng;
 mod server;
 mod stream;
