@@ -102,7 +102,10 @@ pub use accept::{
 pub use client::{Accepted, ClientRequest, parse_response, validate_response};
 pub use connect::{ClientHandshake, Connected};
 pub use error::{HandshakeError, UrlError};
-pub use server::{ClientOffer, accept_response, parse_request, reject_response, validate_request};
+pub use server::{
+    ClientOffer, accept_response, parse_request, reject_response, validate_extended_connect,
+    validate_request,
+};
 pub use url::WsUrl;
 
 /// The GUID appended to the key before hashing (RFC 6455 section 1.3).

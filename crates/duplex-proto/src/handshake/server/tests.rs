@@ -80,6 +80,7 @@ fn rfc_example_request_is_accepted() {
             protocols: vec!["chat".into(), "superchat".into()],
             extensions: None,
             origin: Some("http://example.com".into()),
+            extended_connect: false,
         }
     );
 }
