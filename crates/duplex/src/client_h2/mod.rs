@@ -101,6 +101,14 @@ pub struct Http2Connection {
     send_request: SendRequest<Bytes>,
 }
 
+/// The receive window of each WebSocket's stream: 1 MiB unread per WebSocket at most.
+const STREAM_WINDOW: u32 = 1 << 20;
+
+/// The receive window of the connection: 16 streams' worth, so that one WebSocket the
+/// application stopped reading cannot hold back the others (h2's default gives the
+/// connection the same 64 KiB as one stream).
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// What [`open`] reached: HTTP/2, or (TLS with ALPN `http/1.1`) a stream for an HTTP/1.1
 /// upgrade.
 enum Opened {
@@ -283,7 +291,12 @@ fn negotiated_h2(stream: &MaybeTlsStream) -> bool {
 /// (RFC 9113 section 3.4), so once the PING's answer is back the settings, and with them
 /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`, are known.
 async fn handshake_h2(stream: MaybeTlsStream) -> Result<Http2Connection, Error> {
-    let (send_request, mut connection) = h2::client::handshake(stream).await.map_err(io_error)?;
+    let (send_request, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(stream)
+        .await
+        .map_err(io_error)?;
     let ping_pong = connection.ping_pong();
     // The connection's driver: ends when the connection closes, which it does once every
     // handle and stream is dropped.

@@ -73,4 +73,4 @@ mod serve;
 
 pub use pending::{PendingWebSocket, UpgradedWebSocket};
 pub use request::{WebSocketUpgrade, refusal, validate};
-pub use serve::builder;
+pub use serve::{CONNECTION_WINDOW, STREAM_WINDOW, builder};

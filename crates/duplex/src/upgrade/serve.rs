@@ -11,9 +11,11 @@ use hyper_util::server::conn::auto::Builder;
 /// [`serve_connection_with_upgrades`](Builder::serve_connection_with_upgrades), not
 /// `serve_connection`: HTTP/1.1 upgrades need it.
 ///
-/// Everything else is hyper's defaults, and hyper's h2 applies flow control per stream, so a
-/// WebSocket that stops reading holds back only its own stream. Tune it further as any
-/// [`Builder`] (`http1()`, `http2()`).
+/// hyper's h2 applies flow control per stream: a WebSocket that stops reading holds back its
+/// own stream once [`STREAM_WINDOW`] bytes wait unread. The connection's window is
+/// [`CONNECTION_WINDOW`], 16 stream windows, so that one stalled WebSocket cannot take all of
+/// it and hold back the others (hyper's default makes both 1 MiB). Everything else is
+/// hyper's defaults; tune it further as any [`Builder`] (`http1()`, `http2()`).
 ///
 /// ```
 /// let builder = duplex::upgrade::builder();
@@ -21,6 +23,17 @@ use hyper_util::server::conn::auto::Builder;
 /// ```
 pub fn builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().enable_connect_protocol();
+    builder
+        .http2()
+        .enable_connect_protocol()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     builder
 }
+
+/// The HTTP/2 receive window of each stream (WebSocket) in [`builder`]: 1 MiB, as hyper's.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
+/// The HTTP/2 receive window of a whole connection in [`builder`]: 16 MiB, room for 16
+/// stalled WebSockets before the others wait.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
