@@ -19,7 +19,7 @@
 //! - Server: [`accept`] / [`accept_with`] on any accepted stream; [`tls::acceptor_from_pem`].
 //! - Connection: [`WebSocket`] (`Stream` + `Sink`, [`split`](WebSocket::split) into halves),
 //!   keepalive and close timers in [`WebSocketOptions`].
-//! - With feature `hyper`: [`upgrade`](crate::upgrade), WebSockets inside a hyper or axum
+//! - With feature `hyper`: `upgrade`, WebSockets inside a hyper or axum
 //!   service, over HTTP/1.1 and HTTP/2 (RFC 8441).
 //! - With feature `http2`: `connect_auto` and `Http2Connection`, a client over HTTP/2 (RFC
 //!   8441) that falls back to HTTP/1.1.

@@ -2,7 +2,7 @@
 //! `Http2Connection`) and a hyper server using duplex's upgrade API: echo, fragmentation,
 //! ping/pong, close codes both ways, permessage-deflate, many WebSockets on one TCP
 //! connection, per-stream flow control, refusals, and the fall back to HTTP/1.1.
-#![cfg(all(feature = "hyper", feature = "http2"))]
+#![cfg(all(feature = "hyper", feature = "http2", feature = "deflate"))]
 
 mod common;
 
@@ -196,7 +196,11 @@ async fn the_server_closes_with_its_code() {
         .await
         .expect("connect");
     assert!(ws.get_ref().is_http2());
-    match within(ws.recv_event()).await.expect("an event").expect("ok") {
+    match within(ws.recv_event())
+        .await
+        .expect("an event")
+        .expect("ok")
+    {
         Event::Close(Some(frame)) => {
             assert_eq!(frame.code, CloseCode(4000));
             assert_eq!(frame.reason, "bye");
@@ -279,14 +283,20 @@ async fn a_stalled_websocket_holds_back_only_its_own_stream() {
     for round in 0..10 {
         let message = Message::binary(vec![round; 100_000]);
         within(echo.send(message.clone())).await.expect("send");
-        assert_eq!(within(echo.recv()).await.expect("open").expect("echo"), message);
+        assert_eq!(
+            within(echo.recv()).await.expect("open").expect("echo"),
+            message
+        );
     }
     assert!(
         !flood.is_finished(),
         "4 MiB went through a stream whose reader never read: no flow control"
     );
     server.release.notify_one();
-    let stalled = within(flood).await.expect("task").expect("the send completes once read");
+    let stalled = within(flood)
+        .await
+        .expect("task")
+        .expect("the send completes once read");
     drop(stalled);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
@@ -309,7 +319,9 @@ async fn falls_back_to_http1_without_the_setting() {
         .expect("connect");
     assert!(!ws.get_ref().is_http2());
     assert_eq!(response.status, StatusCode::SWITCHING_PROTOCOLS);
-    within(ws.send(Message::text("over h1"))).await.expect("send");
+    within(ws.send(Message::text("over h1")))
+        .await
+        .expect("send");
     assert_eq!(
         within(ws.recv()).await.expect("open").expect("echo"),
         Message::text("over h1")
@@ -325,7 +337,9 @@ async fn falls_back_to_http1_when_the_server_has_no_http2() {
         .expect("connect");
     assert!(!ws.get_ref().is_http2());
     assert_eq!(response.status, StatusCode::SWITCHING_PROTOCOLS);
-    within(ws.send(Message::text("fallback"))).await.expect("send");
+    within(ws.send(Message::text("fallback")))
+        .await
+        .expect("send");
     assert_eq!(
         within(ws.recv()).await.expect("open").expect("echo"),
         Message::text("fallback")
@@ -364,7 +378,9 @@ async fn refusals_over_http2_carry_their_status() {
     }
 
     // Requests duplex's client would not send, through h2 directly.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.expect("tcp");
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
     let (send_request, connection) = within(h2::client::handshake(tcp)).await.expect("h2");
     tokio::spawn(connection);
     let status = |protocol: &'static str, version: &'static str| {
@@ -387,7 +403,13 @@ async fn refusals_over_http2_carry_their_status() {
             response.await.expect("response").status()
         }
     };
-    assert_eq!(within(status("connect-udp", "13")).await, StatusCode::BAD_REQUEST);
-    assert_eq!(within(status("websocket", "8")).await, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(
+        within(status("connect-udp", "13")).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        within(status("websocket", "8")).await,
+        StatusCode::UPGRADE_REQUIRED
+    );
     assert_eq!(within(status("websocket", "13")).await, StatusCode::OK);
 }

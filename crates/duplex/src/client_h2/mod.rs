@@ -23,8 +23,8 @@ use h2::client::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
-pub use self::stream::{ClientStream, H2Stream};
 use self::stream::io_error;
+pub use self::stream::{ClientStream, H2Stream};
 use crate::client::{ClientOptions, Response, handshake_until};
 use crate::error::{Error, Timeout};
 use crate::stream::MaybeTlsStream;

@@ -40,7 +40,8 @@ impl H2Stream {
 /// h2's error as an I/O error: the transport's own error if it was one.
 pub(super) fn io_error(e: h2::Error) -> io::Error {
     if e.is_io() {
-        e.into_io().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
+        e.into_io()
+            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
     } else {
         io::Error::other(e)
     }
