@@ -113,3 +113,19 @@ async fn wss_falls_back_on_the_same_connection_when_alpn_picks_http1() {
         "the TLS connection ALPN chose http/1.1 on should have been used"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_problem_is_returned_not_retried_over_http1() {
+    let (addr, _cert, accepted) = tls_server(&[b"h2", b"http/1.1"]).await;
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let result = within(duplex::connect_auto(
+        &format!("wss://{addr}/echo"),
+        options(other.cert.der().to_vec()),
+    ))
+    .await;
+    assert!(
+        matches!(result, Err(duplex::Error::Tls(_))),
+        "expected a TLS error, got {result:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no second attempt");
+}

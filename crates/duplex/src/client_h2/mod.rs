@@ -57,24 +57,26 @@ pub async fn connect_auto(
     options.config.validate()?;
     if options.http2 {
         let deadline = Instant::now() + options.handshake_timeout;
-        match open(&parsed, &options, deadline).await {
-            Ok(Opened::Http2(connection)) if connection.supports_websockets() => {
+        // Failures to reach the host (TCP, TLS) are returned: a second connection would meet
+        // them too. Only what HTTP/2 itself lacks falls back.
+        match open(&parsed, &options, deadline).await? {
+            Opened::Http2(connection) if connection.supports_websockets() => {
                 let websocket = options.websocket.clone();
                 let (stream, connected, response) =
                     connection.extended_connect(&parsed, options).await?;
                 let ws = into_websocket(ClientStream::Http2(stream), connected, websocket);
                 return Ok((ws, response));
             }
-            Ok(Opened::Http2(_)) => {
+            Opened::Http2(_) => {
                 tracing::debug!(%parsed, "no extended CONNECT on this HTTP/2 server: HTTP/1.1");
             }
-            Ok(Opened::Http1(stream)) => {
+            Opened::Http1(stream) => {
                 return handshake_until(ClientStream::Http1(stream), parsed, options, deadline)
                     .await;
             }
-            // A host that cannot be reached in time will not be reached by the fallback.
-            Err(Error::Timeout(Timeout::Connect)) => return Err(Error::Timeout(Timeout::Connect)),
-            Err(error) => tracing::debug!(%parsed, %error, "HTTP/2 failed: HTTP/1.1"),
+            Opened::NoHttp2(error) => {
+                tracing::debug!(%parsed, %error, "no HTTP/2 (h2c) on this server: HTTP/1.1");
+            }
         }
     }
     let deadline = Instant::now() + options.handshake_timeout;
@@ -109,11 +111,14 @@ const STREAM_WINDOW: u32 = 1 << 20;
 /// connection the same 64 KiB as one stream).
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// What [`open`] reached: HTTP/2, or (TLS with ALPN `http/1.1`) a stream for an HTTP/1.1
-/// upgrade.
+/// What [`open`] reached.
 enum Opened {
+    /// An HTTP/2 connection whose settings are known.
     Http2(Http2Connection),
+    /// TLS where ALPN chose `http/1.1` (or nothing): the stream for an HTTP/1.1 upgrade.
     Http1(MaybeTlsStream),
+    /// The server did not answer the h2c preface with HTTP/2 in time: why.
+    NoHttp2(Error),
 }
 
 impl Http2Connection {
@@ -135,6 +140,7 @@ impl Http2Connection {
                 std::io::ErrorKind::Unsupported,
                 "the server chose HTTP/1.1 by ALPN",
             ))),
+            Opened::NoHttp2(error) => Err(error),
         }
     }
 
@@ -265,17 +271,19 @@ async fn read_body(recv: &mut h2::RecvStream) -> String {
     String::from_utf8_lossy(&body).trim().to_owned()
 }
 
-/// Connects (TCP, and TLS offering ALPN `h2` then `http/1.1`) and, if HTTP/2 is on, runs its
-/// handshake and waits for the server's settings.
+/// Connects (TCP, and TLS offering ALPN `h2` then `http/1.1`) and, unless ALPN chose
+/// `http/1.1`, runs the HTTP/2 handshake and waits for the server's settings. Errors are
+/// those of reaching the host; an HTTP/2 handshake that fails is [`Opened::NoHttp2`].
 async fn open(url: &WsUrl, options: &ClientOptions, deadline: Instant) -> Result<Opened, Error> {
     let stream = dial(url, options, &[b"h2", b"http/1.1"], deadline).await?;
     if stream.is_tls() && !negotiated_h2(&stream) {
         return Ok(Opened::Http1(stream));
     }
-    match timeout_at(deadline, handshake_h2(stream)).await {
-        Ok(done) => done.map(Opened::Http2),
-        Err(_) => Err(Error::Timeout(Timeout::Handshake)),
-    }
+    Ok(match timeout_at(deadline, handshake_h2(stream)).await {
+        Ok(Ok(connection)) => Opened::Http2(connection),
+        Ok(Err(error)) => Opened::NoHttp2(error),
+        Err(_) => Opened::NoHttp2(Error::Timeout(Timeout::Handshake)),
+    })
 }
 
 /// Whether TLS chose `h2` by ALPN.
