@@ -1,6 +1,7 @@
 //! The server's decision on a valid upgrade request, split into decide and encode (after
-//! quinn-proto and rustls): every server runtime (a tokio task, an event loop, a hub, an
-//! HTTP/2 server later) asks the same questions here and only does the I/O itself.
+//! quinn-proto and rustls): every server runtime (a tokio task, an event loop, a hub, a
+//! hyper service over HTTP/1.1 or HTTP/2) asks the same questions here and only does the I/O
+//! itself.
 //!
 //! 1. [`validate_request`](super::validate_request) turns the parsed request into a
 //!    [`ClientOffer`]; its error converts into a [`Refused`] (`?` works).
