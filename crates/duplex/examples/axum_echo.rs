@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::any;
+use axum::serve::ListenerExt;
 use duplex::upgrade::{UpgradedWebSocket, WebSocketUpgrade, refusal};
 
 /// The application: `/echo` upgrades, offering the `echo` subprotocol.
@@ -44,5 +45,13 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9002".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("axum echo on ws://{}/echo", listener.local_addr()?);
-    axum::serve(listener, router()).await
+    axum::serve(listener.tap_io(no_delay), router()).await
+}
+
+/// Frames go out as written: with Nagle's algorithm on, the small HTTP/2 frame that ends a
+/// message waits for the peer's delayed ACK (40 ms on Linux).
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        eprintln!("TCP_NODELAY: {error}");
+    }
 }

@@ -41,6 +41,7 @@ async fn tls_server(alpn: &[&[u8]]) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            tcp.set_nodelay(true).expect("nodelay");
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(stream) = tls::accept(&acceptor, tcp, Duration::from_secs(5)).await else {

@@ -52,6 +52,7 @@ async fn start(connect_protocol: bool) -> Server {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             accepted.fetch_add(1, Ordering::SeqCst);
+            tcp.set_nodelay(true).expect("nodelay");
             let release = release.clone();
             tokio::spawn(async move {
                 let builder = if connect_protocol {

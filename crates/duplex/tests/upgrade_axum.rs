@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn serve_example() -> SocketAddr {
     let (listener, addr) = listener().await;
+    let listener = axum::serve::ListenerExt::tap_io(listener, axum_echo::no_delay);
     tokio::spawn(async move { axum::serve(listener, axum_echo::router()).await });
     addr
 }

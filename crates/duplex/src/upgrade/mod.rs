@@ -58,6 +58,7 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
 //! loop {
 //!     let (tcp, _) = listener.accept().await?;
+//!     tcp.set_nodelay(true)?; // see `builder`: HTTP/2 frames must not wait for ACKs
 //!     tokio::spawn(async move {
 //!         let service = hyper::service::service_fn(handle);
 //!         let io = hyper_util::rt::TokioIo::new(tcp);

@@ -11,6 +11,10 @@ use hyper_util::server::conn::auto::Builder;
 /// [`serve_connection_with_upgrades`](Builder::serve_connection_with_upgrades), not
 /// `serve_connection`: HTTP/1.1 upgrades need it.
 ///
+/// Set `TCP_NODELAY` on the accepted sockets (`tcp.set_nodelay(true)`): over HTTP/2 a message
+/// often ends in a small DATA frame, which Nagle's algorithm holds until the peer's delayed
+/// ACK, 40 ms on Linux; measured here, a 16 KiB echo took 43 ms instead of 0.1 ms without it.
+///
 /// hyper's h2 applies flow control per stream: a WebSocket that stops reading holds back its
 /// own stream once [`STREAM_WINDOW`] bytes wait unread. The connection's window is
 /// [`CONNECTION_WINDOW`], 16 stream windows, so that one stalled WebSocket cannot take all of
