@@ -37,9 +37,10 @@ use crate::websocket::WebSocket;
 /// Each call opens a connection of its own; to open several WebSockets on one HTTP/2
 /// connection, as browsers do, use [`Http2Connection`].
 ///
-/// Errors: as [`connect_with`](crate::connect_with). A failed HTTP/2 attempt is not an error
-/// while falling back is possible; the fallback has its own `connect_timeout` and
-/// `handshake_timeout`.
+/// Errors: as [`connect_with`](crate::connect_with). Failing to reach the host (TCP, TLS,
+/// certificates) is returned at once; what HTTP/2 lacks (no answer in HTTP/2 to the h2c
+/// preface within `handshake_timeout`, no extended CONNECT in the server's settings) leads to
+/// the HTTP/1.1 attempt, which has its own `connect_timeout` and `handshake_timeout`.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), duplex::Error> {
