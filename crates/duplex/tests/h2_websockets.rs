@@ -414,3 +414,48 @@ async fn refusals_over_http2_carry_their_status() {
     );
     assert_eq!(within(status("websocket", "13")).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn falls_back_to_http1_when_the_h2c_preface_goes_unanswered() {
+    // A server that says nothing to the HTTP/2 preface (it holds the connection) and speaks
+    // HTTP/1.1 on others: the client gives HTTP/2 its handshake_timeout, then upgrades on a
+    // new connection.
+    let (listener, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 3];
+                if tcp.peek(&mut first).await.is_ok() && &first == b"PRI" {
+                    let mut tcp = tcp;
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink).await;
+                    return;
+                }
+                let Ok(mut ws) = duplex::accept(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.recv().await {
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let options = ClientOptions {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..http2()
+    };
+    let (mut ws, response) = within(duplex::connect_auto(&format!("ws://{addr}/"), options))
+        .await
+        .expect("connect");
+    assert!(!ws.get_ref().is_http2());
+    assert_eq!(response.status, StatusCode::SWITCHING_PROTOCOLS);
+    within(ws.send(Message::text("after the timeout")))
+        .await
+        .expect("send");
+    assert_eq!(
+        within(ws.recv()).await.expect("open").expect("echo"),
+        Message::text("after the timeout")
+    );
+}
