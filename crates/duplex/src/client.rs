@@ -58,6 +58,12 @@ pub struct ClientOptions {
     /// Trust anchors for `wss://`. Default: the compiled-in Mozilla roots.
     #[cfg(feature = "tls")]
     pub tls: crate::tls::ClientTls,
+    /// Try HTTP/2 first (RFC 8441: h2c by prior knowledge for `ws://`, ALPN `h2` for
+    /// `wss://`), falling back to HTTP/1.1 when the server does not allow it. Honoured by
+    /// [`connect_auto`](crate::connect_auto), whose stream can be either;
+    /// [`connect_with`] returns a socket of its own and always speaks HTTP/1.1. Default false.
+    #[cfg(feature = "http2")]
+    pub http2: bool,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +82,8 @@ impl Default for ClientOptions {
             nodelay: true,
             #[cfg(feature = "tls")]
             tls: crate::tls::ClientTls::default(),
+            #[cfg(feature = "http2")]
+            http2: false,
         }
     }
 }
@@ -195,7 +203,7 @@ where
     handshake_until(stream, url, options, deadline).await
 }
 
-async fn handshake_until<S>(
+pub(crate) async fn handshake_until<S>(
     mut stream: S,
     url: WsUrl,
     options: ClientOptions,

@@ -21,6 +21,10 @@
 //! - Server: [`accept`] / [`accept_with`] on any accepted stream; [`tls::acceptor_from_pem`].
 //! - Connection: [`WebSocket`] (`Stream` + `Sink`, [`split`](WebSocket::split) into halves),
 //!   keepalive and close timers in [`WebSocketOptions`].
+//! - With feature `hyper`: `upgrade`, WebSockets inside a hyper or axum
+//!   service, over HTTP/1.1 and HTTP/2 (RFC 8441).
+//! - With feature `http2`: `connect_auto` and `Http2Connection`, a client over HTTP/2 (RFC
+//!   8441) that falls back to HTTP/1.1.
 //! - With feature `engine`: `engine`, a callback server without a task per connection (one
 //!   epoll loop per thread, the uWebSockets model): the least work per message and per idle
 //!   connection, for plain `ws://` servers.
@@ -53,6 +57,8 @@
 //! ```
 
 mod client;
+#[cfg(feature = "http2")]
+mod client_h2;
 mod core;
 #[cfg(all(feature = "engine", unix))]
 pub mod engine;
@@ -63,9 +69,13 @@ mod server;
 mod stream;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
 mod websocket;
 
 pub use crate::client::{ClientOptions, Response, client_handshake, connect, connect_with};
+#[cfg(feature = "http2")]
+pub use crate::client_h2::{ClientStream, H2Stream, Http2Connection, connect_auto};
 pub use crate::core::WebSocketOptions;
 pub use crate::error::{Error, Timeout};
 pub use crate::server::{Accept, Reject, ServerOptions, accept, accept_with};

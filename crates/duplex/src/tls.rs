@@ -200,7 +200,7 @@ pub(crate) async fn connect(
 
 /// rustls errors come back from tokio-rustls wrapped in `io::Error`: unwrap them so callers can
 /// tell a certificate problem from a network one.
-fn tls_io_error(e: std::io::Error) -> Error {
+pub(crate) fn tls_io_error(e: std::io::Error) -> Error {
     let rustls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());

@@ -1,6 +1,7 @@
 //! The server's decision on a valid upgrade request, split into decide and encode (after
-//! quinn-proto and rustls): every server runtime (a tokio task, an event loop, a hub, an
-//! HTTP/2 server later) asks the same questions here and only does the I/O itself.
+//! quinn-proto and rustls): every server runtime (a tokio task, an event loop, a hub, a
+//! hyper service over HTTP/1.1 or HTTP/2) asks the same questions here and only does the I/O
+//! itself.
 //!
 //! 1. [`validate_request`](super::validate_request) turns the parsed request into a
 //!    [`ClientOffer`]; its error converts into a [`Refused`] (`?` works).
@@ -29,8 +30,9 @@
 use std::time::Duration;
 
 use http::header::{
-    CONNECTION, HeaderMap, HeaderName, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
-    SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Response, StatusCode};
 
@@ -211,7 +213,9 @@ impl<'a> ServerHandshake<'a> {
         let mut connection = Connection::new(Role::Server, self.config.clone());
         let extensions = self.accept_deflate(offer, &mut connection);
         Upgrade {
-            accept: AcceptKey::new(offer.key.as_bytes()),
+            // An extended CONNECT has no key and its answer no Sec-WebSocket-Accept (RFC 8441
+            // section 5).
+            accept: (!offer.extended_connect).then(|| AcceptKey::new(offer.key.as_bytes())),
             protocol,
             extensions,
             headers,
@@ -243,8 +247,9 @@ impl<'a> ServerHandshake<'a> {
 /// starts once the answer is written.
 ///
 /// Take the fields by destructuring: `let Upgrade { connection, protocol, .. } = upgrade;`.
-/// `#[non_exhaustive]`: an HTTP/2 answer (RFC 8441: status 200, no `Sec-WebSocket-Accept`)
-/// will add to it.
+/// For an offer made by an HTTP/2 extended CONNECT
+/// ([`ClientOffer::extended_connect`]) the answer is `200` with no `Sec-WebSocket-Accept`,
+/// `Upgrade` or `Connection` (RFC 8441 section 5); [`response`](Self::response) gives it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Upgrade {
@@ -252,20 +257,31 @@ pub struct Upgrade {
     pub protocol: Option<String>,
     /// The server side of the connection, with permessage-deflate turned on if it was agreed.
     pub connection: Connection,
-    accept: AcceptKey,
+    /// `None` for an extended CONNECT.
+    accept: Option<AcceptKey>,
     extensions: Option<String>,
     headers: HeaderMap,
 }
 
 impl Upgrade {
-    /// `101 Switching Protocols`.
+    /// `101 Switching Protocols`, or `200 OK` for an extended CONNECT (RFC 8441 section 5).
     pub fn status(&self) -> StatusCode {
-        StatusCode::SWITCHING_PROTOCOLS
+        match self.accept {
+            Some(_) => StatusCode::SWITCHING_PROTOCOLS,
+            None => StatusCode::OK,
+        }
     }
 
-    /// The `Sec-WebSocket-Accept` value (RFC 6455 section 1.3).
+    /// Whether this accepts an HTTP/2 extended CONNECT (RFC 8441) rather than an HTTP/1.1
+    /// upgrade.
+    pub fn is_extended_connect(&self) -> bool {
+        self.accept.is_none()
+    }
+
+    /// The `Sec-WebSocket-Accept` value (RFC 6455 section 1.3); empty for an extended CONNECT,
+    /// which has none.
     pub fn accept_key(&self) -> &str {
-        self.accept.as_str()
+        self.accept.as_ref().map_or("", AcceptKey::as_str)
     }
 
     /// The `Sec-WebSocket-Extensions` answer, if an extension was agreed on.
@@ -279,15 +295,23 @@ impl Upgrade {
     }
 
     /// The response as an [`http::Response`], for a server that writes its own heads (hyper):
-    /// status 101 and the same headers [`encode_http11`](Self::encode_http11) writes.
+    /// status 101 and the same headers [`encode_http11`](Self::encode_http11) writes, or for an
+    /// extended CONNECT status 200 with only `Sec-WebSocket-Protocol` /
+    /// `Sec-WebSocket-Extensions` and the application's headers (RFC 8441 section 5: HTTP/2
+    /// has no `Upgrade` or `Connection`).
     pub fn response(&self) -> Response<()> {
         let mut response = Response::new(());
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        if self.accept.is_some() {
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        }
         let own = [
-            (SEC_WEBSOCKET_ACCEPT, Some(self.accept.as_str())),
+            (
+                SEC_WEBSOCKET_ACCEPT,
+                self.accept.as_ref().map(AcceptKey::as_str),
+            ),
             (
                 SEC_WEBSOCKET_PROTOCOL,
                 written_protocol(self.protocol.as_deref()),
@@ -311,10 +335,12 @@ impl Upgrade {
     }
 
     /// The HTTP/1.1 bytes of the answer (what [`accept_response`](super::accept_response)
-    /// writes): write them, then hand the connection the bytes that follow.
+    /// writes): write them, then hand the connection the bytes that follow. Only for an
+    /// HTTP/1.1 upgrade: an extended CONNECT is answered through the HTTP/2 library with
+    /// [`response`](Self::response).
     pub fn encode_http11(&self) -> Vec<u8> {
         encode_switching(
-            self.accept.as_str(),
+            self.accept_key(),
             self.protocol.as_deref(),
             self.extensions(),
             &self.headers,
@@ -359,6 +385,47 @@ impl Refused {
     /// The error, for the caller.
     pub fn into_error(self) -> HandshakeError {
         self.error
+    }
+
+    /// The answer as an [`http::Response`] with the reason as its body, for a server that
+    /// writes its own heads (hyper): the status, the extra headers, `Content-Type:
+    /// text/plain; charset=utf-8`, and as in [`reject_response`](super::reject_response)
+    /// `Sec-WebSocket-Version: 13` with 426 and `Allow: GET` with 405 (unless the extra headers
+    /// set them). No `Connection: close` or `Content-Length`: the HTTP library writes those
+    /// that its version has.
+    ///
+    /// ```
+    /// use duplex_proto::handshake::{HandshakeError, Refused};
+    /// let refused = Refused::from(HandshakeError::UnsupportedVersion("8".into()));
+    /// let response = refused.response();
+    /// assert_eq!(response.status(), 426);
+    /// assert_eq!(response.headers()["sec-websocket-version"], "13");
+    /// assert!(response.body().contains("13"));
+    /// ```
+    pub fn response(&self) -> Response<String> {
+        let mut response = Response::new(self.error.reason());
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            if ![CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION].contains(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+        if self.status() == StatusCode::UPGRADE_REQUIRED
+            && !headers.contains_key(SEC_WEBSOCKET_VERSION)
+        {
+            headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        if self.status() == StatusCode::METHOD_NOT_ALLOWED && !headers.contains_key(ALLOW) {
+            headers.insert(ALLOW, HeaderValue::from_static("GET"));
+        }
+        response
     }
 
     /// The HTTP/1.1 bytes of the answer: [`reject_response`](super::reject_response) with the

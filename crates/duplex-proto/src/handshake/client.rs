@@ -137,7 +137,7 @@ impl ClientRequest {
     }
 
     /// The subprotocols actually sent.
-    fn offered_protocols(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn offered_protocols(&self) -> impl Iterator<Item = &str> {
         self.protocols
             .iter()
             .map(String::as_str)
@@ -145,7 +145,7 @@ impl ClientRequest {
     }
 
     /// The extension offer actually sent.
-    fn offered_extensions(&self) -> Option<&str> {
+    pub(super) fn offered_extensions(&self) -> Option<&str> {
         self.extensions
             .as_deref()
             .map(str::trim)
@@ -259,7 +259,15 @@ pub fn validate_response(
             if trim_ows(accept.as_bytes()) == accept_key(req.key.as_bytes()).as_bytes() => {}
         _ => return Err(HandshakeError::AcceptMismatch),
     }
+    agreement(req, headers)
+}
 
+/// The subprotocol and extensions a server's answer agrees to, checked against what `req`
+/// offered (section 4.1): the same for a `101` and for an HTTP/2 `200` (RFC 8441 section 5).
+pub(super) fn agreement(
+    req: &ClientRequest,
+    headers: &HeaderMap,
+) -> Result<Accepted, HandshakeError> {
     let mut protocols = list_elements(headers, &SEC_WEBSOCKET_PROTOCOL);
     let protocol = match (protocols.next(), protocols.next()) {
         (None, _) => None,

@@ -12,11 +12,24 @@
 //!    section 5: a deflate answer the offer allows) and returns [`Connected`]. The bytes after
 //!    the head (`buf[consumed..]`) are the first frames: the caller feeds them to the
 //!    connection.
+//!
+//! Over HTTP/2 (RFC 8441) the same handshake sends
+//! [`extended_connect_request`](ClientHandshake::extended_connect_request) on a new stream of a
+//! connection whose server sent `SETTINGS_ENABLE_CONNECT_PROTOCOL`, with the `:protocol`
+//! pseudo-header set to `websocket` by the HTTP/2 library, and checks the answer with
+//! [`finish_extended_connect`](ClientHandshake::finish_extended_connect): a `2xx` instead of
+//! `101`, no key and no `Sec-WebSocket-Accept`, the same subprotocol and extension rules.
 
-use http::Response;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, TE, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::{Method, Request, Response, Uri, Version};
 
 use super::HandshakeError;
-use super::client::{ClientRequest, validate_response};
+use super::client::{Accepted, ClientRequest, agreement, validate_response};
+use super::is_header_value;
 use crate::{Config, Connection, Role};
 
 /// A client handshake in progress: the request and what the resulting connection will be.
@@ -129,6 +142,136 @@ impl ClientHandshake {
     /// the connection).
     pub fn finish(&self, response: &Response<()>) -> Result<Connected, HandshakeError> {
         let accepted = validate_response(&self.request, response)?;
+        self.open(accepted)
+    }
+
+    /// The request as an HTTP/2 extended CONNECT (RFC 8441 sections 4 and 5): method
+    /// `CONNECT`, version HTTP/2, the URI `http(s)://authority/resource` (which the HTTP/2
+    /// library sends as `:scheme`, `:authority` and `:path`), `Sec-WebSocket-Version: 13`, the
+    /// subprotocols, the extension offer and the extra headers. No key, and none of the
+    /// connection-specific headers HTTP/2 forbids (`Connection`, `Upgrade`, `Transfer-Encoding`,
+    /// `TE`, `Keep-Alive`, `Proxy-Connection`); a `Host` among the extra headers becomes the
+    /// authority. The caller's HTTP/2 library adds `:protocol = websocket` (its own request
+    /// extension) and sends it on a connection whose server allowed extended CONNECT.
+    ///
+    /// ```
+    /// use duplex_proto::handshake::{ClientHandshake, ClientRequest};
+    /// let mut request = ClientRequest::new("wss://example.com/chat?room=1".parse()?, [1; 16]);
+    /// request.protocols.push("chat".into());
+    /// let connect = ClientHandshake::new(request, Default::default()).extended_connect_request();
+    /// assert_eq!(connect.method(), http::Method::CONNECT);
+    /// assert_eq!(connect.uri(), "https://example.com/chat?room=1");
+    /// assert_eq!(connect.headers()["sec-websocket-version"], "13");
+    /// assert_eq!(connect.headers()["sec-websocket-protocol"], "chat");
+    /// assert!(connect.headers().get("sec-websocket-key").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn extended_connect_request(&self) -> Request<()> {
+        let url = &self.request.url;
+        let extra = &self.request.headers;
+        let authority = extra
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .map_or_else(|| url.host_header(), |host| host.trim().to_owned());
+        let mut resource = String::with_capacity(url.resource.len() + 1);
+        super::url::percent_encode_into(&mut resource, &url.resource);
+        if !resource.starts_with('/') {
+            resource.insert(0, '/');
+        }
+        let scheme = if url.tls { "https" } else { "http" };
+        // The parts were checked (a WsUrl's host, a percent-encoded resource); a URI that
+        // still does not parse falls back to the bare resource rather than failing.
+        let uri = format!("{scheme}://{authority}{resource}")
+            .parse::<Uri>()
+            .or_else(|_| resource.parse::<Uri>())
+            .unwrap_or_default();
+
+        let mut request = Request::new(());
+        *request.method_mut() = Method::CONNECT;
+        *request.version_mut() = Version::HTTP_2;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        let protocols: Vec<&str> = self.request.offered_protocols().collect();
+        if !protocols.is_empty() {
+            // Tokens joined by ", " are always a valid value.
+            if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
+                headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+            }
+        }
+        if let Some(value) = self
+            .request
+            .offered_extensions()
+            .filter(|e| is_header_value(e))
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            headers.insert(SEC_WEBSOCKET_EXTENSIONS, value);
+        }
+        let skip = [
+            HOST,
+            CONNECTION,
+            UPGRADE,
+            TRANSFER_ENCODING,
+            CONTENT_LENGTH,
+            TE,
+            SEC_WEBSOCKET_KEY,
+            SEC_WEBSOCKET_VERSION,
+            SEC_WEBSOCKET_PROTOCOL,
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+        ];
+        for (name, value) in extra {
+            if !skip.contains(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        request
+    }
+
+    /// Checks the server's answer to [`extended_connect_request`](Self::extended_connect_request)
+    /// and opens the connection (RFC 8441 section 5): any `2xx` accepts (servers send `200`),
+    /// with the subprotocol and extension rules of [`finish`](Self::finish); there is no
+    /// `Sec-WebSocket-Accept` to check.
+    ///
+    /// # Errors
+    /// [`HandshakeError::UnexpectedStatus`] for a status outside `2xx`, and what
+    /// [`finish`](Self::finish) finds in the subprotocol and extension headers.
+    ///
+    /// ```
+    /// use duplex_proto::handshake::{
+    ///     validate_extended_connect, Accept, ClientHandshake, ClientRequest, ServerHandshake,
+    /// };
+    /// use duplex_proto::Config;
+    /// let mut request = ClientRequest::new("ws://example.com/".parse()?, [1; 16]);
+    /// request.protocols.push("chat".into());
+    /// let client = ClientHandshake::new(request, Config::default());
+    /// let connect = client.extended_connect_request();
+    ///
+    /// let offer = validate_extended_connect(&connect, Some("websocket"))?;
+    /// let config = Config::default();
+    /// let upgrade = ServerHandshake::new(&config).decide(&offer, Ok(Accept::with_protocol("chat")))?;
+    /// let response = upgrade.response();
+    /// assert_eq!(response.status(), 200);
+    ///
+    /// let connected = client.finish_extended_connect(&response)?;
+    /// assert_eq!(connected.protocol.as_deref(), Some("chat"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn finish_extended_connect(
+        &self,
+        response: &Response<()>,
+    ) -> Result<Connected, HandshakeError> {
+        if !response.status().is_success() {
+            return Err(HandshakeError::UnexpectedStatus(response.status()));
+        }
+        let accepted = agreement(&self.request, response.headers())?;
+        self.open(accepted)
+    }
+
+    /// The client connection for what the server agreed to, with permessage-deflate turned on
+    /// if it accepted the offer within its parameters.
+    fn open(&self, accepted: Accepted) -> Result<Connected, HandshakeError> {
         #[cfg_attr(
             not(feature = "deflate"),
             allow(unused_mut, reason = "only deflate configures it after it is built")

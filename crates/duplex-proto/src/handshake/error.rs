@@ -85,8 +85,8 @@ pub enum HandshakeError {
         /// The limit, in bytes.
         max: usize,
     },
-    /// The server answered something other than `101 Switching Protocols` (a redirect, 401,
-    /// 404...). The body is not read; the caller still has the response head. 502.
+    /// The server answered something other than `101 Switching Protocols` (or, to an HTTP/2
+    /// extended CONNECT, a `2xx`): a redirect, 401, 404... The body is not read; the caller still has the response head. 502.
     UnexpectedStatus(StatusCode),
     /// `Upgrade` without `websocket`, `Connection` without `Upgrade`, or a
     /// `Sec-WebSocket-Protocol` that is not UTF-8, in the response (section 4.2.2). 502.
@@ -207,7 +207,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::UnexpectedStatus(status) => {
                 write!(
                     f,
-                    "server answered {status} instead of 101 Switching Protocols"
+                    "server answered {status} instead of accepting the upgrade (101, or 2xx over HTTP/2)"
                 )
             }
             HandshakeError::InvalidResponseHeader(name) => {

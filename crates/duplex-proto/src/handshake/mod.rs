@@ -1,6 +1,6 @@
 //! The opening handshake (RFC 6455 section 4), both roles, sans-IO.
 //!
-//! The handshake is plain HTTP/1.1: the client sends a `GET` with `Upgrade: websocket` and a
+//! Over HTTP/1.1 the client sends a `GET` with `Upgrade: websocket` and a
 //! random `Sec-WebSocket-Key`, the server answers `101 Switching Protocols` with
 //! `Sec-WebSocket-Accept` = base64(SHA-1(key ++ [`GUID`])) (section 1.3). Everything here is bytes
 //! in, bytes out: the caller reads from its socket into a buffer, asks the parser whether a whole
@@ -20,6 +20,13 @@
 //! - Client: a [`ClientHandshake`] around a [`ClientRequest`] ([`WsUrl`], key, subprotocols,
 //!   a permessage-deflate offer) gives the request bytes; [`parse_response`] the answer, and
 //!   [`ClientHandshake::finish`] checks it into [`Connected`] (a configured connection).
+//! - HTTP/2 (RFC 8441): a server validates an extended CONNECT with
+//!   [`validate_extended_connect`] (its offer has no key and
+//!   [`ClientOffer::extended_connect`] set) and decides it with the same
+//!   [`ServerHandshake::decide`], whose [`Upgrade::response`] is then `200` without
+//!   `Sec-WebSocket-Accept`; a client sends [`ClientHandshake::extended_connect_request`] and
+//!   checks the answer with [`ClientHandshake::finish_extended_connect`]. The HTTP/2 framing
+//!   (and the `:protocol` pseudo-header) is the HTTP/2 library's.
 //! - The building blocks stay public for servers that write their own heads:
 //!   [`accept_response`], [`reject_response`], [`HandshakeError::response`],
 //!   [`validate_response`] into [`Accepted`].
@@ -102,7 +109,10 @@ pub use accept::{
 pub use client::{Accepted, ClientRequest, parse_response, validate_response};
 pub use connect::{ClientHandshake, Connected};
 pub use error::{HandshakeError, UrlError};
-pub use server::{ClientOffer, accept_response, parse_request, reject_response, validate_request};
+pub use server::{
+    ClientOffer, accept_response, parse_request, reject_response, validate_extended_connect,
+    validate_request,
+};
 pub use url::WsUrl;
 
 /// The GUID appended to the key before hashing (RFC 6455 section 1.3).

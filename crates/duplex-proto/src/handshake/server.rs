@@ -85,13 +85,18 @@ pub fn parse_request(
 ///
 /// Path, query and the other headers are on the [`http::Request`] it came from.
 ///
-/// `#[non_exhaustive]`: an HTTP/2 extended CONNECT (RFC 8441) carries no `Sec-WebSocket-Key`,
-/// and what it carries instead will be added here. Outside this crate, build one with
-/// [`ClientOffer::new`] and set the public fields.
+/// Two kinds of request make an offer: an HTTP/1.1 `GET` with `Upgrade: websocket`
+/// ([`validate_request`]), and an HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441,
+/// [`validate_extended_connect`]), which carries no `Sec-WebSocket-Key` and is accepted with
+/// `200` rather than `101`. [`extended_connect`](Self::extended_connect) says which.
+///
+/// `#[non_exhaustive]`: outside this crate, build one with [`ClientOffer::new`] (or
+/// [`ClientOffer::without_key`]) and set the public fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientOffer {
-    /// `Sec-WebSocket-Key`, as sent (base64 of 16 bytes).
+    /// `Sec-WebSocket-Key`, as sent (base64 of 16 bytes); empty for an extended CONNECT, which
+    /// has no key (RFC 8441 section 5).
     pub key: String,
     /// The subprotocols offered, in the client's order of preference: every
     /// `Sec-WebSocket-Protocol` header, comma lists split, trimmed, duplicates dropped.
@@ -101,6 +106,9 @@ pub struct ClientOffer {
     pub extensions: Option<String>,
     /// `Origin`, if sent (browsers always send it; section 10.2).
     pub origin: Option<String>,
+    /// Whether the offer came as an HTTP/2 extended CONNECT (RFC 8441 section 4): then it is
+    /// accepted with `200` and no `Sec-WebSocket-Accept`, and the stream carries the frames.
+    pub extended_connect: bool,
 }
 
 impl ClientOffer {
@@ -120,6 +128,22 @@ impl ClientOffer {
             protocols: Vec::new(),
             extensions: None,
             origin: None,
+            extended_connect: false,
+        }
+    }
+
+    /// An extended CONNECT offer (RFC 8441) with nothing else: no key, no subprotocols, no
+    /// extensions, no `Origin`. [`validate_extended_connect`] builds it from a request.
+    ///
+    /// ```
+    /// # use duplex_proto::handshake::ClientOffer;
+    /// let offer = ClientOffer::without_key();
+    /// assert!(offer.extended_connect && offer.key.is_empty());
+    /// ```
+    pub fn without_key() -> ClientOffer {
+        ClientOffer {
+            extended_connect: true,
+            ..ClientOffer::new(String::new())
         }
     }
 
@@ -165,7 +189,7 @@ impl ClientOffer {
 /// assert_eq!(offer.protocols, ["chat", "superchat"]);
 /// # Ok::<(), duplex_proto::handshake::HandshakeError>(())
 /// ```
-pub fn validate_request(req: &Request<()>) -> Result<ClientOffer, HandshakeError> {
+pub fn validate_request<B>(req: &Request<B>) -> Result<ClientOffer, HandshakeError> {
     if req.method() != Method::GET {
         return Err(HandshakeError::MethodNotAllowed(req.method().clone()));
     }
@@ -184,25 +208,94 @@ pub fn validate_request(req: &Request<()>) -> Result<ClientOffer, HandshakeError
     require_token(headers, &UPGRADE, "Upgrade", "websocket")?;
     require_token(headers, &CONNECTION, "Connection", "upgrade")?;
 
+    require_version_13(headers)?;
+    let key = validate_key(headers)?;
+    offer_headers(headers, key, false)
+}
+
+/// Validates an HTTP/2 (or later) extended CONNECT as a WebSocket request (RFC 8441 sections 4
+/// and 5), checking in order:
+///
+/// - method `CONNECT`, else [`HandshakeError::MethodNotAllowed`] (405);
+/// - HTTP/2 or later, else [`HandshakeError::UnsupportedHttpVersion`] (400);
+/// - `:protocol` present ([`HandshakeError::MissingHeader`]`(":protocol")`, 400) and
+///   `websocket`, compared case-insensitively ([`HandshakeError::InvalidHeader`], 400);
+///   `protocol` is that pseudo-header, which HTTP libraries keep outside the header map
+///   (`hyper::ext::Protocol`, `h2::ext::Protocol`);
+/// - an `:authority` (the request URI's authority);
+/// - `Sec-WebSocket-Version: 13`, else [`HandshakeError::UnsupportedVersion`] (426);
+/// - subprotocols, extensions and `Origin` as in [`validate_request`].
+///
+/// No `Sec-WebSocket-Key` is needed (one sent is ignored), and `Upgrade` / `Connection` are
+/// connection-specific headers that HTTP/2 forbids, so they are not looked at. The offer has
+/// [`extended_connect`](ClientOffer::extended_connect) set, so the
+/// [`Upgrade`](super::Upgrade) decided on it answers `200`.
+///
+/// ```
+/// use duplex_proto::handshake::validate_extended_connect;
+/// let request = http::Request::builder()
+///     .method("CONNECT")
+///     .version(http::Version::HTTP_2)
+///     .uri("https://example.com/chat")
+///     .header("sec-websocket-version", "13")
+///     .header("sec-websocket-protocol", "chat")
+///     .body(())?;
+/// let offer = validate_extended_connect(&request, Some("websocket"))?;
+/// assert!(offer.extended_connect);
+/// assert_eq!(offer.protocols, ["chat"]);
+/// assert!(validate_extended_connect(&request, Some("webtransport")).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn validate_extended_connect<B>(
+    req: &Request<B>,
+    protocol: Option<&str>,
+) -> Result<ClientOffer, HandshakeError> {
+    if req.method() != Method::CONNECT {
+        return Err(HandshakeError::MethodNotAllowed(req.method().clone()));
+    }
+    if req.version() < Version::HTTP_2 {
+        return Err(HandshakeError::UnsupportedHttpVersion(req.version()));
+    }
+    match protocol {
+        None => return Err(HandshakeError::MissingHeader(":protocol")),
+        Some(p) if p.trim().eq_ignore_ascii_case("websocket") => {}
+        Some(_) => return Err(HandshakeError::InvalidHeader(":protocol")),
+    }
+    if req.uri().authority().is_none() {
+        return Err(HandshakeError::MissingHeader(":authority"));
+    }
+    let headers = req.headers();
+    require_version_13(headers)?;
+    offer_headers(headers, String::new(), true)
+}
+
+/// `Sec-WebSocket-Version` must be exactly `13` (section 4.2.2).
+fn require_version_13(headers: &HeaderMap) -> Result<(), HandshakeError> {
     let versions: Vec<&[u8]> = headers
         .get_all(SEC_WEBSOCKET_VERSION)
         .iter()
         .map(|v| trim_ows(v.as_bytes()))
         .collect();
     match versions.as_slice() {
-        [] => return Err(HandshakeError::MissingHeader("Sec-WebSocket-Version")),
-        [b"13"] => {}
+        [] => Err(HandshakeError::MissingHeader("Sec-WebSocket-Version")),
+        [b"13"] => Ok(()),
         other => {
             let offered = other
                 .iter()
                 .map(|v| String::from_utf8_lossy(v))
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(HandshakeError::UnsupportedVersion(offered));
+            Err(HandshakeError::UnsupportedVersion(offered))
         }
     }
+}
 
-    let key = validate_key(headers)?;
+/// The offer's subprotocols, extensions and `Origin`: the same for both kinds of request.
+fn offer_headers(
+    headers: &HeaderMap,
+    key: String,
+    extended_connect: bool,
+) -> Result<ClientOffer, HandshakeError> {
     let protocols = offered_protocols(headers)?;
 
     let mut extensions = Vec::new();
@@ -235,6 +328,7 @@ pub fn validate_request(req: &Request<()>) -> Result<ClientOffer, HandshakeError
         protocols,
         extensions,
         origin,
+        extended_connect,
     })
 }
 

@@ -80,6 +80,7 @@ fn rfc_example_request_is_accepted() {
             protocols: vec!["chat".into(), "superchat".into()],
             extensions: None,
             origin: Some("http://example.com".into()),
+            extended_connect: false,
         }
     );
 }
@@ -563,6 +564,57 @@ proptest! {
                     let _ = e.response();
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    /// RFC 8441: whatever the peer puts in an extended CONNECT's headers and `:protocol`,
+    /// validation answers (no panic) with an offer or a refusal of the client's statuses, and
+    /// an offer only for `:protocol = websocket` and version 13.
+    #[test]
+    fn extended_connect_validation_never_panics(
+        protocol in proptest::option::of(prop_oneof![
+            Just("websocket".to_owned()),
+            Just("WebSocket".to_owned()),
+            "[ -~]{0,12}",
+        ]),
+        headers in proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("sec-websocket-version"),
+                    Just("sec-websocket-protocol"),
+                    Just("sec-websocket-extensions"),
+                    Just("sec-websocket-key"),
+                    Just("origin"),
+                    Just("x-other"),
+                ],
+                proptest::collection::vec(any::<u8>(), 0..24),
+            ),
+            0..8,
+        ),
+    ) {
+        let mut request = Request::new(());
+        *request.method_mut() = Method::CONNECT;
+        *request.version_mut() = Version::HTTP_2;
+        *request.uri_mut() = "https://example.com/ws".parse().expect("uri");
+        for (name, value) in &headers {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.headers_mut().append(*name, value);
+            }
+        }
+        match validate_extended_connect(&request, protocol.as_deref()) {
+            Ok(offer) => {
+                prop_assert!(offer.extended_connect);
+                prop_assert!(offer.key.is_empty());
+                prop_assert!(protocol.is_some_and(|p| p.eq_ignore_ascii_case("websocket")));
+                prop_assert_eq!(&request.headers()["sec-websocket-version"], "13");
+            }
+            Err(error) => prop_assert!(
+                [400, 426].contains(&error.status().as_u16()),
+                "{error:?} answered {}",
+                error.status()
+            ),
         }
     }
 }
