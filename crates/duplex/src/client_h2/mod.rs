@@ -20,8 +20,7 @@ mod stream;
 use bytes::{Bytes, BytesMut};
 use duplex_proto::handshake::{ClientHandshake, ClientRequest, Connected, WsUrl};
 use h2::client::SendRequest;
-use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use self::stream::io_error;
 pub use self::stream::{ClientStream, H2Stream};
@@ -327,15 +326,16 @@ async fn dial(
     alpn: &[&[u8]],
     deadline: Instant,
 ) -> Result<MaybeTlsStream, Error> {
-    let tcp = match timeout(
+    // Through the configured proxy, as HTTP/1.1 connections go (a CONNECT or SOCKS5 tunnel
+    // carries h2 as well); the connect timeout covers the proxy's part too.
+    let tcp = crate::proxy::connect_tcp(
+        &url.host,
+        url.port,
+        url.tls,
+        &options.proxy,
         options.connect_timeout,
-        TcpStream::connect((url.host.as_str(), url.port)),
     )
-    .await
-    {
-        Ok(tcp) => tcp?,
-        Err(_) => return Err(Error::Timeout(Timeout::Connect)),
-    };
+    .await?;
     if options.nodelay {
         tcp.set_nodelay(true)?;
     }
