@@ -2,32 +2,51 @@
 //! a node learns about publications on the channels its clients subscribed to.
 //!
 //! The node (the fan-out code in this crate) never stores publications itself: it asks the
-//! broker. [`MemoryBroker`](crate::MemoryBroker) is the default, for one process; a Redis
-//! broker (one stream + one pub/sub channel per hub channel, presence in a hash with expiring
-//! entries) can implement the same trait for many processes without any change to the
-//! fan-out code.
+//! broker. [`MemoryBroker`](crate::MemoryBroker) is the default, for one process; a networked
+//! broker (Redis: one stream + one pub/sub channel per hub channel, presence in a hash with
+//! expiring entries) implements the same trait for many processes without any change to the
+//! fan-out code. `tests/broker_contract.rs` checks the contract below against every broker.
 //!
 //! # The contract
 //!
 //! - [`Broker::start`] is called once, before anything else, with the node's
-//!   [`BrokerHandler`]. From then on the broker calls the handler for every publication, join
-//!   and leave on channels the node [subscribed](Broker::subscribe) to (it may call it for
-//!   others too; the node ignores them).
-//! - Offsets per channel start at 1 and increase by one per publication, without gaps.
+//!   [`BrokerHandler`]. It may fail (a backend that cannot be reached): the hub logs it and
+//!   calls it again later, with backoff, until it succeeds; meanwhile commands that need the
+//!   broker are refused with `broker_unavailable` and `/healthz` answers 503. From its
+//!   success on the broker calls the handler for every publication, join and leave on
+//!   channels the node [subscribed](Broker::subscribe) to (it may call it for others too; the
+//!   node ignores them).
+//! - Offsets per channel start at 1 and increase by one per publication, without gaps, within
+//!   an epoch ([`StreamPosition::epoch`]). A stream that lost its state (a restarted backend)
+//!   starts a new epoch.
 //! - For one channel, [`BrokerHandler::on_publication`] is called in offset order, one at a
-//!   time, and only after the publication is visible to [`Broker::history`]. This is what
-//!   makes recovery exact: the node registers a subscriber, then reads history; everything
-//!   after the history's top offset reaches the subscriber live, everything up to it comes
-//!   from history, and the node drops live copies of what history already had.
+//!   time, once per publication, and only after the publication is visible to
+//!   [`Broker::history`]. This is what makes recovery exact: the node registers a subscriber,
+//!   then reads history; everything after the history's top offset reaches the subscriber
+//!   live, everything up to it comes from history, and the node drops live copies of what
+//!   history already had.
+//! - When the broker cannot keep that promise it says so, in the same per-channel order as
+//!   the publications: [`BrokerHandler::on_reset`] (the stream restarted in a new epoch;
+//!   publications continue after the given position) or [`BrokerHandler::on_gap`] (a range of
+//!   offsets is lost for this node; publications continue after it). Subscribers are told
+//!   with a push (`reset` or `gap`, see `docs/hub.md`), never left with a silent gap.
 //! - [`Broker::subscribe`] resolves once publications of the channel will reach the handler.
 //!   The node calls it when its first local subscriber arrives and
 //!   [`unsubscribe`](Broker::unsubscribe) when the last one leaves; calls for the same channel
 //!   may overlap (a subscriber arriving while the last one leaves), so a networked broker
 //!   counts them.
-//! - Handler methods are synchronous and never wait for a socket (one non-blocking write or
-//!   queue push per subscriber), but a fan-out to many subscribers takes a while (~50-90 ms at
-//!   10,000): a broker must not hold a lock that [`Broker::history`] or presence need while it
-//!   calls them. A broker whose events arrive on a network task calls them from that task.
+//! - Handler methods are cheap and never block: the node hands each event to its own fan-out
+//!   threads (a channel always to the same thread, so its order holds) and returns. A broker
+//!   may therefore call them from a tokio task, or under a lock of its own (the
+//!   [`MemoryBroker`](crate::MemoryBroker) calls them under its channel lock, right after
+//!   storing, which is how its order comes for free).
+//! - Errors say who is to blame: [`BrokerError::Unavailable`] when the backend cannot be
+//!   reached (the client should retry: `broker_unavailable`, HTTP 503),
+//!   [`BrokerError::Failed`] for anything else (`internal`, HTTP 500).
+//!   [`Broker::is_available`] tells `/healthz` whether a started broker still reaches its
+//!   backend.
+//! - Presence refresh and expiry (a dead node's clients leaving presence by themselves) are
+//!   the broker's own business.
 
 use std::fmt;
 use std::future::Future;
@@ -87,13 +106,22 @@ pub struct ClientInfo {
     pub user: Arc<str>,
 }
 
-/// A broker failed (a networked one lost its connection...).
+/// Why a broker call failed, and so who is to blame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerError(pub String);
+pub enum BrokerError {
+    /// The broker's backend cannot be reached (not started yet, connection lost): the request
+    /// may succeed later. Wire code `broker_unavailable`, HTTP 503.
+    Unavailable(String),
+    /// Anything else the broker did wrong. Wire code `internal`, HTTP 500.
+    Failed(String),
+}
 
 impl fmt::Display for BrokerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "broker: {}", self.0)
+        match self {
+            BrokerError::Unavailable(why) => write!(f, "broker unavailable: {why}"),
+            BrokerError::Failed(why) => write!(f, "broker: {why}"),
+        }
     }
 }
 
@@ -107,13 +135,27 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_join(&self, channel: &str, client: &ClientInfo);
     /// `client` left `channel`'s presence.
     fn on_leave(&self, channel: &str, client: &ClientInfo);
+    /// `channel`'s stream restarted in a new epoch: publications continue after
+    /// `position.offset` in `position.epoch`; what subscribers hold from the old epoch cannot
+    /// be recovered. Ordered with the channel's publications.
+    fn on_reset(&self, channel: &str, position: &StreamPosition);
+    /// Publications `first..=last` of `channel` are lost for this node (history could not
+    /// cover them); the channel's next [`on_publication`](BrokerHandler::on_publication) is
+    /// `last + 1`.
+    fn on_gap(&self, channel: &str, first: u64, last: u64);
 }
 
 /// Offsets, history, presence, and publication delivery across the nodes of a hub (see the
 /// [module docs](self) for the contract).
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
-    /// Gives the broker the node's handler; called once, before any other method.
-    fn start(&self, handler: Arc<dyn BrokerHandler>);
+    /// Gives the broker the node's handler and connects it to its backend. Called before any
+    /// other method; called again (with the same handler) after it failed, until it succeeds.
+    fn start(&self, handler: Arc<dyn BrokerHandler>) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Whether the broker reaches its backend now (`/healthz` answers 503 while it does not).
+    fn is_available(&self) -> bool {
+        true
+    }
 
     /// Appends `data` (serialized JSON) to `channel`: assigns the next offset, stores it in
     /// history, delivers it to every node subscribed to `channel`. Returns its position.

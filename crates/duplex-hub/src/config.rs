@@ -77,6 +77,84 @@ pub struct HubArgs {
     /// instructions per delivery, for a hub pinned to one core.
     #[arg(long, env = "DUPLEX_THREADS")]
     pub threads: Option<usize>,
+    /// Where channels, history and presence live: `memory` (this process only) or
+    /// `redis://host:port[,redis://host:port...]` (many hub processes sharing Redis, channels
+    /// spread over the listed instances) [default: memory].
+    #[arg(long, env = "DUPLEX_BROKER", value_parser = BrokerConfig::parse)]
+    pub broker: Option<BrokerConfig>,
+    /// Threads that fan publications out to this node's subscribers (default: one per core).
+    #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
+    pub fanout_threads: Option<usize>,
+}
+
+/// Which broker a hub uses (`--broker`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BrokerConfig {
+    /// [`MemoryBroker`](crate::MemoryBroker): one process.
+    #[default]
+    Memory,
+    /// A Redis broker over these instances (`redis://host:port` URLs, at least one, no
+    /// duplicates), channels spread over them by a stable hash of their names: every node
+    /// must list the same shards in the same order.
+    Redis {
+        /// The instances' URLs, in the order given.
+        shards: Vec<String>,
+    },
+}
+
+impl BrokerConfig {
+    /// Parses `memory` or a comma-separated list of `redis://` URLs.
+    pub fn parse(text: &str) -> Result<BrokerConfig, ConfigError> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("memory") {
+            return Ok(BrokerConfig::Memory);
+        }
+        let expected = "expected `memory` or redis://host:port[,redis://host:port...]";
+        let mut shards: Vec<String> = Vec::new();
+        for url in text.split(',').map(str::trim) {
+            let Some(rest) = url.strip_prefix("redis://") else {
+                return Err(ConfigError(format!("broker {text:?}: {expected}")));
+            };
+            // The host is what follows any `user:password@`, up to a path or query.
+            let host = rest
+                .rsplit_once('@')
+                .map_or(rest, |(_, host)| host)
+                .split(['/', '?'])
+                .next()
+                .unwrap_or("");
+            if host.is_empty() || host.starts_with(':') {
+                return Err(ConfigError(format!(
+                    "broker {text:?}: {url:?} names no host ({expected})"
+                )));
+            }
+            if shards.iter().any(|s| s == url) {
+                return Err(ConfigError(format!(
+                    "broker {text:?}: {url:?} is listed twice"
+                )));
+            }
+            shards.push(url.to_owned());
+        }
+        Ok(BrokerConfig::Redis { shards })
+    }
+}
+
+impl TryFrom<String> for BrokerConfig {
+    type Error = ConfigError;
+
+    fn try_from(text: String) -> Result<BrokerConfig, ConfigError> {
+        BrokerConfig::parse(&text)
+    }
+}
+
+impl std::fmt::Display for BrokerConfig {
+    /// The form [`BrokerConfig::parse`] reads (passwords in URLs included).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerConfig::Memory => f.write_str("memory"),
+            BrokerConfig::Redis { shards } => f.write_str(&shards.join(",")),
+        }
+    }
 }
 
 /// permessage-deflate policy.
@@ -128,6 +206,10 @@ pub struct FileConfig {
     pub join_leave: Option<bool>,
     /// See [`HubArgs::ping_interval`] (seconds).
     pub ping_interval: Option<u64>,
+    /// See [`HubArgs::broker`].
+    pub broker: Option<BrokerConfig>,
+    /// See [`HubArgs::fanout_threads`].
+    pub fanout_threads: Option<usize>,
 }
 
 /// Every setting of a hub, resolved. Build one with [`HubConfig::default`] and struct update
@@ -177,6 +259,10 @@ pub struct HubConfig {
     pub ping_interval: Option<Duration>,
     /// How long closing a WebSocket may take (close handshake) before the socket is dropped.
     pub close_timeout: Duration,
+    /// The broker [`Hub::bind`](crate::Hub::bind) builds.
+    pub broker: BrokerConfig,
+    /// Fan-out threads (default: the cores this process may use).
+    pub fanout_threads: usize,
 }
 
 impl Default for HubConfig {
@@ -199,6 +285,8 @@ impl Default for HubConfig {
             join_leave: true,
             ping_interval: Some(Duration::from_secs(25)),
             close_timeout: Duration::from_secs(3),
+            broker: BrokerConfig::Memory,
+            fanout_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -299,6 +387,15 @@ impl HubConfig {
                 None => d.ping_interval,
             },
             close_timeout: d.close_timeout,
+            broker: args
+                .broker
+                .clone()
+                .or_else(|| file.broker.clone())
+                .unwrap_or(d.broker),
+            fanout_threads: args
+                .fanout_threads
+                .or(file.fanout_threads)
+                .unwrap_or(d.fanout_threads),
         }
     }
 
@@ -322,6 +419,9 @@ impl HubConfig {
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
+        }
+        if self.fanout_threads == 0 {
+            return fail("fanout_threads must be at least 1");
         }
         Ok(())
     }
@@ -388,6 +488,53 @@ mod tests {
     }
 
     #[test]
+    fn brokers_are_memory_or_redis_urls() {
+        assert_eq!(BrokerConfig::parse("memory").unwrap(), BrokerConfig::Memory);
+        assert_eq!(
+            BrokerConfig::parse("redis://a:6379, redis://u:p@b:6380/0").unwrap(),
+            BrokerConfig::Redis {
+                shards: vec!["redis://a:6379".into(), "redis://u:p@b:6380/0".into()]
+            }
+        );
+        for bad in [
+            "",
+            "memcached",
+            "redis://",
+            "redis://:6379",
+            "redis://a:6379,",
+            "redis://a:6379,http://b",
+            "redis://a:6379,redis://a:6379",
+        ] {
+            let error = BrokerConfig::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("broker"), "{bad}: {error}");
+        }
+        let args = parse(&[
+            "--broker",
+            "redis://127.0.0.1:7000",
+            "--fanout-threads",
+            "3",
+        ]);
+        let file: FileConfig = toml::from_str("broker = \"memory\"\nfanout_threads = 5").unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(config.broker.to_string(), "redis://127.0.0.1:7000");
+        assert_eq!(config.fanout_threads, 3);
+        let config = HubConfig::merge(&HubArgs::default(), &file);
+        assert_eq!(config.broker, BrokerConfig::Memory);
+        assert_eq!(config.fanout_threads, 5);
+        let error = toml::from_str::<FileConfig>("broker = \"redis:/x\"").unwrap_err();
+        assert!(error.to_string().contains("expected `memory`"), "{error}");
+        assert!(
+            Cli::try_parse_from(["hub", "--broker", "redis//x"]).is_err(),
+            "clap refuses it too"
+        );
+        let zero = HubConfig {
+            fanout_threads: 0,
+            ..HubConfig::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors() {
         assert!(toml::from_str::<FileConfig>("histroy_size = 3").is_err());
     }
@@ -411,6 +558,10 @@ mod tests {
             .env("DUPLEX_HUB_ENV_CHILD", "1")
             .env("DUPLEX_HISTORY_SIZE", "11")
             .env("DUPLEX_MAX_SUBSCRIPTIONS", "12")
+            .env(
+                "DUPLEX_BROKER",
+                "redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+            )
             .env(
                 "DUPLEX_ALLOWED_ORIGIN",
                 "https://x.example,https://y.example",
@@ -438,5 +589,14 @@ mod tests {
             ["https://x.example", "https://y.example"]
         );
         assert_eq!(config.listen.port(), 9000, "file beats default");
+        assert_eq!(
+            config.broker,
+            BrokerConfig::Redis {
+                shards: vec![
+                    "redis://127.0.0.1:7001".into(),
+                    "redis://127.0.0.1:7002".into()
+                ]
+            }
+        );
     }
 }

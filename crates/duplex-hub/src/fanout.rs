@@ -1,7 +1,10 @@
-//! Fan-out: the node's local subscribers per channel.
+//! Fan-out: the node's local subscribers per channel, and the node's fan-out threads.
 //!
 //! ```text
-//!  broker ──on_publication──▶ Fanout ──(encode once: PreparedMessage)──▶ Arc<Delivery>
+//!  broker ──on_publication──▶ Fanout: a Job to the channel's fan-out thread (no waiting)
+//!                                 │ (channel ─ stable hash ─▶ thread: the channel's order holds)
+//!                                 ▼
+//!  fan-out thread: encode once (PreparedMessage) ──▶ Arc<Delivery>
 //!                                 │ for each local subscriber: Outbox::deliver (no await)
 //!                                 ▼
 //!   Outbox (per connection, see outbox.rs): nothing queued ahead? one non-blocking writev of
@@ -12,19 +15,26 @@
 //! A publication is serialized and framed once; each socket gets the same payload `Bytes`.
 //! Publishing never waits for a socket: a queue that would grow past its bound marks its
 //! connection as a slow consumer (closed with 1013 by its task) and drops what it held.
+//!
+//! The handler methods only queue a [`Job`]: a fan-out to 10,000 sockets takes tens of
+//! milliseconds, which must not run on a tokio worker nor under a broker's lock. The fan-out
+//! threads are plain threads of the node (`fanout_threads` of them); every event of a channel
+//! goes to the same one, in the order the broker called the handler, so a channel's pushes
+//! keep the broker's order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
 use duplex::{Message, PreparedMessage, Utf8Bytes};
 use tokio::sync::OnceCell;
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication};
+use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication, StreamPosition};
 use crate::json;
 use crate::metrics::Metrics;
-use crate::outbox::{Delivery, Outbox, Tally};
+use crate::outbox::{Delivery, Kind, Outbox, Tally};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
@@ -65,8 +75,8 @@ impl Subscriber {
 ///   copied when a fan-out still holds the previous version), or to count.
 /// - `order`: held by a fan-out for its whole delivery loop, so that the channel's pushes
 ///   reach every subscriber in the same order even if two fan-outs of the channel overlap
-///   (the broker calls `on_publication` one at a time per channel, but presence events come
-///   from other tasks). Nothing else takes it.
+///   (one fan-out thread per channel runs them one at a time; the lock keeps that promise
+///   local to this type). Nothing else takes it.
 #[derive(Debug)]
 pub(crate) struct LocalChannel {
     pub(crate) id: u64,
@@ -74,6 +84,9 @@ pub(crate) struct LocalChannel {
     order: Mutex<()>,
     /// Set once the broker confirmed the node's subscription.
     broker_subscribed: OnceCell<()>,
+    /// The stream's epoch as far as this node knows (the first subscriber's history read, then
+    /// every reset), for the `gap` push.
+    epoch: Mutex<Option<Arc<str>>>,
 }
 
 #[derive(Debug, Default)]
@@ -89,33 +102,107 @@ pub(crate) struct FanoutOptions {
     pub(crate) deflate_level: Option<u32>,
     /// Push join/leave events.
     pub(crate) join_leave: bool,
+    /// Fan-out threads (at least one).
+    pub(crate) threads: usize,
 }
 
-/// The node's registry of local subscriptions and the [`BrokerHandler`] that fans out.
+/// One event for a fan-out thread.
 #[derive(Debug)]
-pub(crate) struct Fanout {
+enum Job {
+    Publication(Box<str>, Publication),
+    Join(Box<str>, ClientInfo),
+    Leave(Box<str>, ClientInfo),
+    Reset(Box<str>, StreamPosition),
+    Gap(Box<str>, u64, u64),
+    /// Answered once every job queued before it ran (tests).
+    #[cfg(test)]
+    Barrier(mpsc::Sender<()>),
+}
+
+/// The node's registry of local subscriptions, shared with the fan-out threads.
+#[derive(Debug)]
+struct Registry {
     channels: RwLock<HashMap<Box<str>, Arc<LocalChannel>>>,
     next_id: AtomicU64,
     options: FanoutOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// The node's registry of local subscriptions and the [`BrokerHandler`] that fans out (on the
+/// node's fan-out threads, which end when this is dropped).
+#[derive(Debug)]
+pub(crate) struct Fanout {
+    registry: Arc<Registry>,
+    /// One queue per fan-out thread.
+    threads: Vec<mpsc::Sender<Job>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// A stable hash of a channel name (FNV-1a): the same channel always goes to the same thread.
+fn channel_hash(channel: &str) -> u64 {
+    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl Fanout {
-    pub(crate) fn new(options: FanoutOptions, metrics: Arc<Metrics>) -> Fanout {
-        Fanout {
+    /// A fan-out with `options.threads` threads (at least one). Fails only if the operating
+    /// system refuses a thread.
+    pub(crate) fn new(options: FanoutOptions, metrics: Arc<Metrics>) -> std::io::Result<Fanout> {
+        let registry = Arc::new(Registry {
             channels: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             options,
+            metrics: metrics.clone(),
+        });
+        let mut threads = Vec::new();
+        for i in 0..options.threads.max(1) {
+            let (tx, rx) = mpsc::channel();
+            let registry = registry.clone();
+            std::thread::Builder::new()
+                .name(format!("duplex-fanout-{i}"))
+                .spawn(move || {
+                    // Ends when the Fanout (every sender) is gone.
+                    while let Ok(job) = rx.recv() {
+                        registry.run(job);
+                    }
+                })?;
+            threads.push(tx);
+        }
+        Ok(Fanout {
+            registry,
+            threads,
             metrics,
+        })
+    }
+
+    /// Queues the job `make` builds for `channel`'s fan-out thread, if the channel has local
+    /// subscribers. Skipping the others is safe: a subscriber registering after this check
+    /// reads history after the broker stored what this event is about.
+    fn send(&self, channel: &str, make: impl FnOnce() -> Job) {
+        if self.registry.get(channel).is_none() {
+            return;
+        }
+        let job = make();
+        // `threads` is never empty, and the index is below its length.
+        let i = (channel_hash(channel) % self.threads.len() as u64) as usize;
+        if self.threads[i].send(job).is_err() {
+            // Only if the thread panicked: its channels get no more pushes.
+            tracing::error!("fan-out thread {i} is gone; dropping an event of {channel:?}");
         }
     }
 
-    fn get(&self, channel: &str) -> Option<Arc<LocalChannel>> {
-        self.channels
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(channel)
-            .cloned()
+    /// Waits until every job queued so far ran.
+    #[cfg(test)]
+    pub(crate) fn barrier(&self) {
+        let (tx, rx) = mpsc::channel();
+        for thread in &self.threads {
+            let _ = thread.send(Job::Barrier(tx.clone()));
+        }
+        drop(tx);
+        for _ in &self.threads {
+            let _ = rx.recv();
+        }
     }
 
     /// Adds `subscriber` to `channel` and makes sure the broker delivers the channel to this
@@ -130,15 +217,17 @@ impl Fanout {
     ) -> Result<Arc<LocalChannel>, BrokerError> {
         let local = {
             let mut channels = self
+                .registry
                 .channels
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let local = channels.entry(channel.into()).or_insert_with(|| {
                 Arc::new(LocalChannel {
-                    id: self.next_id.fetch_add(1, Relaxed),
+                    id: self.registry.next_id.fetch_add(1, Relaxed),
                     subscribers: Mutex::new(Subscribers::default()),
                     order: Mutex::new(()),
                     broker_subscribed: OnceCell::new(),
+                    epoch: Mutex::new(None),
                 })
             });
             let mut subs = lock(&local.subscribers);
@@ -159,12 +248,19 @@ impl Fanout {
         Ok(local)
     }
 
+    /// A subscriber of `local` read the channel's history in `epoch`: the node's idea of the
+    /// epoch, for `gap` pushes, unless it already has one (a reset is newer than any read).
+    pub(crate) fn note_epoch(&self, local: &LocalChannel, epoch: &Arc<str>) {
+        lock(&local.epoch).get_or_insert_with(|| epoch.clone());
+    }
+
     /// Removes connection `conn` from `channel` and marks its subscription as left, so that a
     /// fan-out already running on an older snapshot of the subscribers skips it from the
     /// caller's next [`Outbox::forget_channel`] on (see there). Returns true when it was the
     /// channel's last local subscriber (the caller then unsubscribes the node from the broker).
     pub(crate) fn unsubscribe(&self, channel: &str, conn: u64) -> bool {
         let mut channels = self
+            .registry
             .channels
             .write()
             .unwrap_or_else(PoisonError::into_inner);
@@ -191,7 +287,11 @@ impl Fanout {
 
     /// Local channels with their subscriber counts, sorted by name.
     pub(crate) fn channel_counts(&self) -> Vec<(String, usize)> {
-        let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        let channels = self
+            .registry
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut counts: Vec<(String, usize)> = channels
             .iter()
             .map(|(name, local)| (name.to_string(), lock(&local.subscribers).list.len()))
@@ -200,9 +300,64 @@ impl Fanout {
         counts.sort();
         counts
     }
+}
+
+impl Registry {
+    fn get(&self, channel: &str) -> Option<Arc<LocalChannel>> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .cloned()
+    }
+
+    /// Runs one job on a fan-out thread.
+    fn run(&self, job: Job) {
+        match job {
+            Job::Publication(channel, publication) => {
+                self.fan_out(&channel, Kind::Publication(publication.offset), |out| {
+                    json::push_publication(out, &channel, &publication)
+                });
+            }
+            Job::Join(channel, client) => {
+                self.fan_out(&channel, Kind::Presence, |out| {
+                    json::push_presence(out, "join", &channel, &client)
+                });
+            }
+            Job::Leave(channel, client) => {
+                self.fan_out(&channel, Kind::Presence, |out| {
+                    json::push_presence(out, "leave", &channel, &client)
+                });
+            }
+            Job::Reset(channel, position) => {
+                if let Some(local) = self.get(&channel) {
+                    *lock(&local.epoch) = Some(position.epoch.clone());
+                }
+                let kind = Kind::Reset {
+                    epoch: position.epoch.clone(),
+                    offset: position.offset,
+                };
+                self.fan_out(&channel, kind, |out| {
+                    json::push_reset(out, &channel, &position)
+                });
+            }
+            Job::Gap(channel, first, last) => {
+                let epoch = self
+                    .get(&channel)
+                    .and_then(|local| lock(&local.epoch).clone());
+                self.fan_out(&channel, Kind::Gap { last }, |out| {
+                    json::push_gap(out, &channel, epoch.as_deref(), first, last)
+                });
+            }
+            #[cfg(test)]
+            Job::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 
     /// Encodes one push for `channel` and queues it to every local subscriber.
-    fn fan_out(&self, channel: &str, offset: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+    fn fan_out(&self, channel: &str, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(local) = self.get(channel) else {
             return;
         };
@@ -211,8 +366,9 @@ impl Fanout {
         // lock, only `subscribers` for a moment.
         let order = lock(&local.order);
         // The snapshot: who gets this push. Taken after the publication reached history (the
-        // broker stores before it calls `on_publication`) and in the broker's offset order, so
-        // for a subscribe (register, then read history, then filter offsets <= the top read):
+        // broker stores before it calls `on_publication`, which queued this job) and in the
+        // broker's offset order (one thread per channel, jobs in the order queued), so for a
+        // subscribe (register, then read history, then filter offsets <= the top read):
         // - registered after this snapshot: it read history after this publication was stored,
         //   so the publication is in what it read (offset <= top), not a gap;
         // - registered before (it is in the snapshot): delivered live; if its history read came
@@ -242,7 +398,7 @@ impl Fanout {
         };
         let delivery = Arc::new(Delivery {
             channel: local.id,
-            offset,
+            kind,
             prepared,
         });
         // Each delivery is one non-blocking write or one queue push.
@@ -271,27 +427,32 @@ impl Fanout {
     }
 }
 
+/// Every method only queues a job for the channel's fan-out thread.
 impl BrokerHandler for Fanout {
     fn on_publication(&self, channel: &str, publication: &Publication) {
-        self.fan_out(channel, publication.offset, |out| {
-            json::push_publication(out, channel, publication)
+        self.send(channel, || {
+            Job::Publication(channel.into(), publication.clone())
         });
     }
 
     fn on_join(&self, channel: &str, client: &ClientInfo) {
-        if self.options.join_leave {
-            self.fan_out(channel, 0, |out| {
-                json::push_presence(out, "join", channel, client)
-            });
+        if self.registry.options.join_leave {
+            self.send(channel, || Job::Join(channel.into(), client.clone()));
         }
     }
 
     fn on_leave(&self, channel: &str, client: &ClientInfo) {
-        if self.options.join_leave {
-            self.fan_out(channel, 0, |out| {
-                json::push_presence(out, "leave", channel, client)
-            });
+        if self.registry.options.join_leave {
+            self.send(channel, || Job::Leave(channel.into(), client.clone()));
         }
+    }
+
+    fn on_reset(&self, channel: &str, position: &StreamPosition) {
+        self.send(channel, || Job::Reset(channel.into(), position.clone()));
+    }
+
+    fn on_gap(&self, channel: &str, first: u64, last: u64) {
+        self.send(channel, || Job::Gap(channel.into(), first, last));
     }
 }
 
@@ -301,14 +462,16 @@ mod tests {
     use bytes::Bytes;
     use std::collections::VecDeque;
 
-    fn fanout() -> Fanout {
+    fn fanout(threads: usize) -> Fanout {
         Fanout::new(
             FanoutOptions {
                 deflate_level: None,
                 join_leave: true,
+                threads,
             },
             Arc::new(Metrics::default()),
         )
+        .expect("threads")
     }
 
     fn publication(offset: u64, data: &'static [u8]) -> Publication {
@@ -318,25 +481,40 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn one_encoding_is_shared_by_every_subscriber() {
-        let fanout = fanout();
-        let outboxes: Vec<Arc<Outbox>> = (0..3)
-            .map(|_| Arc::new(Outbox::new(1 << 20, None, None)))
-            .collect();
-        for (conn, outbox) in outboxes.iter().enumerate() {
+    /// `n` outboxes (no sockets: everything queues) subscribed to `channel`.
+    async fn subscribers(fanout: &Fanout, channel: &str, n: usize) -> Vec<Arc<Outbox>> {
+        let broker = crate::memory::MemoryBroker::new(0, None);
+        let mut outboxes = Vec::new();
+        for conn in 0..n {
+            let outbox = Arc::new(Outbox::new(1 << 20, None, None));
             let subscriber = Subscriber::new(conn as u64, outbox.clone(), false);
             fanout
-                .subscribe(
-                    "chat",
-                    subscriber,
-                    &crate::memory::MemoryBroker::new(0, None),
-                )
+                .subscribe(channel, subscriber, &broker)
                 .await
                 .unwrap();
+            outboxes.push(outbox);
         }
+        outboxes
+    }
+
+    /// The texts queued in `outbox`.
+    fn texts(outbox: &Outbox) -> Vec<String> {
+        let mut batch = VecDeque::new();
+        let taken = outbox.take(&mut batch);
+        outbox.release(taken);
+        batch
+            .iter()
+            .map(|d| String::from_utf8(d.prepared.message().as_bytes().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_encoding_is_shared_by_every_subscriber() {
+        let fanout = fanout(2);
+        let outboxes = subscribers(&fanout, "chat", 3).await;
         fanout.on_publication("chat", &publication(1, br#"{"t":"hi"}"#));
         fanout.on_publication("other", &publication(1, b"1"));
+        fanout.barrier();
         let mut batches = Vec::new();
         for outbox in &outboxes {
             let mut batch = VecDeque::new();
@@ -356,5 +534,78 @@ mod tests {
             );
         }
         assert_eq!(fanout.metrics.deliveries.load(Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn each_channel_keeps_its_order_across_threads() {
+        let fanout = fanout(3);
+        let channels: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        let mut outboxes = Vec::new();
+        for channel in &channels {
+            outboxes.push(subscribers(&fanout, channel, 1).await.remove(0));
+        }
+        for offset in 1..=200 {
+            for channel in &channels {
+                fanout.on_publication(channel, &publication(offset, b"0"));
+            }
+        }
+        fanout.barrier();
+        for (channel, outbox) in channels.iter().zip(&outboxes) {
+            let expected: Vec<String> = (1..=200)
+                .map(|o| format!(r#"{{"op":"pub","channel":"{channel}","offset":{o},"data":0}}"#))
+                .collect();
+            assert_eq!(texts(outbox), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn reset_and_gap_reach_subscribers_as_pushes_and_move_their_filters() {
+        let fanout = fanout(1);
+        let outboxes = subscribers(&fanout, "room", 2).await;
+        let local = fanout.registry.get("room").unwrap();
+        fanout.note_epoch(&local, &Arc::from("e1"));
+        // The first subscriber's reply covered up to 5 in e1, the second's up to 2.
+        outboxes[0].set_filter(local.id, "e1".into(), 5);
+        outboxes[1].set_filter(local.id, "e1".into(), 2);
+        fanout.on_gap("room", 3, 4);
+        fanout.on_publication("room", &publication(5, b"5"));
+        fanout.on_publication("room", &publication(6, b"6"));
+        let e2 = StreamPosition {
+            epoch: "e2".into(),
+            offset: 10,
+        };
+        fanout.on_reset("room", &e2);
+        fanout.on_gap("room", 11, 12);
+        fanout.on_publication("room", &publication(13, b"13"));
+        fanout.barrier();
+        let gap = r#"{"op":"gap","channel":"room","epoch":"e1","first":3,"last":4}"#;
+        let reset = r#"{"op":"reset","channel":"room","epoch":"e2","offset":10}"#;
+        let gap2 = r#"{"op":"gap","channel":"room","epoch":"e2","first":11,"last":12}"#;
+        let publication =
+            |o: u64| format!(r#"{{"op":"pub","channel":"room","offset":{o},"data":{o}}}"#);
+        // The first one's reply covered the gap and 5.
+        assert_eq!(
+            texts(&outboxes[0]),
+            [publication(6), reset.into(), gap2.into(), publication(13)]
+        );
+        assert_eq!(
+            texts(&outboxes[1]),
+            [
+                gap.into(),
+                publication(5),
+                publication(6),
+                reset.into(),
+                gap2.into(),
+                publication(13)
+            ]
+        );
+    }
+
+    #[test]
+    fn channels_hash_the_same_way_everywhere() {
+        // Pinned: a change would move channels between threads (harmless) but also shows the
+        // hash is not seeded per process.
+        assert_eq!(channel_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(channel_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

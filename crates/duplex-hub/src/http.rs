@@ -25,7 +25,7 @@ use crate::broker::HistoryQuery;
 use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
 use crate::outbox::OutboxStream;
-use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
+use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
@@ -246,7 +246,15 @@ async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
         };
     }
     let response = match path {
-        "/healthz" => Response::new(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
+        // A load balancer sends no traffic to a node that cannot reach its broker.
+        "/healthz" if hub.broker_ready() => {
+            Response::new(StatusCode::OK, "text/plain; charset=utf-8", "ok")
+        }
+        "/healthz" => Response::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "broker unavailable",
+        ),
         "/metrics" => Response::new(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -296,7 +304,7 @@ async fn api_publish(hub: &HubState, body: Bytes) -> Response {
         Ok(publish) => publish,
         Err(refusal) => return Response::refusal(&refusal),
     };
-    match hub.broker.publish(&channel, data).await {
+    match async { hub.broker()?.publish(&channel, data).await }.await {
         Ok(position) => {
             hub.metrics.publishes.fetch_add(1, Relaxed);
             let mut out = Vec::with_capacity(64);
@@ -307,7 +315,7 @@ async fn api_publish(hub: &HubState, body: Bytes) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 
@@ -324,7 +332,7 @@ async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
         since,
         limit: limit.unwrap_or(usize::MAX),
     };
-    match hub.broker.history(&channel, query).await {
+    match async { hub.broker()?.history(&channel, query).await }.await {
         Ok(history) => {
             let mut out = Vec::with_capacity(128);
             out.extend_from_slice(br#"{"epoch":"#);
@@ -338,7 +346,7 @@ async fn api_history(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 
@@ -347,7 +355,7 @@ async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
         Ok(c) => c,
         Err(refusal) => return Response::refusal(&refusal),
     };
-    match hub.broker.presence(&channel).await {
+    match async { hub.broker()?.presence(&channel).await }.await {
         Ok(clients) => {
             let mut out = Vec::with_capacity(64);
             out.extend_from_slice(br#"{"clients":"#);
@@ -355,7 +363,7 @@ async fn api_presence(hub: &HubState, request: &Request<()>) -> Response {
             out.push(b'}');
             Response::json(out)
         }
-        Err(e) => Response::refusal(&Refusal::new(ErrorCode::Internal, e.to_string())),
+        Err(e) => Response::refusal(&Refusal::broker(&e)),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use crate::broker::{ClientInfo, Publication};
+use crate::broker::{ClientInfo, Publication, StreamPosition};
 
 /// Appends `s` as a JSON string.
 pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
@@ -37,6 +37,40 @@ pub(crate) fn push_presence(out: &mut Vec<u8>, op: &str, channel: &str, client: 
     string(out, &client.client);
     out.extend_from_slice(br#","user":"#);
     string(out, &client.user);
+    out.push(b'}');
+}
+
+/// `{"op":"reset","channel":C,"epoch":E,"offset":N}`: the stream restarted in epoch `E`;
+/// publications continue after `N`.
+pub(crate) fn push_reset(out: &mut Vec<u8>, channel: &str, position: &StreamPosition) {
+    out.extend_from_slice(br#"{"op":"reset","channel":"#);
+    string(out, channel);
+    out.extend_from_slice(br#","epoch":"#);
+    string(out, &position.epoch);
+    out.extend_from_slice(br#","offset":"#);
+    number(out, position.offset);
+    out.push(b'}');
+}
+
+/// `{"op":"gap","channel":C,"epoch":E,"first":A,"last":B}`: publications `A..=B` are lost;
+/// publications continue after `B`. `epoch` is left out while the node has not learned it.
+pub(crate) fn push_gap(
+    out: &mut Vec<u8>,
+    channel: &str,
+    epoch: Option<&str>,
+    first: u64,
+    last: u64,
+) {
+    out.extend_from_slice(br#"{"op":"gap","channel":"#);
+    string(out, channel);
+    if let Some(epoch) = epoch {
+        out.extend_from_slice(br#","epoch":"#);
+        string(out, epoch);
+    }
+    out.extend_from_slice(br#","first":"#);
+    number(out, first);
+    out.extend_from_slice(br#","last":"#);
+    number(out, last);
     out.push(b'}');
 }
 
@@ -114,6 +148,25 @@ mod tests {
             out,
             br#"{"op":"join","channel":"room","client":"c","user":"u"}"#
         );
+        let mut out = Vec::new();
+        let position = StreamPosition {
+            epoch: "e2".into(),
+            offset: 4,
+        };
+        push_reset(&mut out, "room", &position);
+        assert_eq!(
+            out,
+            br#"{"op":"reset","channel":"room","epoch":"e2","offset":4}"#
+        );
+        let mut out = Vec::new();
+        push_gap(&mut out, "room", Some("e2"), 5, 9);
+        assert_eq!(
+            out,
+            br#"{"op":"gap","channel":"room","epoch":"e2","first":5,"last":9}"#
+        );
+        let mut out = Vec::new();
+        push_gap(&mut out, "room", None, 5, 9);
+        assert_eq!(out, br#"{"op":"gap","channel":"room","first":5,"last":9}"#);
         let v: serde_json::Value = serde_json::from_slice(&error_body("bad \n")).unwrap();
         assert_eq!(v["error"], "bad \n");
     }

@@ -85,7 +85,9 @@ pub use crate::broker::{
     BoxFuture, Broker, BrokerError, BrokerHandler, ClientInfo, History, HistoryQuery, Publication,
     StreamPosition,
 };
-pub use crate::config::{Compression, ConfigError, FileConfig, HubArgs, HubConfig, load_file};
+pub use crate::config::{
+    BrokerConfig, Compression, ConfigError, FileConfig, HubArgs, HubConfig, load_file,
+};
 pub use crate::memory::MemoryBroker;
 pub use crate::metrics::Metrics;
 pub use crate::server::{Hub, HubHandle};

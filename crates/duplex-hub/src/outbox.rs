@@ -70,10 +70,26 @@ pub(crate) enum OutboxEvent {
 pub(crate) struct Delivery {
     /// The [`LocalChannel::id`](crate::fanout::LocalChannel::id) it was published on.
     pub(crate) channel: u64,
-    /// The publication's offset; 0 for presence events (never filtered).
-    pub(crate) offset: u64,
+    /// What it is, for the channel's [`Filter`].
+    pub(crate) kind: Kind,
     /// The frame.
     pub(crate) prepared: PreparedMessage,
+}
+
+/// What a [`Delivery`] is, as far as the channel's live [`Filter`] is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The publication at this offset: dropped at or below the filter's mark.
+    Publication(u64),
+    /// A join or leave: never filtered.
+    Presence,
+    /// The stream restarted in `epoch`, continuing after `offset` (a `reset` push): dropped
+    /// when the subscribe reply was already in that epoch at or past `offset`; otherwise the
+    /// filter moves there.
+    Reset { epoch: Arc<str>, offset: u64 },
+    /// Publications up to `last` are lost (a `gap` push): dropped when the subscribe reply
+    /// already reached `last`; otherwise the filter moves there.
+    Gap { last: u64 },
 }
 
 impl Delivery {
@@ -84,10 +100,12 @@ impl Delivery {
 }
 
 /// Live publications of a channel at or below `upto` are dropped: the subscribe reply carried
-/// them (or the client subscribed after them).
-#[derive(Debug, Clone, Copy)]
+/// them (or the client subscribed after them). `epoch` is the stream's epoch the reply was in
+/// (a `reset` to it from before the reply is stale).
+#[derive(Debug, Clone)]
 pub(crate) struct Filter {
     pub(crate) channel: u64,
+    pub(crate) epoch: Arc<str>,
     pub(crate) upto: u64,
 }
 
@@ -156,11 +174,13 @@ impl OutboxState {
         }
     }
 
-    /// Whether `delivery` is a live copy of what a subscribe reply carried. Called in delivery
-    /// order (on direct writes and on the drained queue), so a filter goes once the first
-    /// publication past its range passes.
+    /// Whether `delivery` is a live copy of what a subscribe reply carried, or a `reset` or
+    /// `gap` the reply already covered. Called in delivery order (on direct writes and on the
+    /// drained queue), so a filter goes once the first publication past its range passes, and
+    /// a reset or gap moves it to where the stream continues. Without a filter (the first
+    /// publication after the reply passed) everything is news to the subscriber.
     fn filtered(&mut self, delivery: &Delivery) -> bool {
-        if delivery.offset == 0 {
+        if matches!(delivery.kind, Kind::Presence) {
             return false;
         }
         let Some(i) = self
@@ -170,12 +190,36 @@ impl OutboxState {
         else {
             return false;
         };
-        if delivery.offset <= self.filters[i].upto {
-            return true;
+        let filter = &mut self.filters[i];
+        match &delivery.kind {
+            Kind::Publication(offset) => {
+                if *offset <= filter.upto {
+                    return true;
+                }
+                // Past the recovered range: later publications only go up.
+                self.filters.swap_remove(i);
+                false
+            }
+            Kind::Presence => false,
+            Kind::Reset { epoch, offset } => {
+                if filter.epoch == *epoch && filter.upto >= *offset {
+                    // The reply was read from the new stream, at or past the reset point.
+                    return true;
+                }
+                filter.epoch = epoch.clone();
+                filter.upto = *offset;
+                false
+            }
+            Kind::Gap { last } => {
+                if filter.upto >= *last {
+                    // The reply reached past the lost range (and said so if it could not
+                    // recover it).
+                    return true;
+                }
+                filter.upto = *last;
+                false
+            }
         }
-        // Past the recovered range: later publications only go up.
-        self.filters.swap_remove(i);
-        false
     }
 }
 
@@ -323,11 +367,15 @@ impl Outbox {
     }
 
     /// Live publications of `channel` up to `upto` are dropped from now on (until one past it
-    /// passes).
-    pub(crate) fn set_filter(&self, channel: u64, upto: u64) {
+    /// passes); the subscribe reply was in `epoch`.
+    pub(crate) fn set_filter(&self, channel: u64, epoch: Arc<str>, upto: u64) {
         let mut state = lock(&self.state);
         state.filters.retain(|f| f.channel != channel);
-        state.filters.push(Filter { channel, upto });
+        state.filters.push(Filter {
+            channel,
+            epoch,
+            upto,
+        });
     }
 
     /// Drops the queued pushes of `channel` and its filter (the connection left it). Called
@@ -499,9 +547,90 @@ mod tests {
     fn forty_bytes() -> Arc<Delivery> {
         Arc::new(Delivery {
             channel: 1,
-            offset: 1,
+            kind: Kind::Publication(1),
             prepared: PreparedMessage::new(Message::text("x".repeat(40))),
         })
+    }
+
+    fn delivery(kind: Kind) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: 1,
+            kind,
+            prepared: PreparedMessage::new(Message::text("x")),
+        })
+    }
+
+    /// Delivers each of `kinds` (queued: no socket) and returns those that pass the filter.
+    fn passing(outbox: &Outbox, kinds: &[Kind]) -> Vec<Kind> {
+        let mut tally = Tally::default();
+        for kind in kinds {
+            outbox.deliver(&delivery(kind.clone()), &AtomicBool::new(false), &mut tally);
+        }
+        let mut batch = VecDeque::new();
+        let taken = outbox.take(&mut batch);
+        outbox.release(taken);
+        batch.iter().map(|d| d.kind.clone()).collect()
+    }
+
+    #[test]
+    fn a_reset_moves_the_filter_to_the_new_epoch_unless_the_reply_was_there() {
+        let reset = |epoch: &str, offset| Kind::Reset {
+            epoch: epoch.into(),
+            offset,
+        };
+        // The reply was in e1 up to 5: the reset to e2 is news, and moves the filter to e2/3.
+        let outbox = Outbox::new(1 << 20, None, None);
+        outbox.set_filter(1, "e1".into(), 5);
+        let kinds = [
+            Kind::Publication(5),
+            reset("e2", 3),
+            Kind::Publication(3),
+            Kind::Publication(4),
+        ];
+        assert_eq!(
+            passing(&outbox, &kinds),
+            [reset("e2", 3), Kind::Publication(4)]
+        );
+        // The reply was read from e2 at 7: a reset to e2/3 queued before it is stale, and
+        // 4..=7 came with the reply.
+        let outbox = Outbox::new(1 << 20, None, None);
+        outbox.set_filter(1, "e2".into(), 7);
+        let kinds = [reset("e2", 3), Kind::Publication(7), Kind::Publication(8)];
+        assert_eq!(passing(&outbox, &kinds), [Kind::Publication(8)]);
+        // The reply was in e2 but before the reset point: it missed 2..=3, so it is told.
+        let outbox = Outbox::new(1 << 20, None, None);
+        outbox.set_filter(1, "e2".into(), 1);
+        assert_eq!(
+            passing(&outbox, &[reset("e2", 3), Kind::Publication(4)]),
+            [reset("e2", 3), Kind::Publication(4)]
+        );
+    }
+
+    #[test]
+    fn a_gap_the_reply_covered_is_dropped_and_others_move_the_filter() {
+        let outbox = Outbox::new(1 << 20, None, None);
+        outbox.set_filter(1, "e".into(), 9);
+        let kinds = [
+            Kind::Gap { last: 6 },
+            Kind::Publication(9),
+            Kind::Gap { last: 12 },
+            Kind::Publication(13),
+            Kind::Presence,
+        ];
+        assert_eq!(
+            passing(&outbox, &kinds),
+            [
+                Kind::Gap { last: 12 },
+                Kind::Publication(13),
+                Kind::Presence
+            ]
+        );
+        // The reply stopped at 3, inside the lost range: the gap is news; the filter moves to
+        // its end (nothing at or below it comes live any more).
+        let outbox = Outbox::new(1 << 20, None, None);
+        outbox.set_filter(1, "e".into(), 3);
+        let kinds = [Kind::Gap { last: 6 }, Kind::Publication(7)];
+        assert_eq!(passing(&outbox, &kinds), kinds);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use serde_json::{Map, Value};
 
+use crate::broker::BrokerError;
 use crate::json;
 
 /// The `code` of an error reply (`{"ok":false,"error":{"code":CODE,...}}`).
@@ -31,14 +32,16 @@ pub(crate) enum ErrorCode {
     LimitExceeded,
     /// More publishes than `publish_rate`/`publish_burst` allow.
     RateLimited,
-    /// The broker failed.
+    /// The broker failed ([`BrokerError::Failed`]).
     Internal,
+    /// The broker's backend cannot be reached ([`BrokerError::Unavailable`]): retry later.
+    BrokerUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
     #[cfg(test)]
-    pub(crate) const ALL: [ErrorCode; 8] = [
+    pub(crate) const ALL: [ErrorCode; 9] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::Forbidden,
@@ -47,6 +50,7 @@ impl ErrorCode {
         ErrorCode::LimitExceeded,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::BrokerUnavailable,
     ];
 
     /// The code as written on the wire.
@@ -60,19 +64,22 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::BrokerUnavailable => "broker_unavailable",
         }
     }
 
     /// The HTTP status of the same refusal in the HTTP API (RFC 9110 section 15). The API
-    /// refuses with `BadRequest` (400) and `Internal` (503: the broker, a service behind
-    /// the hub, is unavailable); the others would mean the same there.
+    /// refuses with `BadRequest` (400), `Internal` (500: the broker failed) and
+    /// `BrokerUnavailable` (503: the broker, a service behind the hub, cannot be reached now);
+    /// the others would mean the same there.
     pub(crate) fn http_status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnknownOp => StatusCode::BAD_REQUEST,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -96,6 +103,16 @@ impl Refusal {
     /// A malformed request.
     pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
         Refusal::new(ErrorCode::BadRequest, message)
+    }
+
+    /// A broker call failed: `broker_unavailable` when its backend cannot be reached,
+    /// `internal` otherwise.
+    pub(crate) fn broker(error: &BrokerError) -> Refusal {
+        let code = match error {
+            BrokerError::Unavailable(_) => ErrorCode::BrokerUnavailable,
+            BrokerError::Failed(_) => ErrorCode::Internal,
+        };
+        Refusal::new(code, error.to_string())
     }
 
     /// A binary WebSocket message: commands are JSON text.
@@ -394,6 +411,7 @@ mod tests {
             ErrorCode::LimitExceeded => 5,
             ErrorCode::RateLimited => 6,
             ErrorCode::Internal => 7,
+            ErrorCode::BrokerUnavailable => 8,
         }
     }
 
@@ -407,7 +425,8 @@ mod tests {
             (ErrorCode::NotSubscribed, "not_subscribed", 409),
             (ErrorCode::LimitExceeded, "limit_exceeded", 429),
             (ErrorCode::RateLimited, "rate_limited", 429),
-            (ErrorCode::Internal, "internal", 503),
+            (ErrorCode::Internal, "internal", 500),
+            (ErrorCode::BrokerUnavailable, "broker_unavailable", 503),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (i, (code, wire, status)) in table.into_iter().enumerate() {

@@ -1,9 +1,12 @@
-//! [`Hub`]: binding, the accept loop, hub state, and shutdown.
+//! [`Hub`]: binding, the broker's start (retried with backoff), the accept loop, hub state,
+//! and shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
-use crate::config::{Compression, HubConfig};
+use crate::broker::{Broker, BrokerError, BrokerHandler};
+use crate::config::{BrokerConfig, Compression, HubConfig};
 use crate::fanout::{Fanout, FanoutOptions};
 use crate::memory::MemoryBroker;
 use crate::metrics::Metrics;
@@ -36,13 +39,15 @@ use crate::state::HubState;
 pub struct Hub;
 
 impl Hub {
-    /// Binds `config.listen` (port 0 picks a free port) and serves with a [`MemoryBroker`].
+    /// Binds `config.listen` (port 0 picks a free port) and serves with the broker
+    /// `config.broker` names.
     pub async fn bind(config: HubConfig) -> io::Result<HubHandle> {
-        let broker = Arc::new(MemoryBroker::new(config.history_size, config.history_ttl));
+        let broker = build_broker(&config)?;
         Hub::bind_with_broker(config, broker).await
     }
 
-    /// Binds `config.listen` and serves with `broker` (which must not be started yet).
+    /// Binds `config.listen` and serves with `broker` (which must not be started yet): the
+    /// hub starts it, retrying with backoff while it fails (see [`Broker::start`]).
     pub async fn bind_with_broker(
         config: HubConfig,
         broker: Arc<dyn Broker>,
@@ -69,10 +74,10 @@ impl Hub {
             FanoutOptions {
                 deflate_level: deflate.as_ref().map(|d| d.level),
                 join_leave: config.join_leave,
+                threads: config.fanout_threads,
             },
             metrics.clone(),
-        ));
-        broker.start(fanout.clone());
+        )?);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ws_config = duplex::Config {
             max_frame_size: config.max_message_size,
@@ -103,7 +108,8 @@ impl Hub {
         let hub = Arc::new(HubState {
             config,
             broker,
-            fanout,
+            broker_started: AtomicBool::new(false),
+            fanout: fanout.clone(),
             metrics: metrics.clone(),
             shutdown,
             sessions: Mutex::new(HashMap::new()),
@@ -113,6 +119,7 @@ impl Hub {
             ws_options,
             deflate,
         });
+        start_broker(&hub, fanout);
         let (done_tx, done_rx) = mpsc::channel(1);
         tokio::spawn(close_sessions_on_shutdown(hub.clone()));
         let accept = tokio::spawn(accept_loop(listener, hub, done_tx));
@@ -124,6 +131,110 @@ impl Hub {
             metrics,
         })
     }
+}
+
+/// The broker `config` names, not started yet.
+fn build_broker(config: &HubConfig) -> io::Result<Arc<dyn Broker>> {
+    match &config.broker {
+        BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new(
+            config.history_size,
+            config.history_ttl,
+        ))),
+        // REDIS BROKER: the one place that changes when module `redis` lands; it becomes
+        // `crate::redis::RedisBroker::new(shards, config)`.
+        BrokerConfig::Redis { shards } => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "redis broker not available in this build (--broker {})",
+                shards.join(",")
+            ),
+        )),
+    }
+}
+
+/// First wait after a failed [`Broker::start`], doubled after each failure up to
+/// [`START_RETRY_MAX`]; each wait is jittered (half to all of it), so that nodes restarted
+/// together do not retry in lockstep.
+const START_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two [`Broker::start`] attempts.
+const START_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Starts the broker: at once when it is ready at once (the memory broker: commands work as
+/// soon as `bind` returns), otherwise from a task that retries with backoff until it succeeds
+/// or the hub shuts down. Until then `hub.broker()` refuses and `/healthz` answers 503.
+fn start_broker(hub: &Arc<HubState>, handler: Arc<dyn BrokerHandler>) {
+    let mut first = attempt(hub, &handler);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // One poll here; a future that is not ready registers the task's waker when the task
+    // polls it again.
+    let first = match first.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(())) => {
+            hub.broker_started.store(true, Ordering::Release);
+            return;
+        }
+        std::task::Poll::Ready(Err(e)) => Err(e),
+        std::task::Poll::Pending => Ok(first),
+    };
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let mut shutdown = hub.shutdown.clone();
+        let mut result = match first {
+            Ok(pending) => tokio::select! {
+                result = pending => result,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            },
+            Err(e) => Err(e),
+        };
+        let mut wait = START_RETRY_FIRST;
+        let mut failures = 0u32;
+        loop {
+            match result {
+                Ok(()) => {
+                    hub.broker_started.store(true, Ordering::Release);
+                    if failures > 0 {
+                        tracing::info!("broker started after {failures} failed attempts");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let jittered = jitter(wait);
+                    tracing::warn!(
+                        "cannot start the broker (attempt {failures}): {e}; retrying in {} ms \
+                         (/healthz answers 503 meanwhile)",
+                        jittered.as_millis()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(jittered) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                    wait = (wait * 2).min(START_RETRY_MAX);
+                }
+            }
+            result = tokio::select! {
+                result = attempt(&hub, &handler) => result,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+        }
+    });
+}
+
+type StartFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+
+/// One call of [`Broker::start`], owning what it needs (so that it can move to a task).
+fn attempt(hub: &Arc<HubState>, handler: &Arc<dyn BrokerHandler>) -> StartFuture {
+    let broker = hub.broker.clone();
+    let handler = handler.clone();
+    Box::pin(async move { broker.start(handler).await })
+}
+
+/// Between half of `wait` and all of it, at random.
+fn jitter(wait: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    // Without randomness the wait is simply not jittered.
+    let _ = getrandom::fill(&mut bytes);
+    let fraction = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX);
+    wait.mul_f64(0.5 + fraction / 2.0)
 }
 
 /// A running hub: its address, its metrics, and the way to stop it.

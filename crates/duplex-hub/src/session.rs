@@ -344,18 +344,21 @@ impl Session {
         let hub = self.hub.clone();
         let subscriber = Subscriber::new(self.conn, self.outbox.clone(), self.shared_deflate);
         // 1. Register: from here on every publication the broker delivers is queued for us.
-        let local = match hub
-            .fanout
-            .subscribe(channel, subscriber, &*hub.broker)
-            .await
-        {
+        let broker = match hub.broker() {
+            Ok(broker) => broker,
+            Err(e) => {
+                self.subscriptions.remove(channel);
+                return Err(Refusal::broker(&e));
+            }
+        };
+        let local = match hub.fanout.subscribe(channel, subscriber, broker).await {
             Ok(local) => {
                 self.subscriptions.insert(channel.to_owned(), local.id);
                 local
             }
             Err(e) => {
                 self.subscriptions.remove(channel);
-                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
+                return Err(Refusal::broker(&e));
             }
         };
         // 2. Read history: everything up to its top offset comes from here, the rest live.
@@ -367,13 +370,16 @@ impl Session {
             Ok(history) => history,
             Err(e) => {
                 self.leave(channel).await;
-                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
+                return Err(Refusal::broker(&e));
             }
         };
         let top = history.position.offset;
         // 3. Live copies of what the reply covers are dropped (queued ones when the outbox is
-        //    drained after the reply, later ones as they are written).
-        self.outbox.set_filter(local.id, top);
+        //    drained after the reply, later ones as they are written), and so are `reset` and
+        //    `gap` pushes the reply already covered.
+        hub.fanout.note_epoch(&local, &history.position.epoch);
+        self.outbox
+            .set_filter(local.id, history.position.epoch.clone(), top);
         if let Err(e) = hub.broker.join(channel, &self.info).await {
             tracing::warn!("presence join on {channel}: {e}");
         }
@@ -472,12 +478,9 @@ impl Session {
                 ),
             ));
         }
-        let position = self
-            .hub
-            .broker
-            .publish(&channel, data)
+        let position = async { self.hub.broker()?.publish(&channel, data).await }
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::broker(&e))?;
         self.hub.metrics.publishes.fetch_add(1, Relaxed);
         let mut out = id.ok();
         out.extend_from_slice(br#","offset":"#);
@@ -495,12 +498,9 @@ impl Session {
                 format!("not allowed to see presence of {channel:?}"),
             ));
         }
-        let clients = self
-            .hub
-            .broker
-            .presence(channel)
+        let clients = async { self.hub.broker()?.presence(channel).await }
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::broker(&e))?;
         let mut out = id.ok();
         out.extend_from_slice(br#","clients":"#);
         json::clients(&mut out, &clients);

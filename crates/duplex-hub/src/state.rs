@@ -2,14 +2,14 @@
 //! metrics, the shutdown signal and the registry of open sessions).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use duplex::WebSocketOptions;
 use duplex_proto::extensions::deflate::DeflateConfig;
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::config::HubConfig;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
@@ -20,6 +20,8 @@ use crate::outbox::Outbox;
 pub(crate) struct HubState {
     pub(crate) config: HubConfig,
     pub(crate) broker: Arc<dyn Broker>,
+    /// Set once [`Broker::start`] succeeded (server.rs retries it until then).
+    pub(crate) broker_started: AtomicBool,
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -34,6 +36,24 @@ pub(crate) struct HubState {
 }
 
 impl HubState {
+    /// The broker, once it started; before that, [`BrokerError::Unavailable`] (commands get
+    /// `broker_unavailable`, the HTTP API 503).
+    pub(crate) fn broker(&self) -> Result<&dyn Broker, BrokerError> {
+        if self.broker_started.load(Ordering::Acquire) {
+            Ok(&*self.broker)
+        } else {
+            Err(BrokerError::Unavailable(
+                "not connected yet (the hub keeps trying)".to_owned(),
+            ))
+        }
+    }
+
+    /// Whether the hub can serve broker commands now: started and reaching its backend
+    /// (`/healthz`).
+    pub(crate) fn broker_ready(&self) -> bool {
+        self.broker_started.load(Ordering::Acquire) && self.broker.is_available()
+    }
+
     /// Registers a session's outbox so shutdown reaches it. Returns false if the hub is
     /// already shutting down (the session should close at once).
     pub(crate) fn register_session(&self, conn: u64, outbox: &Arc<Outbox>) -> bool {

@@ -28,8 +28,9 @@ fn plain() -> duplex::ClientOptions {
 
 /// A hub with `crowd` connections subscribed to [`CHANNEL`] (they never read: the kernel's
 /// buffers take the few publications of a test) and a publisher publishing to it back to back
-/// until `stop`. Each publish returns once its fan-out is done (the in-memory broker fans out
-/// synchronously), so the publish times are the fan-out times.
+/// until `stop`. The publisher is subscribed too, after the crowd: it waits for its own copy of
+/// each publication, delivered last by the hub's fan-out thread, so the publish times are the
+/// fan-out times (and the publisher never runs ahead of the fan-out).
 struct BigChannel {
     hub: HubHandle,
     _crowd: Vec<Client>,
@@ -58,6 +59,7 @@ impl BigChannel {
         let stop = Arc::new(AtomicBool::new(false));
         let publish_times = Arc::new(Mutex::new(Vec::new()));
         let mut publisher = Client::connect_with(addr, "", plain()).await.unwrap();
+        publisher.subscribe(CHANNEL).await;
         let publisher = tokio::spawn({
             let stop = stop.clone();
             let publish_times = publish_times.clone();
@@ -65,7 +67,9 @@ impl BigChannel {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    publisher.publish(CHANNEL, json!({ "i": i })).await;
+                    let reply = publisher.publish(CHANNEL, json!({ "i": i })).await;
+                    let published = reply["offset"].as_u64().expect("an offset");
+                    while offset(&publisher.publication().await) < published {}
                     publish_times.lock().unwrap().push(start.elapsed());
                     i += 1;
                 }
