@@ -263,6 +263,15 @@ pub struct HubConfig {
     pub broker: BrokerConfig,
     /// Fan-out threads (default: the cores this process may use).
     pub fanout_threads: usize,
+    /// Redis broker: how long a client's presence entry lives unless its node refreshes it
+    /// (a dead node's clients leave presence by themselves after this) [default: 30 s].
+    pub presence_ttl: Duration,
+    /// Redis broker: how often a node refreshes its clients' presence entries (less than
+    /// `presence_ttl`) [default: 10 s].
+    pub presence_refresh: Duration,
+    /// Redis broker: bound on connecting and on every command; past it the command fails
+    /// with `broker_unavailable` and the connection is replaced [default: 2 s].
+    pub redis_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -287,6 +296,9 @@ impl Default for HubConfig {
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
             fanout_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            presence_ttl: Duration::from_secs(30),
+            presence_refresh: Duration::from_secs(10),
+            redis_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -396,6 +408,9 @@ impl HubConfig {
                 .fanout_threads
                 .or(file.fanout_threads)
                 .unwrap_or(d.fanout_threads),
+            presence_ttl: d.presence_ttl,
+            presence_refresh: d.presence_refresh,
+            redis_timeout: d.redis_timeout,
         }
     }
 
@@ -422,6 +437,12 @@ impl HubConfig {
         }
         if self.fanout_threads == 0 {
             return fail("fanout_threads must be at least 1");
+        }
+        if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
+            return fail("presence_refresh must be above zero and below presence_ttl");
+        }
+        if self.redis_timeout.is_zero() {
+            return fail("redis_timeout must be above zero");
         }
         Ok(())
     }

@@ -30,6 +30,16 @@ pub struct Metrics {
     pub(crate) http_requests: AtomicU64,
     pub(crate) command_errors: AtomicU64,
     fanout: Histogram,
+    // --- Broker (RedisBroker; MemoryBroker leaves them at zero) ---
+    /// Broker commands that failed (connection errors, timeouts, server errors).
+    pub(crate) broker_errors: AtomicU64,
+    /// Broker connections re-established after a loss (command and pub/sub).
+    pub(crate) broker_reconnects: AtomicU64,
+    /// Publications this node missed on pub/sub and read back from history.
+    pub(crate) broker_gaps_filled: AtomicU64,
+    /// Publications this node missed that history no longer held (signalled as gaps).
+    pub(crate) broker_gaps_lost: AtomicU64,
+    broker_round_trip: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +91,68 @@ impl Metrics {
             .sum_nanos
             .fetch_add(elapsed.as_nanos() as u64, Relaxed);
         self.deliveries.fetch_add(deliveries as u64, Relaxed);
+    }
+
+    /// Records one broker command's round trip.
+    pub(crate) fn observe_broker_round_trip(&self, elapsed: Duration) {
+        self.broker_round_trip.observe(elapsed);
+    }
+
+    /// Broker commands that failed.
+    pub fn broker_errors(&self) -> u64 {
+        self.broker_errors.load(Relaxed)
+    }
+
+    /// Broker connections re-established.
+    pub fn broker_reconnects(&self) -> u64 {
+        self.broker_reconnects.load(Relaxed)
+    }
+
+    /// Publications missed on pub/sub and filled from history.
+    pub fn broker_gaps_filled(&self) -> u64 {
+        self.broker_gaps_filled.load(Relaxed)
+    }
+
+    /// Publications missed and lost (signalled to subscribers as gaps).
+    pub fn broker_gaps_lost(&self) -> u64 {
+        self.broker_gaps_lost.load(Relaxed)
+    }
+
+    /// The broker's metrics, in the Prometheus text format.
+    fn render_broker(&self, out: &mut String) {
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        for (name, help, value) in [
+            (
+                "broker_errors_total",
+                "Broker commands that failed (connection errors, timeouts, server errors).",
+                c(&self.broker_errors),
+            ),
+            (
+                "broker_reconnects_total",
+                "Broker connections re-established after a loss.",
+                c(&self.broker_reconnects),
+            ),
+            (
+                "broker_gaps_filled_total",
+                "Publications missed on the broker's pub/sub and read back from history.",
+                c(&self.broker_gaps_filled),
+            ),
+            (
+                "broker_gaps_lost_total",
+                "Publications missed that history no longer held (signalled to subscribers as gaps).",
+                c(&self.broker_gaps_lost),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} counter\nduplex_hub_{name} {value}"
+            );
+        }
+        self.broker_round_trip.render(
+            out,
+            "duplex_hub_broker_round_trip_seconds",
+            "Round trip of one broker command (a publish is one).",
+        );
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -193,7 +265,33 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
+        self.render_broker(&mut out);
         out
+    }
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&le| secs <= le) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
@@ -214,5 +312,18 @@ mod tests {
         assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("duplex_hub_fanout_seconds_count 3\n"));
         assert!(text.contains("duplex_hub_deliveries_total 30\n"));
+    }
+
+    #[test]
+    fn broker_metrics_are_rendered() {
+        let m = Metrics::default();
+        m.observe_broker_round_trip(Duration::from_micros(300));
+        m.broker_gaps_filled.fetch_add(4, Relaxed);
+        let text = m.render();
+        assert!(text.contains("duplex_hub_broker_round_trip_seconds_bucket{le=\"0.0001\"} 0\n"));
+        assert!(text.contains("duplex_hub_broker_round_trip_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("duplex_hub_broker_round_trip_seconds_count 1\n"));
+        assert!(text.contains("duplex_hub_broker_gaps_filled_total 4\n"));
+        assert!(text.contains("duplex_hub_broker_gaps_lost_total 0\n"));
     }
 }

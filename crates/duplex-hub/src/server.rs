@@ -42,8 +42,10 @@ impl Hub {
     /// Binds `config.listen` (port 0 picks a free port) and serves with the broker
     /// `config.broker` names.
     pub async fn bind(config: HubConfig) -> io::Result<HubHandle> {
-        let broker = build_broker(&config)?;
-        Hub::bind_with_broker(config, broker).await
+        // Created here so that a broker counting into it (Redis) shows on /metrics.
+        let metrics = Arc::new(Metrics::default());
+        let broker = build_broker(&config, &metrics)?;
+        Hub::bind_inner(config, broker, metrics).await
     }
 
     /// Binds `config.listen` and serves with `broker` (which must not be started yet): the
@@ -52,12 +54,19 @@ impl Hub {
         config: HubConfig,
         broker: Arc<dyn Broker>,
     ) -> io::Result<HubHandle> {
+        Hub::bind_inner(config, broker, Arc::new(Metrics::default())).await
+    }
+
+    async fn bind_inner(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<HubHandle> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let metrics = Arc::new(Metrics::default());
         let deflate = match config.compression {
             Compression::Off => None,
             Compression::Shared => Some(DeflateConfig {
@@ -134,21 +143,17 @@ impl Hub {
 }
 
 /// The broker `config` names, not started yet.
-fn build_broker(config: &HubConfig) -> io::Result<Arc<dyn Broker>> {
+fn build_broker(config: &HubConfig, metrics: &Arc<Metrics>) -> io::Result<Arc<dyn Broker>> {
     match &config.broker {
         BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new(
             config.history_size,
             config.history_ttl,
         ))),
-        // REDIS BROKER: the one place that changes when module `redis` lands; it becomes
-        // `crate::redis::RedisBroker::new(shards, config)`.
-        BrokerConfig::Redis { shards } => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "redis broker not available in this build (--broker {})",
-                shards.join(",")
-            ),
-        )),
+        BrokerConfig::Redis { shards } => {
+            crate::redis::RedisBroker::new(shards, config, metrics.clone())
+                .map(|broker| Arc::new(broker) as Arc<dyn Broker>)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        }
     }
 }
 

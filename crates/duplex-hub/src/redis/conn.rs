@@ -1,0 +1,281 @@
+//! One shard's command connection: a multiplexed connection (every command of the node to
+//! that Redis goes over it, pipelined), with bounded timeouts, health, and a background
+//! reconnect with capped, jittered backoff.
+//!
+//! Commands fail fast: while the connection is down (or being re-established) a command gets
+//! [`BrokerError::Unavailable`] at once instead of queueing; a connection error or a timeout
+//! marks the connection down and starts the reconnect task. Nothing here retries a command
+//! (a publish must not be applied twice); the caller decides.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
+
+use crate::broker::BrokerError;
+use crate::metrics::Metrics;
+
+use super::script::Script;
+
+/// A shard's command connection.
+pub(crate) struct Conn {
+    /// The URL, for errors and logs.
+    pub(crate) url: Arc<str>,
+    client: Client,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// `None` while down.
+    current: Mutex<Option<MultiplexedConnection>>,
+    /// A reconnect task is running.
+    reconnecting: AtomicBool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("url", &self.url)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a command failed.
+enum Failure {
+    /// As reported to the broker's callers.
+    Broker(BrokerError),
+    /// The server does not know the script (reload it).
+    NoScript(String),
+}
+
+/// Whether an error means the connection is unusable (reconnect) rather than that the command
+/// failed on a healthy connection.
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// A Redis error as the broker reports it: the backend unreachable, or a failure.
+pub(crate) fn broker_error(url: &str, e: &RedisError) -> BrokerError {
+    if is_connection_error(e) {
+        BrokerError::Unavailable(format!("redis {url}: {e}"))
+    } else {
+        BrokerError::Failed(format!("redis {url}: {e}"))
+    }
+}
+
+/// How long to wait before reconnect attempt `attempt` (0-based): 100 ms doubling up to 5 s,
+/// each drawn uniformly from its upper half, so nodes that lost Redis together do not come
+/// back in lockstep.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5));
+    let mut random = [0u8; 2];
+    let _ = getrandom::fill(&mut random);
+    let fraction = f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX);
+    cap.mul_f64(0.5 + fraction / 2.0)
+}
+
+impl Conn {
+    /// Connects to `client` (at most `timeout`); fails with `Unavailable` if it cannot.
+    pub(crate) async fn connect(
+        client: Client,
+        url: Arc<str>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Conn>, BrokerError> {
+        let conn = Arc::new(Conn {
+            url,
+            client,
+            timeout,
+            metrics,
+            current: Mutex::new(None),
+            reconnecting: AtomicBool::new(false),
+        });
+        let connection = conn.open().await?;
+        *conn.lock() = Some(connection);
+        Ok(conn)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connecting = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(BrokerError::Unavailable(format!(
+                "redis {}: cannot connect: {e}",
+                self.url
+            ))),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "redis {}: no connection within {:?}",
+                self.url, self.timeout
+            ))),
+        }
+    }
+
+    /// Whether the connection is up (as far as the last command knows).
+    pub(crate) fn is_up(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Runs one command: `Unavailable` at once if the connection is down, and at most the
+    /// timeout otherwise.
+    pub(crate) async fn query(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, BrokerError> {
+        self.send(cmd).await.map_err(|failure| match failure {
+            Failure::Broker(e) => e,
+            Failure::NoScript(message) => BrokerError::Failed(message),
+        })
+    }
+
+    async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, Failure> {
+        let Some(mut connection) = self.lock().clone() else {
+            self.metrics.broker_errors.fetch_add(1, Relaxed);
+            return Err(Failure::Broker(BrokerError::Unavailable(format!(
+                "redis {}: not connected (reconnecting)",
+                self.url
+            ))));
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, connection.send_packed_command(cmd)).await;
+        // A server error (a script's, NOSCRIPT) comes back as a value: make it an error.
+        let result = result.map(|reply| reply.and_then(Value::extract_error));
+        match result {
+            Ok(Ok(value)) => {
+                self.metrics.observe_broker_round_trip(started.elapsed());
+                Ok(value)
+            }
+            Ok(Err(e)) if e.code() == Some("NOSCRIPT") => {
+                Err(Failure::NoScript(format!("redis {}: {e}", self.url)))
+            }
+            Ok(Err(e)) => {
+                self.metrics.broker_errors.fetch_add(1, Relaxed);
+                if is_connection_error(&e) {
+                    self.lost(&e.to_string());
+                }
+                Err(Failure::Broker(broker_error(&self.url, &e)))
+            }
+            Err(_) => {
+                self.metrics.broker_errors.fetch_add(1, Relaxed);
+                // A Redis that does not answer within the timeout is treated as gone: the
+                // connection is replaced rather than left to pile up commands.
+                self.lost("timed out");
+                Err(Failure::Broker(BrokerError::Unavailable(format!(
+                    "redis {}: no answer within {:?}",
+                    self.url, self.timeout
+                ))))
+            }
+        }
+    }
+
+    /// Runs `script` (EVALSHA; SCRIPT LOAD first if its SHA is not known yet, and again when
+    /// the server answers NOSCRIPT).
+    pub(crate) async fn eval(
+        self: &Arc<Self>,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<Value, BrokerError> {
+        let sha = match script.sha.get() {
+            Some(sha) => sha,
+            None => self.load(script).await?,
+        };
+        let evalsha = |sha: &str| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha).arg(keys.len()).arg(keys);
+            for arg in args {
+                cmd.arg(*arg);
+            }
+            cmd
+        };
+        match self.send(&evalsha(sha)).await {
+            Ok(value) => Ok(value),
+            Err(Failure::Broker(e)) => Err(e),
+            Err(Failure::NoScript(_)) => {
+                // The server restarted or flushed its scripts: load it again, once.
+                tracing::info!("redis {}: reloading the {} script", self.url, script.name);
+                let sha = self.load(script).await?;
+                self.query(&evalsha(sha)).await
+            }
+        }
+    }
+
+    /// SCRIPT LOAD: returns the script's SHA1 (the same from every server).
+    pub(crate) async fn load<'s>(
+        self: &Arc<Self>,
+        script: &'s Script,
+    ) -> Result<&'s str, BrokerError> {
+        let reply = self
+            .query(redis::cmd("SCRIPT").arg("LOAD").arg(script.source))
+            .await?;
+        let sha: String = redis::from_redis_value(reply).map_err(|e| {
+            BrokerError::Failed(format!(
+                "redis {}: SCRIPT LOAD {}: {e}",
+                self.url, script.name
+            ))
+        })?;
+        Ok(script.sha.get_or_init(|| sha))
+    }
+
+    /// The connection failed: drop it, and reconnect in the background unless that is already
+    /// under way.
+    fn lost(self: &Arc<Self>, why: &str) {
+        if self.lock().take().is_some() {
+            tracing::warn!("redis {}: connection lost ({why}); reconnecting", self.url);
+        }
+        if self.reconnecting.swap(true, SeqCst) {
+            return;
+        }
+        let conn = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                tokio::time::sleep(backoff(attempt)).await;
+                // The broker was dropped: nobody needs the connection any more.
+                let Some(conn) = conn.upgrade() else { return };
+                match conn.open().await {
+                    Ok(connection) => {
+                        *conn.lock() = Some(connection);
+                        conn.reconnecting.store(false, SeqCst);
+                        conn.metrics.broker_reconnects.fetch_add(1, Relaxed);
+                        tracing::info!("redis {}: reconnected", conn.url);
+                        return;
+                    }
+                    Err(e) => {
+                        if attempt == 0 || attempt % 20 == 0 {
+                            tracing::warn!("{e}; retrying");
+                        }
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_with_jitter() {
+        for attempt in 0..40 {
+            let cap = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
+            let d = backoff(attempt);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} vs cap {cap:?}"
+            );
+        }
+        let draws: std::collections::HashSet<Duration> = (0..50).map(|_| backoff(3)).collect();
+        assert!(draws.len() > 10, "jittered: {draws:?}");
+    }
+}
