@@ -32,7 +32,9 @@
  *   publication is ever delivered twice (dedupe by offset within an epoch).
  * - When the hub cannot recover (it restarted, so the epoch changed, or its history no longer
  *   reaches back far enough) `onRecovery({recovered: false, reason, epoch, previousEpoch})`
- *   is called, and the hub's `recovery` event fires, so the page can say what was lost.
+ *   is called, and the hub's `recovery` event fires, so the page can say what was lost. A
+ *   `reset` or `gap` push (the hub's broker lost part of the stream) is handled the same way,
+ *   and the subscription continues from the position the push gives.
  * - Commands (publish, presence, ping, ...) return promises. They reject with a `DuplexError`
  *   (`.code`, `.message`): the hub's error (`forbidden`, `rate_limited`, ...), or
  *   `not_connected`, `disconnected` (the connection dropped with the command in flight),
@@ -543,7 +545,10 @@ export class Hub {
         this._emit('recovery', sub.channel, recovery);
       }
     }
-    for (const push of buffered) this._deliver(sub, push, false);
+    for (const push of buffered) {
+      if (push.op === 'pub') this._deliver(sub, push, false);
+      else this._lost(sub, push);
+    }
     if (sub.handlers.onPresence) this._refreshPresence(sub, generation);
   }
 
@@ -576,6 +581,28 @@ export class Hub {
     if (recovered) this.stats.recoveredPublications++;
     sub._call('onPublication', p.data, { channel: sub.channel, offset: p.offset, epoch: sub.epoch, recovered });
     return true;
+  }
+
+  /**
+   * A `reset` (the stream restarted in a new epoch) or `gap` (publications first..last lost)
+   * push: a failed recovery, then on from the position it gives.
+   */
+  _lost(sub, msg) {
+    const previousEpoch = sub.epoch;
+    let reason;
+    if (msg.op === 'reset') {
+      sub.epoch = msg.epoch;
+      sub.offset = msg.offset;
+      reason = `the stream was reset (epoch ${msg.epoch}, continuing after offset ${msg.offset})`;
+    } else {
+      if (msg.epoch) sub.epoch = msg.epoch;
+      if (msg.last > sub.offset) sub.offset = msg.last;
+      reason = `publications ${msg.first}..${msg.last} were lost`;
+    }
+    this.stats.losses++;
+    const recovery = { recovered: false, reason, epoch: sub.epoch, previousEpoch, count: 0, epochChanged: previousEpoch !== sub.epoch };
+    sub._call('onRecovery', recovery);
+    this._emit('recovery', sub.channel, recovery);
   }
 
   _onMessage(text) {
@@ -618,6 +645,11 @@ export class Hub {
         if (sub._presence) sub._call('onPresence', [...sub._presence.values()]);
         break;
       }
+      case 'reset':
+      case 'gap':
+        if (sub._buffer) sub._buffer.push(msg);
+        else if (sub.state === 'subscribed') this._lost(sub, msg);
+        break;
       default:
         break;
     }

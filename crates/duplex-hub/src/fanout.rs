@@ -119,6 +119,21 @@ enum Job {
     Barrier(mpsc::Sender<()>),
 }
 
+impl Job {
+    /// Whether it counts in the `fanout_queued` gauge (an event, not a test's barrier).
+    fn counted(&self) -> bool {
+        match self {
+            Job::Publication(..)
+            | Job::Join(..)
+            | Job::Leave(..)
+            | Job::Reset(..)
+            | Job::Gap(..) => true,
+            #[cfg(test)]
+            Job::Barrier(_) => false,
+        }
+    }
+}
+
 /// The node's registry of local subscriptions, shared with the fan-out threads.
 #[derive(Debug)]
 struct Registry {
@@ -157,14 +172,18 @@ impl Fanout {
         });
         let mut threads = Vec::new();
         for i in 0..options.threads.max(1) {
-            let (tx, rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel::<Job>();
             let registry = registry.clone();
             std::thread::Builder::new()
                 .name(format!("duplex-fanout-{i}"))
                 .spawn(move || {
                     // Ends when the Fanout (every sender) is gone.
                     while let Ok(job) = rx.recv() {
+                        let counted = job.counted();
                         registry.run(job);
+                        if counted {
+                            registry.metrics.fanout_queued.fetch_sub(1, Relaxed);
+                        }
                     }
                 })?;
             threads.push(tx);
@@ -186,7 +205,10 @@ impl Fanout {
         let job = make();
         // `threads` is never empty, and the index is below its length.
         let i = (channel_hash(channel) % self.threads.len() as u64) as usize;
+        // Counted before the send: the thread may run the job (and count it down) at once.
+        self.metrics.fanout_queued.fetch_add(1, Relaxed);
         if self.threads[i].send(job).is_err() {
+            self.metrics.fanout_queued.fetch_sub(1, Relaxed);
             // Only if the thread panicked: its channels get no more pushes.
             tracing::error!("fan-out thread {i} is gone; dropping an event of {channel:?}");
         }
@@ -534,6 +556,11 @@ mod tests {
             );
         }
         assert_eq!(fanout.metrics.deliveries.load(Relaxed), 3);
+        assert_eq!(
+            fanout.metrics.fanout_queued.load(Relaxed),
+            0,
+            "counted down"
+        );
     }
 
     #[tokio::test]

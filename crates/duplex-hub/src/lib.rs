@@ -16,7 +16,7 @@
 //! http      one TCP connection: HTTP/1.1 requests, the JSON API, web assets, the /ws upgrade
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
-//! fanout    the node's local subscribers per channel; encodes a push once, delivers to each
+//! fanout    the node's local subscribers per channel and fan-out threads; encode once, deliver
 //! outbox    one connection's outbound path: direct writes, the bounded queue, Delivery
 //! head      HTTP/1.1 request heads, pure: parsed request, keep-alive, body framing
 //! protocol  typed commands (Command::parse), HTTP API inputs, ErrorCode, Refusal, replies
@@ -35,17 +35,20 @@
 //!
 //! ```text
 //!   HTTP/1.1 (raw TcpStream) ── /api/publish ──▶ Broker ── offset + history ──┐
-//!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (MemoryBroker by default)    │ on_publication
+//!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (--broker: memory by default) │ on_publication
 //!                                                                             ▼ (in offset order)
-//!                 connection task ◀── Outbox (bytes-bounded) ◀── Fanout: encode once, queue Arc
-//!                 drain all, feed frames, flush once
+//!                                         Fanout: a job to the channel's fan-out thread
+//!                                                                             ▼
+//!   socket ◀── direct writev, or Outbox (bytes-bounded) ◀── fan-out thread: encode once,
+//!   connection task: drain all, feed frames, flush once      deliver the Arc to each subscriber
 //! ```
 //!
 //! - [`Hub::bind`] starts a hub in the current runtime and returns a [`HubHandle`] (address,
 //!   metrics, graceful shutdown); [`run`] is the `duplex hub` command around it.
-//! - [`Broker`] is where offsets, history and presence live; [`MemoryBroker`] is the
-//!   single-process default, and a networked broker plugs in through
-//!   [`Hub::bind_with_broker`] without touching the fan-out.
+//! - [`Broker`] is where offsets, history and presence live (its module docs hold the
+//!   contract); [`MemoryBroker`] is the single-process default, [`HubConfig::broker`] chooses
+//!   another, and any broker plugs in through [`Hub::bind_with_broker`] without touching the
+//!   fan-out.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub(crate) dropped: AtomicU64,
     pub(crate) http_requests: AtomicU64,
     pub(crate) command_errors: AtomicU64,
+    /// Events queued for the fan-out threads and not yet fanned out.
+    pub(crate) fanout_queued: AtomicI64,
     fanout: Histogram,
     // --- Broker (RedisBroker; MemoryBroker leaves them at zero) ---
     /// Broker commands that failed (connection errors, timeouts, server errors).
@@ -250,6 +252,12 @@ impl Metrics {
             "WebSocket commands answered with an error.",
             c(&self.command_errors),
         );
+        metric(
+            "fanout_queued",
+            "gauge",
+            "Publications and presence events waiting for a fan-out thread.",
+            g(&self.fanout_queued),
+        );
         let name = "duplex_hub_fanout_seconds";
         let _ = writeln!(
             out,
@@ -312,6 +320,8 @@ mod tests {
         assert!(text.contains("duplex_hub_fanout_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("duplex_hub_fanout_seconds_count 3\n"));
         assert!(text.contains("duplex_hub_deliveries_total 30\n"));
+        m.fanout_queued.fetch_add(2, Relaxed);
+        assert!(m.render().contains("duplex_hub_fanout_queued 2\n"));
     }
 
     #[test]
