@@ -154,6 +154,9 @@ pub async fn publish_http(
 #[derive(Debug, Default)]
 pub struct Ledger {
     pub channels: HashMap<String, BTreeMap<(String, u64), Value>>,
+    /// Per channel, the newest position confirmed: the highest offset of the epoch confirmed
+    /// last (epochs are random strings: their order says nothing).
+    latest: HashMap<String, (String, u64)>,
 }
 
 impl Ledger {
@@ -167,6 +170,13 @@ impl Ledger {
             .as_str()
             .unwrap_or_else(|| panic!("publish reply without epoch: {reply}"))
             .to_owned();
+        let latest = self
+            .latest
+            .entry(channel.to_owned())
+            .or_insert_with(|| (epoch.clone(), offset));
+        if latest.0 != epoch || latest.1 < offset {
+            *latest = (epoch.clone(), offset);
+        }
         let old = self
             .channels
             .entry(channel.to_owned())
@@ -191,9 +201,9 @@ impl Ledger {
             .unwrap_or_default()
     }
 
-    /// The last confirmed position of `channel`.
+    /// The newest confirmed position of `channel`.
     pub fn last(&self, channel: &str) -> Option<(String, u64)> {
-        self.channels.get(channel)?.keys().next_back().cloned()
+        self.latest.get(channel).cloned()
     }
 }
 

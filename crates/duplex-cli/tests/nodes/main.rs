@@ -372,11 +372,29 @@ async fn follow_with_failover(
         if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} never caught up",
-            follower.user
-        );
+        if Instant::now() >= deadline {
+            let ledger = ledger.lock().unwrap();
+            let streams: Vec<String> = follower
+                .streams
+                .iter()
+                .map(|(c, s)| {
+                    format!(
+                        "{c}: at {}/{} (ledger {:?}), resets {:?}, gaps {:?}, got {}",
+                        s.epoch,
+                        s.offset,
+                        ledger.last(c),
+                        s.resets,
+                        s.gaps,
+                        s.got.len()
+                    )
+                })
+                .collect();
+            panic!(
+                "{} never caught up: {streams:?}; problems {:?}",
+                follower.user,
+                &follower.problems[..follower.problems.len().min(5)]
+            );
+        }
         if follower.client.is_none() {
             if follower.attach(nodes[at]).await.is_err() {
                 at = (at + 1) % 2;
