@@ -85,6 +85,17 @@ pub struct HubArgs {
     /// Threads that fan publications out to this node's subscribers (default: one per core).
     #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
+    /// Redis broker: seconds a client stays in presence unless its node refreshes it (a dead
+    /// node's clients leave after this) [default: 30].
+    #[arg(long, env = "DUPLEX_PRESENCE_TTL")]
+    pub presence_ttl: Option<u64>,
+    /// Redis broker: seconds between a node's presence refreshes [default: 10].
+    #[arg(long, env = "DUPLEX_PRESENCE_REFRESH")]
+    pub presence_refresh: Option<u64>,
+    /// Redis broker: milliseconds a connection attempt or command may take before it fails
+    /// with broker_unavailable [default: 2000].
+    #[arg(long, env = "DUPLEX_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
 }
 
 /// Which broker a hub uses (`--broker`).
@@ -210,6 +221,12 @@ pub struct FileConfig {
     pub broker: Option<BrokerConfig>,
     /// See [`HubArgs::fanout_threads`].
     pub fanout_threads: Option<usize>,
+    /// See [`HubArgs::presence_ttl`] (seconds).
+    pub presence_ttl: Option<u64>,
+    /// See [`HubArgs::presence_refresh`] (seconds).
+    pub presence_refresh: Option<u64>,
+    /// See [`HubArgs::redis_timeout_ms`].
+    pub redis_timeout_ms: Option<u64>,
 }
 
 /// Every setting of a hub, resolved. Build one with [`HubConfig::default`] and struct update
@@ -408,9 +425,18 @@ impl HubConfig {
                 .fanout_threads
                 .or(file.fanout_threads)
                 .unwrap_or(d.fanout_threads),
-            presence_ttl: d.presence_ttl,
-            presence_refresh: d.presence_refresh,
-            redis_timeout: d.redis_timeout,
+            presence_ttl: args
+                .presence_ttl
+                .or(file.presence_ttl)
+                .map_or(d.presence_ttl, Duration::from_secs),
+            presence_refresh: args
+                .presence_refresh
+                .or(file.presence_refresh)
+                .map_or(d.presence_refresh, Duration::from_secs),
+            redis_timeout: args
+                .redis_timeout_ms
+                .or(file.redis_timeout_ms)
+                .map_or(d.redis_timeout, Duration::from_millis),
         }
     }
 
@@ -506,6 +532,29 @@ mod tests {
         assert_eq!(config.compression, Compression::Off);
         assert_eq!(config.history_ttl, Some(Duration::from_secs(60)));
         assert_eq!(config.max_connections, 10_000, "default");
+    }
+
+    #[test]
+    fn redis_presence_and_timeout_settings() {
+        let args = parse(&["--presence-ttl", "20", "--redis-timeout-ms", "500"]);
+        let file: FileConfig = toml::from_str("presence_ttl = 40\npresence_refresh = 5").unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(
+            config.presence_ttl,
+            Duration::from_secs(20),
+            "flag beats file"
+        );
+        assert_eq!(config.presence_refresh, Duration::from_secs(5), "file");
+        assert_eq!(config.redis_timeout, Duration::from_millis(500));
+        config.validate().unwrap();
+        let slow_refresh = HubConfig {
+            presence_refresh: Duration::from_secs(30),
+            ..HubConfig::default()
+        };
+        assert!(
+            slow_refresh.validate().is_err(),
+            "refresh must beat the TTL"
+        );
     }
 
     #[test]

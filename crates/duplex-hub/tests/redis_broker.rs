@@ -512,3 +512,229 @@ async fn while_redis_is_down_commands_fail_fast_and_the_node_comes_back() {
         "command and pub/sub connections"
     );
 }
+
+#[tokio::test]
+async fn a_node_puts_its_clients_back_when_redis_lost_presence() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let ada = ClientInfo {
+        client: "ada-1".into(),
+        user: "ada".into(),
+    };
+    a.broker.join("room", &ada).await.unwrap();
+    server.command(&["FLUSHALL"]);
+    assert!(a.broker.presence("room").await.unwrap().is_empty());
+    // The next refresh round (every 300 ms here) restores it.
+    let deadline = Instant::now() + WAIT;
+    while a.broker.presence("room").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "ada never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        a.broker.presence("room").await.unwrap(),
+        std::slice::from_ref(&ada)
+    );
+    // A client that left is not brought back by later rounds.
+    a.broker.leave("room", &ada).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(a.broker.presence("room").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn history_expires_by_ttl_on_the_servers_clock() {
+    let server = RedisServer::start();
+    let config = HubConfig {
+        history_ttl: Some(Duration::from_secs(2)),
+        ..config()
+    };
+    let a = node_with(&[server.url()], &config).await;
+    a.broker.publish("t", data(1)).await.unwrap();
+    a.broker.publish("t", data(2)).await.unwrap();
+    // Waiting is the point here: entries older than the TTL leave history.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.broker.publish("t", data(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let read = a.broker.history("t", since(0, 10)).await.unwrap();
+    assert_eq!(read.position.offset, 3, "the offset counter lives on");
+    assert_eq!(read.earliest, 3, "1 and 2 are 2.4 s old: expired");
+    assert_eq!(read.publications.len(), 1);
+    assert_eq!(read.publications[0].offset, 3);
+    // The keys themselves expire with the TTL (PEXPIRE at each publish).
+    let ttl: i64 = server.command(&["PTTL", "duplex:{t}:s"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 2000, "{ttl}");
+}
+
+#[tokio::test]
+async fn a_jump_in_offsets_is_filled_from_the_stream_before_what_follows() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("j").await.unwrap();
+    b.broker.publish("j", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Publications 2 and 3 reach the stream but their pub/sub messages are lost (as a
+    // publisher's would be if its PUBLISH never reached this node).
+    for offset in ["2", "3"] {
+        server.command(&["HINCRBY", "duplex:{j}:m", "o", "1"]);
+        let id = format!("{offset}-0");
+        let body = format!("{{\"n\":{offset}}}");
+        server.command(&[
+            "XADD",
+            "duplex:{j}:s",
+            &id,
+            "d",
+            &body,
+            "t",
+            "9999999999999",
+        ]);
+    }
+    b.broker.publish("j", data(4)).await.unwrap();
+    a.recorder
+        .wait_until("offset 4", WAIT, |e| a_has(e, 4))
+        .await;
+    let events = a.recorder.events();
+    let expected: Vec<Event> = (1..=4)
+        .map(|n| Event::Publication("j".into(), n, format!("{{\"n\":{n}}}")))
+        .collect();
+    assert_eq!(events, expected);
+    assert_eq!(a.metrics.broker_gaps_filled(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_publications_flow_hands_on_a_contiguous_sequence() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = Arc::new(node(&server).await);
+    let publisher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for i in 1..=400 {
+                b.broker.publish("flow", data(i)).await.unwrap();
+            }
+        })
+    };
+    // Subscribe somewhere in the middle of the flow.
+    while b
+        .broker
+        .history("flow", newest(0))
+        .await
+        .unwrap()
+        .position
+        .offset
+        < 50
+    {
+        tokio::task::yield_now().await;
+    }
+    a.broker.subscribe("flow").await.unwrap();
+    let baseline = a
+        .broker
+        .history("flow", newest(0))
+        .await
+        .unwrap()
+        .position
+        .offset;
+    publisher.await.unwrap();
+    a.recorder
+        .wait_until("offset 400", WAIT, |e| a_has(e, 400))
+        .await;
+    let offsets = a.recorder.offsets("flow");
+    let first = offsets[0];
+    assert!(
+        first <= baseline + 1,
+        "nothing after the subscriber's history read is missing: {first} vs {baseline}"
+    );
+    assert_eq!(
+        offsets,
+        (first..=400).collect::<Vec<u64>>(),
+        "contiguous, once each"
+    );
+    assert_eq!(a.recorder.events().len(), offsets.len(), "no reset, no gap");
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_noticed_commands_do_not_hang_and_the_node_recovers() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("h").await.unwrap();
+    b.broker.publish("h", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Frozen: sockets stay open, nothing answers (a partition, a hung host).
+    server.pause();
+    let started = Instant::now();
+    let err = b.broker.publish("h", data(2)).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1800),
+        "bounded by the 1 s timeout: {took:?}"
+    );
+    // a's pub/sub keepalive (every 5 s, 1 s timeout) notices without any command of a's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.broker.is_available() {
+        assert!(Instant::now() < deadline, "a never noticed the hung Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.resume();
+    for node in [&a, &b] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // b's command connection is replaced on its next command (the failed publish
+            // marked it down); a's pub/sub reconnects on its own.
+            let _ = node.broker.history("h", newest(0)).await;
+            if node.broker.is_available() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let position = b.broker.publish("h", data(3)).await.unwrap();
+    a.recorder
+        .wait_until("the publication after the hang", WAIT, |e| {
+            a_has(e, position.offset)
+        })
+        .await;
+    let offsets = a.recorder.offsets("h");
+    assert_eq!(
+        offsets,
+        (1..=position.offset).collect::<Vec<u64>>(),
+        "nothing lost or doubled"
+    );
+}
+
+#[tokio::test]
+async fn after_a_reset_late_messages_of_the_old_epoch_are_dropped() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    let b = node(&server).await;
+    a.broker.subscribe("s").await.unwrap();
+    let old = b.broker.publish("s", data(1)).await.unwrap();
+    a.recorder
+        .wait_until("offset 1", WAIT, |e| e.len() == 1)
+        .await;
+    // Frames as the publish script writes them: a new epoch, then a straggler of the old one,
+    // then the new epoch's next publication.
+    for frame in [
+        "pfeedfeedfeedfeed:1:{\"n\":10}".to_owned(),
+        format!("p{}:2:{{\"n\":2}}", old.epoch),
+        "pfeedfeedfeedfeed:2:{\"n\":11}".to_owned(),
+    ] {
+        assert_eq!(server.command(&["PUBLISH", "duplex:{s}", &frame]), "1");
+    }
+    a.recorder
+        .wait_until("offset 2 of the new epoch", WAIT, |e| e.len() == 4)
+        .await;
+    assert_eq!(
+        a.recorder.events()[1..],
+        [
+            Event::Reset("s".into(), "feedfeedfeedfeed".into(), 0),
+            Event::Publication("s".into(), 1, "{\"n\":10}".into()),
+            Event::Publication("s".into(), 2, "{\"n\":11}".into()),
+        ]
+    );
+}

@@ -5,7 +5,9 @@
 //! Commands fail fast: while the connection is down (or being re-established) a command gets
 //! [`BrokerError::Unavailable`] at once instead of queueing; a connection error or a timeout
 //! marks the connection down and starts the reconnect task. Nothing here retries a command
-//! (a publish must not be applied twice); the caller decides.
+//! (a publish must not be applied twice); the caller decides. A command that timed out may
+//! still have been applied (it reached a Redis that answered too late): `Unavailable` after a
+//! timeout means the outcome is unknown, as with any networked store.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,6 +32,8 @@ pub(crate) struct Conn {
     current: Mutex<Option<MultiplexedConnection>>,
     /// A reconnect task is running.
     reconnecting: AtomicBool,
+    /// Tells [`Conn::wait_up`] when the connection is back.
+    up: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -92,9 +96,11 @@ impl Conn {
             metrics,
             current: Mutex::new(None),
             reconnecting: AtomicBool::new(false),
+            up: tokio::sync::watch::Sender::new(false),
         });
         let connection = conn.open().await?;
         *conn.lock() = Some(connection);
+        conn.up.send_replace(true);
         Ok(conn)
     }
 
@@ -125,6 +131,14 @@ impl Conn {
     /// Whether the connection is up (as far as the last command knows).
     pub(crate) fn is_up(&self) -> bool {
         self.lock().is_some()
+    }
+
+    /// Waits (at most `within`) until the connection is up; returns whether it is.
+    pub(crate) async fn wait_up(&self, within: Duration) -> bool {
+        let mut up = self.up.subscribe();
+        tokio::time::timeout(within, up.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Runs one command: `Unavailable` at once if the connection is down, and at most the
@@ -228,6 +242,7 @@ impl Conn {
     /// The connection failed: drop it, and reconnect in the background unless that is already
     /// under way.
     fn lost(self: &Arc<Self>, why: &str) {
+        self.up.send_replace(false);
         if self.lock().take().is_some() {
             tracing::warn!("redis {}: connection lost ({why}); reconnecting", self.url);
         }
@@ -244,6 +259,7 @@ impl Conn {
                 match conn.open().await {
                     Ok(connection) => {
                         *conn.lock() = Some(connection);
+                        conn.up.send_replace(true);
                         conn.reconnecting.store(false, SeqCst);
                         conn.metrics.broker_reconnects.fetch_add(1, Relaxed);
                         tracing::info!("redis {}: reconnected", conn.url);

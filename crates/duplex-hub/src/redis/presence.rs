@@ -46,11 +46,11 @@ impl LocalPresence {
         }
     }
 
-    /// Every channel with the ids of this node's clients in it.
-    fn snapshot(&self) -> Vec<(String, Vec<Arc<str>>)> {
+    /// Every channel with this node's clients in it.
+    fn snapshot(&self) -> Vec<(String, Vec<ClientInfo>)> {
         self.lock()
             .iter()
-            .map(|(channel, clients)| (channel.clone(), clients.keys().cloned().collect()))
+            .map(|(channel, clients)| (channel.clone(), clients.values().cloned().collect()))
             .collect()
     }
 }
@@ -136,8 +136,12 @@ pub(crate) async fn presence(
 }
 
 /// One refresh round: every channel this node has clients in, on the shard `shard_of` says.
-/// Errors are logged: the next round tries again, and a client lost meanwhile only leaves
-/// presence early (it is re-announced when it joins again).
+/// Errors are logged: the next round tries again (and puts the clients back should Redis
+/// have lost the channel's presence meanwhile).
+///
+/// One race is accepted: a client leaving while a round that already listed it runs may be
+/// put back if it was the channel's last client (the presence was gone); it then expires
+/// after one TTL, announced as a leave, since no later round lists it.
 pub(crate) async fn refresh_all(
     shards: &[Arc<Conn>],
     shard_of: impl Fn(&str) -> usize,
@@ -149,7 +153,10 @@ pub(crate) async fn refresh_all(
         let conn = &shards[shard_of(&channel)];
         let pubsub = keys::pubsub(&channel);
         let mut args: Vec<&[u8]> = vec![pubsub.as_bytes(), ttl.as_bytes()];
-        args.extend(clients.iter().map(|c| c.as_bytes()));
+        for client in &clients {
+            args.push(client.client.as_bytes());
+            args.push(client.user.as_bytes());
+        }
         let keys = [keys::presence(&channel), keys::presence_expiry(&channel)];
         let result = conn
             .eval(&script::REFRESH, &[&keys[0], &keys[1]], &args)

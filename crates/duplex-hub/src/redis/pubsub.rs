@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use ::redis::Client;
 use ::redis::aio::{PubSubSink, PubSubStream};
@@ -268,13 +269,22 @@ struct Tracked {
     at: Option<(Arc<str>, u64)>,
     /// Publications that arrived before the baseline, in order.
     pending: Vec<(Arc<str>, u64, Bytes)>,
+    /// The epoch the channel left at its last reset: a message of it still in flight is
+    /// stale (epochs are random: a stream never returns to one).
+    left: Option<Arc<str>>,
     /// The connection was lost before the baseline arrived: catch up from it.
     catch_up: bool,
 }
 
+/// How often the reader PINGs its pub/sub connection: a Redis that vanished without closing
+/// the socket (a network partition) is noticed within this plus the timeout.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 impl Reader {
     /// Runs until the task is aborted (when the broker is dropped).
     pub(crate) async fn run(mut self) {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 self.reconnect().await;
@@ -292,6 +302,17 @@ impl Reader {
                     Some(message) => self.message(&message).await,
                     None => self.lost().await,
                 },
+                _ = keepalive.tick() => {
+                    // Busy with a (un)subscription: the connection is in use, skip this round
+                    // rather than hold up the messages.
+                    let sink = self.shard.ops.try_lock().ok().and_then(|subs| subs.sink.clone());
+                    if let Some(mut sink) = sink {
+                        let ping = tokio::time::timeout(self.shard.options.timeout, sink.ping::<()>());
+                        if !matches!(ping.await, Ok(Ok(()))) {
+                            self.lost().await;
+                        }
+                    }
+                }
             }
         }
     }
@@ -352,9 +373,15 @@ impl Reader {
             );
             break;
         }
-        // The table as the counts left it, then every channel caught up.
+        // The table as the counts left it, then every channel caught up. If Redis restarted,
+        // the command connection learns it from its next command: make that a PING, so the
+        // catch-up reads go over a fresh connection.
         while let Ok(event) = self.events.try_recv() {
             self.event(event).await;
+        }
+        let conn = &self.shard.conn;
+        if conn.query(&::redis::cmd("PING")).await.is_err() {
+            conn.wait_up(shard.options.timeout * 3).await;
         }
         let names: Vec<String> = self.channels.keys().cloned().collect();
         for name in names {
@@ -378,6 +405,7 @@ impl Reader {
                     generation,
                     at: None,
                     pending: Vec::new(),
+                    left: None,
                     catch_up: false,
                 };
                 self.channels.insert(channel, tracked);
@@ -452,6 +480,10 @@ impl Reader {
         let Some((current, last)) = self.channels.get(channel).and_then(|t| t.at.clone()) else {
             return;
         };
+        let left = self.channels.get(channel).and_then(|t| t.left.clone());
+        if left.is_some_and(|left| left == epoch) {
+            return; // sent before the reset this node already handed on
+        }
         if epoch != current {
             // The stream restarted: what came before this publication in the new epoch is
             // the subscribers' to reload (the reset push says so).
@@ -459,7 +491,7 @@ impl Reader {
                 epoch: epoch.clone(),
                 offset: offset.saturating_sub(1),
             };
-            self.handler.on_reset(channel, &position);
+            self.reset(channel, position);
         } else if offset <= last {
             return; // covered by the subscribers' history read, or already filled
         } else if offset > last + 1 {
@@ -511,10 +543,7 @@ impl Reader {
                 self.shard.url,
                 position.epoch
             );
-            self.handler.on_reset(channel, &position);
-            if let Some(tracked) = self.channels.get_mut(channel) {
-                tracked.at = Some((position.epoch, position.offset));
-            }
+            self.reset(channel, position);
             return;
         }
         let upto = upto.unwrap_or(history.position.offset);
@@ -535,6 +564,15 @@ impl Reader {
         }
         if let Some(tracked) = self.channels.get_mut(channel) {
             tracked.at = Some((epoch, upto.max(last)));
+        }
+    }
+
+    /// The channel continues at `position`, in a new epoch.
+    fn reset(&mut self, channel: &str, position: StreamPosition) {
+        self.handler.on_reset(channel, &position);
+        if let Some(tracked) = self.channels.get_mut(channel) {
+            tracked.left = tracked.at.take().map(|(epoch, _)| epoch);
+            tracked.at = Some((position.epoch, position.offset));
         }
     }
 

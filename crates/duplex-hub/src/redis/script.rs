@@ -199,9 +199,11 @@ return 1
 );
 
 /// Refresh a node's clients of one channel. KEYS: presence hash, expiry set. ARGV: pub/sub
-/// channel, presence TTL in ms, client ids. Pushes the expiry of those still present
-/// (`ZADD XX`: a client that left meanwhile is not brought back), then drops and announces
-/// the expired ones (a dead node's clients). Returns how many were dropped.
+/// channel, presence TTL in ms, then client id and user of each of the node's clients. Pushes
+/// the expiry of those still present (`ZADD XX`: a client that left meanwhile is not brought
+/// back), then drops and announces the expired ones (a dead node's clients). If the channel's
+/// presence is gone altogether (Redis restarted or evicted it), the node's clients are put
+/// back, silently: nobody was told they left. Returns how many were dropped.
 pub(crate) static REFRESH: Script = Script::new(
     "refresh",
     concat!(
@@ -210,8 +212,14 @@ pub(crate) static REFRESH: Script = Script::new(
         r#"
 local ttl = tonumber(ARGV[2])
 local now = now_ms()
-for i = 3, #ARGV do
-  redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i])
+local restore = redis.call('EXISTS', KEYS[1]) == 0
+for i = 3, #ARGV - 1, 2 do
+  if restore then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+  else
+    redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i])
+  end
 end
 local before = redis.call('ZCARD', KEYS[2])
 prune(ARGV[1], now)

@@ -1,7 +1,8 @@
 //! A channel's stream, typed: publish and history reads over the [`super::script`] scripts,
 //! and the decoding of their replies.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use ::redis::Value;
 use bytes::Bytes;
@@ -12,6 +13,17 @@ use super::Options;
 use super::conn::Conn;
 use super::keys;
 use super::script;
+
+/// A new epoch for a channel whose meta is missing, sent with every publish and history
+/// read (the script uses it only then). Random per process (as [`crate::ids`] makes them),
+/// then counted up, so that a publish costs no random-source call and a channel that loses
+/// its stream twice still gets two different epochs.
+fn candidate_epoch() -> String {
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| u64::from_str_radix(&crate::ids::epoch(), 16).unwrap_or(0));
+    format!("{:016x}", base.wrapping_add(NEXT.fetch_add(1, Relaxed)))
+}
 
 /// Appends `data` to `channel`'s stream and publishes it: one EVALSHA.
 pub(crate) async fn publish(
@@ -27,7 +39,7 @@ pub(crate) async fn publish(
     );
     let size = options.history_size.to_string();
     let ttl = options.history_ttl_ms.to_string();
-    let epoch = crate::ids::epoch();
+    let epoch = candidate_epoch();
     let reply = conn
         .eval(
             &script::PUBLISH,
@@ -74,7 +86,7 @@ pub(crate) async fn history(
     let limit = query.limit.min(options.history_size).to_string();
     let size = options.history_size.to_string();
     let ttl = options.history_ttl_ms.to_string();
-    let epoch = crate::ids::epoch();
+    let epoch = candidate_epoch();
     let reply = conn
         .eval(
             &script::HISTORY,
@@ -138,4 +150,21 @@ pub(crate) fn bytes(value: &Value) -> Option<&[u8]> {
 /// A string reply as UTF-8.
 pub(crate) fn text(value: &Value) -> Option<&str> {
     std::str::from_utf8(bytes(value)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_epochs_are_sixteen_hex_digits_and_differ() {
+        let epochs: std::collections::HashSet<String> =
+            (0..1000).map(|_| candidate_epoch()).collect();
+        assert_eq!(epochs.len(), 1000);
+        assert!(
+            epochs
+                .iter()
+                .all(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
 }
