@@ -32,7 +32,8 @@ enum Command {
     /// Connect to a WebSocket server: stdin lines become messages, received messages are printed.
     Connect(connect::ConnectArgs),
     /// Run the real-time hub: channels, fan-out, presence, history, HTTP publish API.
-    Hub(duplex_hub::HubArgs),
+    // Boxed: the hub's flags (broker, presence, Redis timeouts...) dwarf the other commands'.
+    Hub(Box<duplex_hub::HubArgs>),
     /// Load generators: echo throughput and latency, idle connections, hub fan-out.
     Bench(bench::BenchArgs),
 }
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
-            Command::Hub(args) => duplex_hub::run(args)
+            Command::Hub(args) => duplex_hub::run(*args)
                 .await
                 .map_err(|e| CliError(e.to_string())),
             Command::Bench(args) => bench::run(args).await,

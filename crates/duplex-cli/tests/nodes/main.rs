@@ -330,7 +330,7 @@ async fn two_shards_clients_hopping_between_nodes_get_every_publication_once() {
 /// Presence entries of a node that died expire after this (the nodes refresh their clients'
 /// entries well within it): short, so the test can wait for it.
 const PRESENCE_TTL: Duration = Duration::from_secs(3);
-const PRESENCE_FLAGS: &[&str] = &["--presence-ttl", "3"];
+const PRESENCE_FLAGS: &[&str] = &["--presence-ttl", "3", "--presence-refresh", "1"];
 
 /// The clients of `channel` that the node at `addr` reports: (client id, user).
 async fn presence(addr: SocketAddr, channel: &str) -> Vec<(String, String)> {
@@ -472,10 +472,26 @@ async fn kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
     // Publish to B every 2 ms; kill A a third of the way through.
     let mut slowest = Duration::ZERO;
     let mut killed_at = None;
+    let mut expiry = None;
     for k in 0..PUBLICATIONS {
         if k == PUBLICATIONS / 3 {
             blocking(|| a.kill9());
-            killed_at = Some(Instant::now());
+            let now = Instant::now();
+            killed_at = Some(now);
+            // Watch B's presence from now on: when do A's clients leave it?
+            let (addr, channel, on_a) = (b.addr, channel.clone(), on_a.clone());
+            expiry = Some(tokio::spawn(async move {
+                loop {
+                    let clients = presence(addr, &channel).await;
+                    if !clients.iter().any(|(id, _)| on_a.contains(id)) {
+                        return Some(now.elapsed());
+                    }
+                    if now.elapsed() > PRESENCE_TTL + Duration::from_secs(10) {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }));
         }
         let started = Instant::now();
         publish_ok(&ledger, b.addr, &channel, json!({"k": k})).await;
@@ -516,21 +532,23 @@ async fn kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
         watcher.longest_silence
     );
 
-    // A's old entries leave presence by themselves within the TTL (and a refresh period).
-    let deadline = killed_at + PRESENCE_TTL + Duration::from_secs(5);
-    let after = loop {
-        let clients = presence(b.addr, &channel).await;
-        let stale = clients.iter().any(|(id, _)| on_a.contains(id));
-        if !stale || Instant::now() > deadline {
-            break clients;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let expired_after = killed_at.elapsed();
+    // A's old entries left presence by themselves within the TTL: A refreshed them last at
+    // most a refresh period before the kill, and B reads presence without them once expired.
+    let expired_after = expiry
+        .expect("watching presence")
+        .await
+        .expect("presence watcher")
+        .unwrap_or_else(|| {
+            panic!(
+                "A's clients still in presence {:?} after the kill",
+                killed_at.elapsed()
+            )
+        });
     assert!(
-        !after.iter().any(|(id, _)| on_a.contains(id)),
-        "A's clients still in presence {expired_after:?} after the kill: {after:?}"
+        expired_after <= PRESENCE_TTL + Duration::from_secs(1),
+        "A's clients left presence {expired_after:?} after the kill (TTL {PRESENCE_TTL:?})"
     );
+    let after = presence(b.addr, &channel).await;
     // Every client that is connected now, is present, once (the moved ones with new ids).
     let mut users: Vec<&str> = after.iter().map(|(_, u)| u.as_str()).collect();
     users.sort_unstable();
