@@ -547,7 +547,7 @@ export class Hub {
     }
     for (const push of buffered) {
       if (push.op === 'pub') this._deliver(sub, push, false);
-      else this._lost(sub, push);
+      else this._streamLost(sub, push);
     }
     if (sub.handlers.onPresence) this._refreshPresence(sub, generation);
   }
@@ -587,7 +587,7 @@ export class Hub {
    * A `reset` (the stream restarted in a new epoch) or `gap` (publications first..last lost)
    * push: a failed recovery, then on from the position it gives.
    */
-  _lost(sub, msg) {
+  _streamLost(sub, msg) {
     const previousEpoch = sub.epoch;
     let reason;
     if (msg.op === 'reset') {
@@ -648,7 +648,7 @@ export class Hub {
       case 'reset':
       case 'gap':
         if (sub._buffer) sub._buffer.push(msg);
-        else if (sub.state === 'subscribed') this._lost(sub, msg);
+        else if (sub.state === 'subscribed') this._streamLost(sub, msg);
         break;
       default:
         break;
