@@ -32,7 +32,7 @@ enum Command {
     /// Connect to a WebSocket server: stdin lines become messages, received messages are printed.
     Connect(connect::ConnectArgs),
     /// Run the real-time hub: channels, fan-out, presence, history, HTTP publish API.
-    // Boxed: the hub's flags (broker, presence, Redis timeouts...) dwarf the other commands'.
+    // Boxed: its many settings would make every `Command` as large (clippy::large_enum_variant).
     Hub(Box<duplex_hub::HubArgs>),
     /// Load generators: echo throughput and latency, idle connections, hub fan-out.
     Bench(bench::BenchArgs),

@@ -39,7 +39,9 @@
 //!   threads (a channel always to the same thread, so its order holds) and returns. A broker
 //!   may therefore call them from a tokio task, or under a lock of its own (the
 //!   [`MemoryBroker`](crate::MemoryBroker) calls them under its channel lock, right after
-//!   storing, which is how its order comes for free).
+//!   storing, which is how its order comes for free). On a single-threaded runtime
+//!   (`--threads 1`) the node has no fan-out threads by default and the call fans out itself:
+//!   the one thread has nothing else to run meanwhile.
 //! - Errors say who is to blame: [`BrokerError::Unavailable`] when the backend cannot be
 //!   reached (the client should retry: `broker_unavailable`, HTTP 503),
 //!   [`BrokerError::Failed`] for anything else (`internal`, HTTP 500).

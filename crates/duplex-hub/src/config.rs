@@ -82,7 +82,8 @@ pub struct HubArgs {
     /// spread over the listed instances) [default: memory].
     #[arg(long, env = "DUPLEX_BROKER", value_parser = BrokerConfig::parse)]
     pub broker: Option<BrokerConfig>,
-    /// Threads that fan publications out to this node's subscribers (default: one per core).
+    /// Threads that fan publications out to this node's subscribers (0: automatic: one per
+    /// core, none with `--threads 1`, whose one thread fans out itself) [default: 0].
     #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
     /// Redis broker: seconds a client stays in presence unless its node refreshes it (a dead
@@ -278,7 +279,8 @@ pub struct HubConfig {
     pub close_timeout: Duration,
     /// The broker [`Hub::bind`](crate::Hub::bind) builds.
     pub broker: BrokerConfig,
-    /// Fan-out threads (default: the cores this process may use).
+    /// Fan-out threads; 0 (the default): one per core this process may use, or none on a
+    /// single-threaded runtime (its one thread fans out itself: see [`HubArgs::threads`]).
     pub fanout_threads: usize,
     /// Redis broker: how long a client's presence entry lives unless its node refreshes it
     /// (a dead node's clients leave presence by themselves after this) [default: 30 s].
@@ -312,7 +314,7 @@ impl Default for HubConfig {
             ping_interval: Some(Duration::from_secs(25)),
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
-            fanout_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            fanout_threads: 0,
             presence_ttl: Duration::from_secs(30),
             presence_refresh: Duration::from_secs(10),
             redis_timeout: Duration::from_secs(2),
@@ -461,9 +463,6 @@ impl HubConfig {
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
         }
-        if self.fanout_threads == 0 {
-            return fail("fanout_threads must be at least 1");
-        }
         if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
             return fail("presence_refresh must be above zero and below presence_ttl");
         }
@@ -597,11 +596,6 @@ mod tests {
             Cli::try_parse_from(["hub", "--broker", "redis//x"]).is_err(),
             "clap refuses it too"
         );
-        let zero = HubConfig {
-            fanout_threads: 0,
-            ..HubConfig::default()
-        };
-        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Hub {
             FanoutOptions {
                 deflate_level: deflate.as_ref().map(|d| d.level),
                 join_leave: config.join_leave,
-                threads: config.fanout_threads,
+                threads: fanout_threads(config.fanout_threads),
             },
             metrics.clone(),
         )?);
@@ -139,6 +139,20 @@ impl Hub {
             done: done_rx,
             metrics,
         })
+    }
+}
+
+/// How many fan-out threads `fanout_threads` (0: automatic) means in this runtime.
+fn fanout_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+        // `--threads 1` promises one thread: it fans out itself (fanout.rs says why).
+        0
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 
@@ -335,5 +349,35 @@ async fn close_sessions_on_shutdown(hub: Arc<HubState>) {
         .collect();
     for outbox in outboxes {
         outbox.close(Closing::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_threaded_runtime_fans_out_on_its_thread_unless_told_otherwise() {
+        assert_eq!(fanout_threads(0), 0);
+        assert_eq!(fanout_threads(3), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_threaded_runtime_gets_fanout_threads() {
+        assert!(fanout_threads(0) >= 1);
+        assert_eq!(fanout_threads(2), 2);
+    }
+
+    #[test]
+    fn retry_waits_are_jittered_between_half_and_all() {
+        let wait = Duration::from_millis(1000);
+        let waits: Vec<Duration> = (0..200).map(|_| jitter(wait)).collect();
+        assert!(waits.iter().all(|w| *w >= wait / 2 && *w <= wait));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "random: {} distinct waits",
+            distinct.len()
+        );
     }
 }

@@ -738,3 +738,40 @@ async fn after_a_reset_late_messages_of_the_old_epoch_are_dropped() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_abandoned_subscribe_is_undone() {
+    let server = RedisServer::start();
+    let a = node(&server).await;
+    // The caller gives up after the first poll; the subscription completes on its own, then
+    // is undone.
+    let mut abandoned = a.broker.subscribe("gone");
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(abandoned.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    drop(abandoned);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let subscribed = server.command(&["PUBSUB", "NUMSUB", "duplex:{gone}"]);
+        // Either never subscribed yet or subscribed and undone: wait for a settled 0 after
+        // the subscription was made (the baseline read created the meta).
+        if subscribed == "[duplex:{gone},0]"
+            && server.command(&["EXISTS", "duplex:{gone}:m"]) == "1"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {subscribed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Counted right: one real subscription, one unsubscribe, and Redis agrees.
+    a.broker.subscribe("gone").await.unwrap();
+    assert_eq!(
+        server.command(&["PUBSUB", "NUMSUB", "duplex:{gone}"]),
+        "[duplex:{gone},1]"
+    );
+    a.broker.unsubscribe("gone").await.unwrap();
+    assert_eq!(
+        server.command(&["PUBSUB", "NUMSUB", "duplex:{gone}"]),
+        "[duplex:{gone},0]"
+    );
+}

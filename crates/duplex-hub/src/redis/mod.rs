@@ -10,8 +10,9 @@
 //! - [`keys`]: what is stored where; [`shard`]: which Redis holds a channel (a pinned hash,
 //!   so every node agrees); [`script`]: one Lua script per operation, so a publish is one
 //!   round trip; [`frame`]: what travels on pub/sub; [`stream`]: publish and history over
-//!   the scripts; [`pubsub`]: one pub/sub connection per shard, ordered hand-off, gap fill
-//!   and reconnect; [`presence`]: expiring presence refreshed by each node; [`conn`]: the
+//!   the scripts; [`pubsub`]: one pub/sub connection per shard and the counted
+//!   subscriptions on it; [`reader`]: the task reading it, ordered hand-off, gap fill and
+//!   reconnect; [`presence`]: expiring presence refreshed by each node; [`conn`]: the
 //!   command connection per shard, fail-fast with background reconnect.
 //! - The node's fan-out stays local: Redis delivers each publication once per node, never
 //!   once per subscriber.
@@ -26,6 +27,7 @@ mod frame;
 mod keys;
 mod presence;
 mod pubsub;
+mod reader;
 mod script;
 mod shard;
 mod stream;
