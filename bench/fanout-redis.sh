@@ -13,15 +13,18 @@
 #   memory  one node with the in-memory broker, all N subscribers on it.
 # Per setup and N:
 #   1. plain: time to the first/last subscriber p50/p99, deliveries/s, the HTTP publish reply
-#      time, and (redis) Redis commands per publish over the measured window (INFO
-#      commandstats after CONFIG RESETSTAT at the window's start; everything any node sent
-#      counts: publish scripts, presence refreshes, pings).
+#      time, and (redis) over the measured window: Redis round trips per publish (the nodes'
+#      own count, duplex_hub_broker_round_trip_seconds_count of /metrics, summed over the
+#      nodes: every command a node sent, presence refreshes included) and the commands Redis
+#      ran per publish (INFO commandstats after CONFIG RESETSTAT; the commands inside a
+#      script count there too).
 #   2. instructions (callgrind, user space): every node under callgrind with instrumentation
 #      switched on only for the measured window (the generator stops at --sync-dir points with
 #      nothing in flight, as in bench/fanout.sh); the sum over the nodes per delivery. The
 #      target: redis within 10% of memory.
 # Then publishes/s: back-to-back publications (`--interval-ms 0`: each request waits for its
-# reply, one connection) to the first node, with the smallest N subscribed.
+# reply, one connection) to the first node, with RATE_SUBSCRIBERS (10) subscribed, so that
+# the publish path, not the fan-out, is what is measured.
 # Nodes and Redis run on CPU 0, the generator on CPU 1 (taskset), all on 127.0.0.1. Nodes run
 # with `--compression off --join-leave false --ping-interval 0 --max-connections 30000`.
 # The table goes to bench/results/fanout-redis-latest.md (and stdout); logs and dumps stay in
@@ -50,6 +53,7 @@ PLAIN_PUBS_10000=${PLAIN_PUBS_10000:-100}
 CG_PUBS_1000=${CG_PUBS_1000:-100}
 CG_PUBS_10000=${CG_PUBS_10000:-20}
 RATE_PUBS=${RATE_PUBS:-3000}
+RATE_SUBSCRIBERS=${RATE_SUBSCRIBERS:-10}
 WARMUP_PUBS=${WARMUP_PUBS:-5}
 
 while [ $# -gt 0 ]; do
@@ -197,6 +201,18 @@ generator() {
         --size "$SIZE" --warmup "$WARMUP_PUBS" --concurrency 200 --timeout 30 --sync-dir "$SYNC" "$@"
 }
 
+# round_trips: the broker round trips every node of the setup counted so far.
+round_trips() {
+    local p n total=0
+    for p in "${NODE_PORTS[@]}"; do
+        n=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p &&
+            printf 'GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n' >&3 && cat <&3" 2>/dev/null |
+            tr -d '\r' | awk '$1 == "duplex_hub_broker_round_trip_seconds_count" { print $2 }')
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+
 # redis_calls: commands Redis ran since the last CONFIG RESETSTAT (INFO and CONFIG excluded).
 redis_calls() {
     redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
@@ -209,17 +225,21 @@ redis_calls_by_command() {
 }
 
 measure_plain() {
-    local kind=$1 n=$2 id="plain.$1.$2" m calls=""
+    local kind=$1 n=$2 id="plain.$1.$2" m calls="" trips0="" trips=""
     m=$(pubs plain "$n")
     setup "$kind" "$id"
     generator "$id" "$n" "$m"
     if sync_wait "$SYNC/warm.ready"; then
-        [ -n "$REDIS_PORT" ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+        if [ -n "$REDIS_PORT" ]; then
+            redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+            trips0=$(round_trips)
+        fi
         touch "$SYNC/warm.go"
         if sync_wait "$SYNC/done.ready"; then
             if [ -n "$REDIS_PORT" ]; then
+                trips=$(($(round_trips) - trips0))
                 calls=$(redis_calls)
-                log "  redis commands in the window: $(redis_calls_by_command)"
+                log "  in the window: $trips broker round trips; Redis ran $(redis_calls_by_command)"
             fi
             touch "$SYNC/done.go"
         fi
@@ -233,6 +253,8 @@ measure_plain() {
         if [ -n "$calls" ]; then
             record "$kind" "$n" redis_calls_per_publish \
                 "$(awk -v c="$calls" -v p="$(kv "$RESULT" publishes)" 'BEGIN { printf "%.2f", c / p }')"
+            record "$kind" "$n" round_trips_per_publish \
+                "$(awk -v c="$trips" -v p="$(kv "$RESULT" publishes)" 'BEGIN { printf "%.2f", c / p }')"
         fi
     fi
     stop_all
@@ -299,10 +321,9 @@ for n in $SUBSCRIBERS; do
         fi
     done
 done
-min_n=$(tr ' ' '\n' <<<"$SUBSCRIBERS" | sort -n | head -1)
 for kind in redis memory; do
-    log "$min_n subscribers, $kind: publishes/s ($RATE_PUBS back-to-back publications)"
-    measure_rate "$kind" "$min_n"
+    log "$RATE_SUBSCRIBERS subscribers, $kind: publishes/s ($RATE_PUBS back-to-back publications)"
+    measure_rate "$kind" "$RATE_SUBSCRIBERS"
 done
 
 ELAPSED=$((SECONDS - START))
@@ -318,14 +339,14 @@ for line in open(raw):
 def g(kind, n, key, fmt="{:,.0f}", scale=1.0):
     x = v.get((kind, n), {}).get(key)
     return "n/a" if x is None else fmt.format(x * scale)
-ns = sorted({n for _, n in v})
+ns = sorted({n for (_, n), d in v.items() if "deliveries" in d})  # not the publishes/s runs
 print(f"Hub fan-out over two nodes and one Redis vs one node with the in-memory broker; {size} B of "
       "data per publication, lock-step publications via POST /api/publish to the first node; "
       "nodes and Redis on CPU $SERVER_CPU, the generator on CPU $CLIENT_CPU.")
 print()
 print("| broker | subscribers | deliveries/s | time to last p50 / p99 | time to first p50 | publish reply p50 "
-      "| Redis commands / publish | user instr/delivery (all nodes) | ÷ memory (target ≤ 1.10) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| Redis round trips / publish (target 1) | commands Redis ran / publish | user instr/delivery (all nodes) | ÷ memory (target ≤ 1.10) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n in ns:
     for kind in ("redis", "memory"):
         if (kind, n) not in v:
@@ -336,22 +357,24 @@ for n in ns:
         nodes = "2 nodes + Redis" if kind == "redis" else "1 node, memory"
         print(f"| {nodes} | {n:,} | {g(kind, n, 'deliveries_per_sec')} | {ms('last_p50_us')} / {ms('last_p99_us')} ms "
               f"| {ms('first_p50_us')} ms | {ms('reply_p50_us')} ms "
+              f"| {g(kind, n, 'round_trips_per_publish', '{:.2f}') if kind == 'redis' else '-'} "
               f"| {g(kind, n, 'redis_calls_per_publish', '{:.2f}') if kind == 'redis' else '-'} "
               f"| {g(kind, n, 'instr_user')} | {ratio if kind == 'redis' else '1'} |")
 print()
 for kind in ("redis", "memory"):
-    for n in ns:
+    for n in sorted({n for _, n in v}):
         if "publishes_per_sec" in v.get((kind, n), {}):
-            print(f"Publishes/s over HTTP ({kind}, one connection, back-to-back, {n:,} subscribers): "
+            print(f"Publishes/s over HTTP ({kind}, one keep-alive connection, back-to-back, {n:,} subscribers): "
                   f"{g(kind, n, 'publishes_per_sec')}.")
 bad = [(k, n, key, x) for (k, n), d in v.items() for key, x in d.items()
        if key in ("missing", "duplicate", "failed", "instr_missing", "rate_missing") and x != 0]
 print()
 print("Missing/duplicate deliveries: " + ("none (offsets checked per subscriber)" if not bad else
       ", ".join(f"{k} {n}: {key}={x:.0f}" for k, n, key, x in bad)) + ".")
-print("Redis commands / publish: every command Redis ran in the measured window (INFO commandstats) "
-      "divided by the publications. Instructions: callgrind, user space, summed over the nodes, "
-      "measured window only.")
+print("Round trips: the commands the nodes sent Redis in the measured window (their "
+      "duplex_hub_broker_round_trip_seconds_count), per publication; commands Redis ran: INFO commandstats "
+      "over the same window, the commands inside the publish script included (EVALSHA, TIME, HGET, HINCRBY, "
+      "XADD, PUBLISH). Instructions: callgrind, user space, summed over the nodes, measured window only.")
 print()
 print("run: bench/fanout-redis.sh${ARGS:+ $ARGS}, $ELAPSED s (build $BUILD_SECS s), duplex $REV, "
       "$("$REDIS_SERVER" --version | cut -d' ' -f1-3), "
