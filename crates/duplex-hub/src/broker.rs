@@ -9,10 +9,11 @@
 //!
 //! # The contract
 //!
-//! - [`Broker::start`] is called once, before anything else, with the node's
-//!   [`BrokerHandler`]. It may fail (a backend that cannot be reached): the hub logs it and
-//!   calls it again later, with backoff, until it succeeds; meanwhile commands that need the
-//!   broker are refused with `broker_unavailable` and `/healthz` answers 503. From its
+//! - [`Broker::start`] is called before anything else, with the node's [`BrokerHandler`]. It
+//!   may fail (a backend that cannot be reached): the hub logs it and calls it again later,
+//!   with the same handler and backoff, until it succeeds, and never after that; meanwhile
+//!   commands that need the broker are refused with `broker_unavailable` and `/healthz`
+//!   answers 503. From its
 //!   success on the broker calls the handler for every publication, join and leave on
 //!   channels the node [subscribed](Broker::subscribe) to (it may call it for others too; the
 //!   node ignores them).

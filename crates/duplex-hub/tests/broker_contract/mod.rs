@@ -294,8 +294,8 @@ pub async fn a_lost_stream_starts_a_new_epoch(backend: &dyn Backend) {
 }
 
 /// Every publication reaches a subscribed node's handler once, in offset order per channel,
-/// one call at a time, even with publishers racing on several tasks (and, with many nodes,
-/// on another node); and only after it is visible in history.
+/// one call at a time, with the data history holds, even with publishers racing on several
+/// tasks (and, with many nodes, on another node).
 pub async fn publications_reach_the_handler_once_in_offset_order(backend: &dyn Backend) {
     let (subscriber, recorder) = started(backend).await;
     let publisher = match backend.many_nodes() {
