@@ -413,12 +413,11 @@ async fn follow_with_failover(
     follower
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
+async fn node_killed(shards: usize) {
     const CLIENTS: usize = 20;
     const ON_A: usize = 12;
     const PUBLICATIONS: u64 = 1500;
-    let (_redis, mut a, mut b) = cluster(1, PRESENCE_FLAGS);
+    let (_redis, mut a, mut b) = cluster(shards, PRESENCE_FLAGS);
     let nodes = [a.addr, b.addr];
     let channel = "k".to_owned();
     let ledger = SharedLedger::default();
@@ -561,14 +560,25 @@ async fn kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
     drop((followers, watcher));
 }
 
-// ---- Redis restarts (no persistence) under load ----------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
+    node_killed(1).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_fails_publishes_clearly_then_resets_to_a_new_epoch() {
+async fn two_shards_kill_9_of_a_node_moves_its_clients_to_the_other_exactly() {
+    node_killed(2).await;
+}
+
+// ---- Redis restarts (no persistence) under load ----------------------------------------------
+
+/// Every shard is killed and restarted empty (with two shards, the channel lives on one; the
+/// nodes lose both connections all the same).
+async fn redis_restart(shards: usize) {
     const CLIENTS: usize = 10;
     const BEFORE: u64 = 300;
     const AFTER: u64 = 300;
-    let (mut redis, a, b) = cluster(1, &[]);
+    let (mut redis, a, b) = cluster(shards, &[]);
     let nodes = [a.addr, b.addr];
     let channel = "r".to_owned();
     let ledger = SharedLedger::default();
@@ -597,7 +607,7 @@ async fn redis_restart_fails_publishes_clearly_then_resets_to_a_new_epoch() {
     }
     let (old_epoch, old_top) = ledger.lock().unwrap().last(&channel).expect("published");
     assert_eq!(old_top, BEFORE);
-    blocking(|| redis[0].kill());
+    blocking(|| redis.iter_mut().for_each(Redis::kill));
 
     // While Redis is down: publishes fail fast and say why; the nodes answer.
     for attempt in 0..5 {
@@ -624,7 +634,7 @@ async fn redis_restart_fails_publishes_clearly_then_resets_to_a_new_epoch() {
 
     // Redis is back, empty: publishes succeed again on each node once it reconnected (each
     // on its own backoff: until then 503), in a new epoch, from offset 1.
-    blocking(|| redis[0].restart());
+    blocking(|| redis.iter_mut().for_each(Redis::restart));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut refused = 0;
     let mut back = Vec::new();
@@ -722,6 +732,16 @@ async fn redis_restart_fails_publishes_clearly_then_resets_to_a_new_epoch() {
     println!(
         "{refused} publishes refused with 503 after Redis came back, before the nodes reconnected"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_fails_publishes_clearly_then_resets_to_a_new_epoch() {
+    redis_restart(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_restarted_fail_publishes_clearly_then_reset_to_a_new_epoch() {
+    redis_restart(2).await;
 }
 
 // ---- pub/sub connections lost while the streams survive ---------------------------------------
