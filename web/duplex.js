@@ -5,6 +5,7 @@
  * import { Hub } from '/duplex.js';
  *
  * const hub = new Hub('/ws', { user: 'alice' });           // or { token: jwt } / { token: async () => jwt }
+ * // many hub nodes (one Redis behind them): new Hub(['wss://a.example/ws', 'wss://b.example/ws'])
  * hub.on('state', (state) => console.log(state));          // connecting | connected | disconnected | closed
  * const sub = hub.subscribe('chat', {
  *   onPublication: (data, { offset }) => console.log(offset, data),
@@ -21,6 +22,11 @@
  *   to `maxDelay` 10 s; the delay is random in [0, that]); the backoff resets once a
  *   connection has stayed up for `stableAfter` (5 s). The browser's `online` event retries at
  *   once.
+ * - Many nodes: given a list of URLs (hub nodes sharing one broker, e.g. Redis), it connects to
+ *   one of them (the first, or a random one with `pick: 'random'`, to spread a crowd of
+ *   clients) and, whenever a connection is lost or cannot be made, tries the next one in the
+ *   list (round robin), with the same backoff. Offsets and epochs are the broker's, the same
+ *   on every node, so the resubscribe with `since` below recovers exactly on another node.
  * - On reconnect it subscribes every channel again with `since: {epoch, offset}` of the last
  *   publication it delivered. Recovered publications are delivered in offset order, and no
  *   publication is ever delivered twice (dedupe by offset within an epoch).
@@ -38,15 +44,19 @@
  *   dropped and re-established.
  *
  * API
- * - `new Hub(url = '/ws', options)`; `connect(url, options)` is `new Hub(...)` + `.connect()`.
+ * - `new Hub(url = '/ws', options)`, `url` one URL or a non-empty array of them;
+ *   `connect(url, options)` is `new Hub(...)` + `.connect()`.
  *   Options: `user`, `token` (string or (async) function, called before each connection),
- *   `minDelay`, `maxDelay`, `stableAfter`, `connectTimeout` (10 s), `commandTimeout` (10 s),
- *   `pingInterval` (0: off), `pongTimeout`, `WebSocket` (constructor, for non-browsers).
+ *   `minDelay`, `maxDelay`, `stableAfter`, `pick` ('first' | 'random': the URL tried first),
+ *   `connectTimeout` (10 s), `commandTimeout` (10 s), `pingInterval` (0: off), `pongTimeout`,
+ *   `WebSocket` (constructor, for non-browsers).
  * - `hub.connect()`, `hub.close()`, `hub.reconnect()`, `hub.setUser(name)`,
- *   `hub.setToken(token)` (both reconnect when connected), `hub.state`, `hub.stats`.
+ *   `hub.setToken(token)` (both reconnect when connected), `hub.state`, `hub.stats`,
+ *   `hub.urls` (the list), `hub.url` (the one in use or being tried).
  * - `hub.on(event, fn)` → unsubscribe function; `hub.off(event, fn)`. Events: `state`
- *   (state, info), `connecting`, `connected` ({attempt}), `disconnected` ({code, reason,
- *   retryIn}), `recovery` (channel, info), `error` (DuplexError, context).
+ *   (state, info), `connecting` ({attempt, url}), `connected` ({attempt, url}),
+ *   `disconnected` ({code, reason, retryIn, url, next}: `next` is the URL tried after
+ *   `retryIn` ms), `recovery` (channel, info), `error` (DuplexError, context).
  * - `hub.subscribe(channel, handlers)` → `Subscription` ({channel, epoch, offset, state,
  *   unsubscribe(), presence()}). Handlers (all optional):
  *     onPublication(data, {channel, offset, epoch, recovered})   recovered: came in a reply
@@ -72,6 +82,7 @@ const DEFAULTS = {
   commandTimeout: 10_000,
   pingInterval: 20_000,
   pongTimeout: 10_000,
+  pick: 'first',
   WebSocket: undefined,
 };
 
@@ -127,11 +138,19 @@ export class Subscription {
 
 export class Hub {
   constructor(url = '/ws', options = {}) {
-    this.url = url;
+    const urls = Array.isArray(url) ? [...url] : [url];
+    if (urls.length === 0 || urls.some((u) => typeof u !== 'string' && !(u instanceof URL))) {
+      throw new DuplexError('bad_url', 'expected a hub URL or a non-empty array of them');
+    }
     this.options = { ...DEFAULTS, ...options };
+    /** Every node's URL; `url` is the one in use (or being tried). */
+    this.urls = urls.map(String);
+    this._urlIndex = this.options.pick === 'random' ? Math.floor(Math.random() * this.urls.length) : 0;
+    this.url = this.urls[this._urlIndex];
     this.state = 'idle';
     this.stats = {
       connects: 0, // successful opens
+      failovers: 0, // moves to the next URL of the list (lost or failed connections)
       disconnects: 0,
       received: 0, // publications delivered to the application
       recoveredPublications: 0, // of which in a subscribe reply
@@ -246,7 +265,7 @@ export class Hub {
 
   async _open() {
     const generation = ++this._generation;
-    this._setState('connecting', { attempt: this._attempts });
+    this._setState('connecting', { attempt: this._attempts, url: this.url });
     let url;
     try {
       url = await this._url();
@@ -283,7 +302,7 @@ export class Hub {
     this.stats.connects++;
     const attempt = this._attempts;
     this._timers.stable = setTimeout(() => { this._attempts = 0; }, this.options.stableAfter);
-    this._setState('connected', { attempt });
+    this._setState('connected', { attempt, url: this.url });
     if (this.options.pingInterval > 0) this._schedulePing();
     for (const sub of this._subs.values()) this._sendSubscribe(sub);
   }
@@ -354,12 +373,24 @@ export class Hub {
     const ceiling = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this._attempts);
     const delay = Math.floor(Math.random() * ceiling); // full jitter
     this._attempts = Math.min(this._attempts + 1, 30);
-    this._setState('disconnected', { ...info, retryIn: delay });
+    // The node may be gone for good (crashed, drained for a deploy): the next try goes to the
+    // next node of the list. With one URL this is that URL again.
+    const url = this.url;
+    this._nextUrl();
+    this._setState('disconnected', { ...info, retryIn: delay, url, next: this.url });
     this._clearTimer('retry');
     this._timers.retry = setTimeout(() => {
       this._timers.retry = null;
       if (this._wanted) this._open();
     }, delay);
+  }
+
+  /** Moves to the next URL of the list (round robin). */
+  _nextUrl() {
+    if (this.urls.length < 2) return;
+    this._urlIndex = (this._urlIndex + 1) % this.urls.length;
+    this.url = this.urls[this._urlIndex];
+    this.stats.failovers++;
   }
 
   _clearTimer(name) {
@@ -516,7 +547,7 @@ export class Hub {
     }
     for (const push of buffered) {
       if (push.op === 'pub') this._deliver(sub, push, false);
-      else this._lost(sub, push);
+      else this._streamLost(sub, push);
     }
     if (sub.handlers.onPresence) this._refreshPresence(sub, generation);
   }
@@ -556,7 +587,7 @@ export class Hub {
    * A `reset` (the stream restarted in a new epoch) or `gap` (publications first..last lost)
    * push: a failed recovery, then on from the position it gives.
    */
-  _lost(sub, msg) {
+  _streamLost(sub, msg) {
     const previousEpoch = sub.epoch;
     let reason;
     if (msg.op === 'reset') {
@@ -617,7 +648,7 @@ export class Hub {
       case 'reset':
       case 'gap':
         if (sub._buffer) sub._buffer.push(msg);
-        else if (sub.state === 'subscribed') this._lost(sub, msg);
+        else if (sub.state === 'subscribed') this._streamLost(sub, msg);
         break;
       default:
         break;

@@ -10,6 +10,9 @@
 // A network drop is made with a TCP relay between one page and the hub: the page is loaded
 // through the relay (so the WebSocket goes through it too: same origin), and the test
 // destroys the relayed connections and refuses new ones for a while, as a dead link would.
+//
+// The many-node tests start a redis-server of their own (free port, no persistence; $DUPLEX_REDIS_SERVER
+// or redis-server on PATH: scripts/install-redis.sh) and two hubs with `--broker redis://...`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -30,6 +33,7 @@ const T = { timeout: 45_000, skip: SKIP };
 let browser;
 let hub; // the running hub process: { proc, port, log }
 let relay; // TCP relay for the network-drop test
+const extra = []; // redis-server and hub processes of the many-node tests, stopped in after()
 const contexts = [];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const tag = () => randomBytes(3).toString('hex');
@@ -47,11 +51,11 @@ function freePort() {
   });
 }
 
-/** Starts `duplex hub` on 127.0.0.1:port; resolves once /healthz answers, rejects if it exits. */
-async function startHub(port, ms = 15_000) {
+/** Starts `duplex hub` on 127.0.0.1:port (more flags in `args`); resolves once /healthz answers 200, rejects if it exits. */
+async function startHub(port, ms = 15_000, args = []) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('DUPLEX_')));
   env.RUST_LOG ||= 'info';
-  const proc = spawn(BIN, ['hub', '--listen', `127.0.0.1:${port}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(BIN, ['hub', '--listen', `127.0.0.1:${port}`, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const h = { proc, port, log: [], exited: null, base: `http://127.0.0.1:${port}/` };
   const keep = (chunk) => {
     h.log.push(...chunk.toString().split('\n').filter(Boolean));
@@ -82,6 +86,46 @@ async function stopHub(h, signal = 'SIGTERM') {
   if (!done) {
     h.proc.kill('SIGKILL');
     await h.exit;
+  }
+}
+
+/** A hub node with `args` on a free port (another port if it loses the race for one); stopped in after(). */
+async function startNode(args) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const h = await startHub(await freePort(), 15_000, args);
+      extra.push(h);
+      return h;
+    } catch (e) {
+      if (attempt === 3) throw e;
+    }
+  }
+}
+
+/** A redis-server of our own on a free port (no persistence), ready when PING answers; stopped in after(). */
+async function startRedis() {
+  const bin = process.env.DUPLEX_REDIS_SERVER || 'redis-server';
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const proc = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    const r = { proc, port, url: `redis://127.0.0.1:${port}`, exited: null };
+    r.exit = new Promise((resolve) => proc.once('exit', (code, signal) => { r.exited = { code, signal }; resolve(r.exited); }));
+    proc.once('error', (e) => { r.exited = { error: e.message }; });
+    extra.push(r);
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && !r.exited) {
+      const pong = await new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        s.setTimeout(1000, () => { s.destroy(); resolve(false); });
+        s.on('error', () => resolve(false));
+        s.on('connect', () => s.write('PING\r\n'));
+        s.on('data', (d) => { s.destroy(); resolve(d.toString().startsWith('+PONG')); });
+      });
+      if (pong) return r;
+      await sleep(50);
+    }
+    await stopHub(r, 'SIGKILL');
+    if (attempt === 3) throw new Error(`redis-server (${bin}) did not start: ${JSON.stringify(r.exited)}; install it with scripts/install-redis.sh`);
   }
 }
 
@@ -224,6 +268,7 @@ after(async () => {
   await browser?.close();
   await relay?.close();
   await stopHub(hub);
+  for (const p of extra.reverse()) await stopHub(p, 'SIGKILL');
 });
 
 // ---- tests -----------------------------------------------------------------------------------
@@ -400,6 +445,94 @@ test('hub restart: the page reconnects, says history was lost, then receives new
   assert.notEqual(next.epoch, first.epoch, 'the restarted hub has a new epoch');
   await waitFor(page, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), afterText, 5000, 'a publication after the restart shows');
   assert.equal((await texts(page)).filter((t) => t === afterText).length, 1);
+  noPageErrors(page);
+  await page.close();
+});
+
+// ---- many nodes: two hubs behind one Redis ------------------------------------------------
+
+test('many nodes: two pages on two hub nodes behind one Redis chat and see each other\'s presence', T, async () => {
+  const redis = await startRedis();
+  const [a, b] = [await startNode(['--broker', redis.url]), await startNode(['--broker', redis.url])];
+  const ada = await openDemo(a.base);
+  const bob = await openDemo(b.base);
+  await join(ada, 'Ada');
+  await join(bob, 'Bob');
+  for (const p of [ada, bob]) {
+    await waitFor(p, () => [...document.querySelectorAll('#online .user')].map((n) => n.textContent).sort().join() === 'Ada,Bob', null, 10_000, 'presence lists Ada and Bob, across the nodes');
+  }
+  await waitFor(ada, () => [...document.querySelectorAll('#messages .sys')].some((n) => n.textContent === 'Bob joined'), null, 5000, 'Ada (on A) sees "Bob joined" (on B)');
+  for (const node of [a, b]) {
+    const presence = await fetch(`${node.base}api/presence?channel=chat`).then((r) => r.json());
+    assert.deepEqual(presence.clients.map((c) => c.user).sort(), ['Ada', 'Bob'], `presence on ${node.base}`);
+  }
+
+  const hello = `hello from node A ${tag()}`;
+  await say(ada, hello);
+  await waitFor(bob, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), hello, 5000, 'Bob (on B) sees Ada\'s message (on A)');
+  const reply = `hi from node B ${tag()}`;
+  await say(bob, reply);
+  await waitFor(ada, (t) => [...document.querySelectorAll('#messages .msg .text')].some((n) => n.textContent === t), reply, 5000, 'Ada sees Bob\'s reply');
+  for (const p of [ada, bob]) {
+    assert.deepEqual((await texts(p)).filter((t) => t === hello || t === reply), [hello, reply], 'same order on both nodes, each once');
+  }
+  // The offsets are the broker's: both nodes gave the two messages consecutive ones.
+  const history = await fetch(`${b.base}api/history?channel=chat&limit=2`).then((r) => r.json());
+  assert.deepEqual(history.publications.map((p) => p.data.text), [hello, reply]);
+  assert.equal(history.publications[1].offset, history.publications[0].offset + 1);
+
+  await bob.close();
+  await waitFor(ada, () => [...document.querySelectorAll('#online .user')].map((n) => n.textContent).join() === 'Ada', null, 10_000, 'Bob leaves Ada\'s online list');
+  noPageErrors(ada);
+  await ada.close();
+});
+
+test('many nodes: duplex.js with two URLs moves to the other node when its node dies (kill -9) and recovers exactly', T, async () => {
+  const redis = await startRedis();
+  const [a, b] = [await startNode(['--broker', redis.url]), await startNode(['--broker', redis.url])];
+  const context = await browser.newContext();
+  contexts.push(context);
+  const page = await context.newPage();
+  page.errors = [];
+  page.console = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.on('console', (m) => page.console.push(`${m.type()}: ${m.text()}`));
+  await page.goto(`${b.base}duplex.js`); // any page of B's origin; the script imports the module
+  const urls = [a, b].map((n) => `ws://127.0.0.1:${n.port}/ws`);
+  await page.evaluate(async (urls) => {
+    const { Hub } = await import('/duplex.js');
+    const got = [];
+    const hub = new Hub(urls, { user: 'walker', minDelay: 50, maxDelay: 400 });
+    const states = [];
+    hub.on('state', (s, info) => states.push([s, info.url ?? null]));
+    hub.subscribe('feed', { onPublication: (data, { offset }) => got.push([offset, data.n]) });
+    window.t = { hub, got, states };
+    hub.connect();
+  }, urls);
+  await waitFor(page, (u) => window.t.hub.state === 'connected' && window.t.hub.url === u && window.t.hub.subscription('feed').state === 'subscribed', urls[0], 10_000, 'connected to the first URL (node A)');
+
+  const offsets = [];
+  const publishTo = async (node, n) => {
+    const res = await fetch(`${node.base}api/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ channel: 'feed', data: { n } }),
+    });
+    assert.equal(res.status, 200);
+    offsets.push((await res.json()).offset);
+  };
+  for (let n = 0; n < 10; n++) await publishTo(b, n);
+  await waitFor(page, () => window.t.got.length === 10, null, 5000, 'live on A');
+  await stopHub(a, 'SIGKILL');
+  for (let n = 10; n < 40; n++) { await publishTo(b, n); await sleep(10); }
+  await waitFor(page, (u) => window.t.hub.state === 'connected' && window.t.hub.url === u, urls[1], 10_000, 'moved to the second URL (node B)');
+  await waitFor(page, () => window.t.got.length >= 40, null, 10_000, 'caught up on B');
+  await sleep(300); // anything duplicated would arrive by now
+  const { got, stats } = await page.evaluate(() => ({ got: window.t.got, stats: window.t.hub.stats }));
+  assert.deepEqual(got.map(([, n]) => n), [...Array(40).keys()], 'every publication once, in order');
+  assert.deepEqual(got.map(([o]) => o), offsets, 'with the offsets the broker gave them');
+  assert.equal(stats.losses, 0, 'recovered, nothing lost');
+  assert.ok(stats.failovers >= 1 && stats.recoveries >= 1, JSON.stringify(stats));
   noPageErrors(page);
   await page.close();
 });

@@ -4,6 +4,7 @@
 #     Playwright never downloads a browser of its own here (no `playwright install`).
 #   - playwright-core from npm, exactly as package-lock.json pins it, into
 #     tests/browser/node_modules (re-installed when the lock file changed).
+#   - redis-server (scripts/install-redis.sh): the many-node tests start their own.
 set -euo pipefail
 
 DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +21,8 @@ if [ ! -x "$CHROMIUM" ]; then
     timeout 900 apt-get install -y -qq chromium >/dev/null
     [ -x "$CHROMIUM" ] || { echo "tests/browser/install.sh: $CHROMIUM still missing after apt" >&2; exit 2; }
 fi
+
+"$DIR/../../scripts/install-redis.sh"
 
 command -v node >/dev/null || { echo "tests/browser/install.sh: node not found (Node >= 20 needed)" >&2; exit 2; }
 command -v npm >/dev/null || { echo "tests/browser/install.sh: npm not found" >&2; exit 2; }

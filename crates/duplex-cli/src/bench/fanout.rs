@@ -3,6 +3,10 @@
 //! last subscriber has it, deliveries per second, and an exact count of missing and duplicate
 //! deliveries (by offset).
 //!
+//! Given several URLs (hub nodes sharing one broker, e.g. Redis), the subscribers are split
+//! evenly over them (round robin) and the publications go to the first: what a publication
+//! costs on its way through the broker to the other nodes is then in the times.
+//!
 //! ```text
 //! connect + subscribe N (K at a time; each reader starts as soon as its subscribe is acked)
 //!   --> warm-up publications (not counted) --> [sync "warm"]
@@ -50,8 +54,10 @@ use crate::CliError;
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
     /// The hub's WebSocket URL, `ws://HOST:PORT/ws` (the path defaults to `/ws`); publications
-    /// go to `http://HOST:PORT/api/publish`.
-    url: String,
+    /// go to `http://HOST:PORT/api/publish` of the first. Several URLs: hub nodes on one broker;
+    /// the subscribers are split evenly over them.
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
     /// WebSocket subscribers, all on one channel. Each needs a file descriptor here and one in
     /// the hub: raise `ulimit -n` on both sides (and the hub's `--max-connections`).
     #[arg(long, short = 'n', default_value_t = 1000)]
@@ -459,7 +465,15 @@ pub async fn run(args: FanoutArgs) -> Result<ExitCode, CliError> {
             "--timeout must be > 0 and --interval-ms >= 0".into(),
         ));
     }
-    let (ws_url, authority) = split_url(&args.url)?;
+    let mut ws_urls = Vec::with_capacity(args.urls.len());
+    let mut authority = None;
+    for url in &args.urls {
+        let (ws_url, node) = split_url(url)?;
+        ws_urls.push(ws_url);
+        authority.get_or_insert(node);
+    }
+    let authority = authority.unwrap_or_default();
+    let nodes = ws_urls.len() as u64;
     let sync = SyncDir::new(args.sync_dir.clone());
     let n = args.subscribers;
     let total_pubs = (args.warmup + args.publishes) as usize;
@@ -476,9 +490,13 @@ pub async fn run(args: FanoutArgs) -> Result<ExitCode, CliError> {
     )
     .await?;
     println!(
-        "duplex bench fanout: {ws_url} | {n} subscribers on {:?} | {} publishes ({} warm-up) x \
-         {} B data | {mode}, via HTTP POST /api/publish",
-        args.channel, args.publishes, args.warmup, args.size
+        "duplex bench fanout: {} | {n} subscribers on {:?} | {} publishes ({} warm-up) x \
+         {} B data | {mode}, via HTTP POST /api/publish to {authority}",
+        ws_urls.join(" "),
+        args.channel,
+        args.publishes,
+        args.warmup,
+        args.size
     );
 
     let shared = Rc::new(Shared {
@@ -508,7 +526,7 @@ pub async fn run(args: FanoutArgs) -> Result<ExitCode, CliError> {
     let mut bases_differ = false;
     {
         let mut subscribing = futures_util::stream::iter(0..n)
-            .map(|_| subscribe(&ws_url, options.clone(), &command))
+            .map(|i| subscribe(&ws_urls[(i % nodes) as usize], options.clone(), &command))
             .buffer_unordered(args.concurrency.max(1));
         let all = async {
             while let Some(result) = subscribing.next().await {
@@ -553,7 +571,8 @@ pub async fn run(args: FanoutArgs) -> Result<ExitCode, CliError> {
     }
     if bases_differ {
         return Err(CliError(format!(
-            "channel {:?} was published to while subscribing: use a channel of its own",
+            "channel {:?} was published to while subscribing (or the nodes disagree on its \
+             offset: do they share one broker?): use a channel of its own",
             args.channel
         )));
     }
@@ -715,7 +734,7 @@ pub async fn run(args: FanoutArgs) -> Result<ExitCode, CliError> {
         failures.print("    ");
     }
     println!(
-        "RESULT subscribers={n} publishes={} deliveries={deliveries} secs={secs:.4} \
+        "RESULT subscribers={n} nodes={nodes} publishes={} deliveries={deliveries} secs={secs:.4} \
          deliveries_per_sec={rate:.1} first_p50_us={f50:.1} first_p99_us={f99:.1} \
          last_p50_us={l50:.1} last_p99_us={l99:.1} last_max_us={lmax:.1} reply_p50_us={r50:.1} \
          missing={} duplicate={duplicates} unexpected={unexpected} failed={} size={} \
