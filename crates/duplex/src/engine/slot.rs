@@ -1,22 +1,21 @@
 //! One connection of an event loop: its socket, where it stands, and its writes.
 
 use std::io::{self, IoSlice};
-use std::net::Shutdown;
 
 use bytes::BytesMut;
 use duplex_proto::Connection;
 use rustix::io::Errno;
-use std::net::TcpStream;
+
+use super::transport::{Transport, write_raw};
 
 /// How many buffers one vectored write carries (two per frame: header and payload).
-const MAX_IO_SLICES: usize = 16;
+pub(super) const MAX_IO_SLICES: usize = 16;
 
 /// A connection of the slab.
 #[derive(Debug)]
 pub(super) struct Slot {
-    /// Non-blocking; registered with the loop's poll by its descriptor. A std stream rather
-    /// than mio's: std's reads into a `Vec`'s spare capacity skip zeroing it first.
-    pub(super) stream: TcpStream,
+    /// The socket, and its TLS session for `wss://`.
+    pub(super) transport: Transport,
     pub(super) phase: Phase,
     /// Loop tick (seconds since the loop started, from 1) at which the handshake or the linger
     /// gives up; 0: none. An upgraded connection's timers are its core's.
@@ -29,13 +28,14 @@ pub(super) struct Slot {
 
 #[derive(Debug)]
 pub(super) enum Phase {
-    /// Reading the request head; what arrived so far when it came in pieces.
+    /// Reading the request head (for `wss://`, the TLS handshake comes first: same phase,
+    /// same deadline); what arrived so far when it came in pieces.
     Handshake(Vec<u8>),
     /// Upgraded.
     Open(Box<Open>),
-    /// Writing the last bytes (a refusal), then the write side is shut and what the peer still
-    /// sends is discarded until it closes, so closing does not reset the connection before the
-    /// peer read our last bytes. `drained` counts the discarded bytes, bounded by
+    /// Writing the last bytes (a refusal), then the write side is shut (after TLS'
+    /// `close_notify`, for `wss://`) and what the peer still sends is discarded until it
+    /// closes, so closing does not reset the connection before the peer read our last bytes. `drained` counts the discarded bytes, bounded by
     /// `duplex_proto::handshake::REFUSAL_DRAIN_LIMIT`.
     Linger {
         out: Vec<u8>,
@@ -73,23 +73,13 @@ pub(super) enum Written {
     Blocked,
 }
 
-/// Writes `buf` from `*done` on; advances `*done`.
-pub(super) fn write_raw(stream: &TcpStream, buf: &[u8], done: &mut usize) -> io::Result<Written> {
-    while *done < buf.len() {
-        match rustix::io::write(stream, &buf[*done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *done += n,
-            Err(Errno::AGAIN) => return Ok(Written::Blocked),
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Written::All)
-}
-
 impl Open {
     /// Writes the preface and the connection's transmits, vectored, until done or blocked.
-    pub(super) fn write(&mut self, stream: &TcpStream) -> io::Result<Written> {
+    pub(super) fn write(&mut self, transport: &mut Transport) -> io::Result<Written> {
+        if let Some(tls) = &mut transport.tls {
+            return tls.write_open(self, &transport.stream);
+        }
+        let stream = &transport.stream;
         if !self.preface.is_empty() {
             let mut done = 0;
             let written = write_raw(stream, &self.preface, &mut done);
@@ -125,9 +115,4 @@ impl Open {
         }
         Ok(Written::All)
     }
-}
-
-/// Shuts the write side: the peer reads an end of stream after our last bytes.
-pub(super) fn shut_write(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
 }
