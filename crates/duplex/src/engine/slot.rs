@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use duplex_proto::Connection;
 use rustix::io::Errno;
 
-use super::transport::{Transport, write_raw};
+use super::transport::Transport;
 
 /// How many buffers one vectored write carries (two per frame: header and payload).
 pub(super) const MAX_IO_SLICES: usize = 16;
@@ -75,14 +75,12 @@ pub(super) enum Written {
 
 impl Open {
     /// Writes the preface and the connection's transmits, vectored, until done or blocked.
+    /// One path for both transports: only the vectored write itself differs (see
+    /// `Tls::writev`, which keeps its meaning: a short write means the socket is full).
     pub(super) fn write(&mut self, transport: &mut Transport) -> io::Result<Written> {
-        if let Some(tls) = &mut transport.tls {
-            return tls.write_open(self, &transport.stream);
-        }
-        let stream = &transport.stream;
         if !self.preface.is_empty() {
             let mut done = 0;
-            let written = write_raw(stream, &self.preface, &mut done);
+            let written = transport.write_raw(&self.preface, &mut done);
             self.preface.drain(..done);
             if written? == Written::Blocked {
                 return Ok(Written::Blocked);
@@ -98,7 +96,11 @@ impl Open {
             } else {
                 slices.iter().map(|s| s.len()).sum()
             };
-            match rustix::io::writev(stream, &slices[..count]) {
+            let written = match &mut transport.tls {
+                None => rustix::io::writev(&transport.stream, &slices[..count]),
+                Some(tls) => tls.writev(&transport.stream, &slices[..count]),
+            };
+            match written {
                 Ok(0) if total > 0 => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.conn.advance_transmit(n);
@@ -113,6 +115,7 @@ impl Open {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(Written::All)
+        // TLS: the records of what the session took; nothing for plain TCP.
+        transport.flush()
     }
 }

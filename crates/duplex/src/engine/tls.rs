@@ -40,10 +40,17 @@ mod imp {
     use std::net::TcpStream;
     use std::sync::Arc;
 
+    use rustix::io::Errno;
     use rustls::{ServerConfig, ServerConnection};
 
     use super::Plaintext;
-    use crate::engine::slot::{MAX_IO_SLICES, Open, Written};
+    use crate::engine::slot::{MAX_IO_SLICES, Written};
+
+    /// A write error as the errno `Open::write` expects; what rustls said goes to the log.
+    fn errno(e: &io::Error) -> Errno {
+        tracing::debug!("tls write: {e}");
+        Errno::from_io_error(e).unwrap_or(Errno::IO)
+    }
 
     /// A connection's TLS session.
     #[derive(Debug)]
@@ -140,37 +147,42 @@ mod imp {
             }
         }
 
-        /// The TLS form of `Open::write`: the preface, then the core's transmits, through
-        /// the session, as long as the socket takes the records. A short write here is not a
-        /// full socket (rustls takes a bounded amount at a time), so the loop goes on until
-        /// the socket says it is full: edge-triggered readiness would otherwise never come.
-        pub(in crate::engine) fn write_open(
+        /// `Open::write`'s vectored write, through the session: takes what rustls accepts
+        /// and writes its records, round after round, until everything is taken or the
+        /// socket is full. So a short count means what it means for a socket (full: wait for
+        /// writable), never just "rustls' buffer is full", for which no readiness edge would
+        /// come. What rustls took before the socket filled is counted, and its records go out
+        /// with the next flush. Errors: `EAGAIN` when the socket is full before anything was
+        /// taken, `EIO` for a TLS failure.
+        pub(in crate::engine) fn writev(
             &mut self,
-            open: &mut Open,
             stream: &TcpStream,
-        ) -> io::Result<Written> {
+            slices: &[IoSlice<'_>],
+        ) -> rustix::io::Result<usize> {
+            let mut rest = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let rest = &mut rest[..slices.len()];
+            rest.copy_from_slice(slices);
+            let mut rest = &mut rest[..];
+            let mut taken = 0;
             loop {
-                if self.flush_records(stream)? == Written::Blocked {
-                    return Ok(Written::Blocked);
+                match self.flush_records(stream) {
+                    Ok(Written::All) => {}
+                    Ok(Written::Blocked) if taken > 0 => return Ok(taken),
+                    Ok(Written::Blocked) => return Err(Errno::AGAIN),
+                    Err(e) => return Err(errno(&e)),
                 }
-                let n = if !open.preface.is_empty() {
-                    let n = self.conn.writer().write(&open.preface)?;
-                    open.preface.drain(..n);
-                    n
-                } else if open.conn.has_pending_transmit() {
-                    let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-                    let count = open.conn.fill_io_slices(&mut slices);
-                    let n = self.conn.writer().write_vectored(&slices[..count])?;
-                    open.conn.advance_transmit(n);
-                    n
-                } else {
-                    return Ok(Written::All);
-                };
-                if n == 0 {
+                if rest.iter().all(|s| s.is_empty()) {
+                    return Ok(taken);
+                }
+                let n = match self.conn.writer().write_vectored(rest) {
                     // rustls took nothing though its records were all written: only a
                     // session that cannot send application data does that.
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
+                    Ok(0) => return Err(Errno::IO),
+                    Ok(n) => n,
+                    Err(e) => return Err(errno(&e)),
+                };
+                taken += n;
+                IoSlice::advance_slices(&mut rest, n);
             }
         }
 
@@ -202,11 +214,11 @@ mod stub {
     //! Without the `tls` feature no connection has a session: every method is unreachable
     //! by construction (no value of `Tls` exists).
 
-    use std::io;
+    use std::io::{self, IoSlice};
     use std::net::TcpStream;
 
     use super::Plaintext;
-    use crate::engine::slot::{Open, Written};
+    use crate::engine::slot::Written;
 
     /// No TLS session can exist.
     #[derive(Debug)]
@@ -234,11 +246,11 @@ mod stub {
             match *self {}
         }
 
-        pub(in crate::engine) fn write_open(
+        pub(in crate::engine) fn writev(
             &mut self,
-            _: &mut Open,
             _: &TcpStream,
-        ) -> io::Result<Written> {
+            _: &[IoSlice<'_>],
+        ) -> rustix::io::Result<usize> {
             match *self {}
         }
 

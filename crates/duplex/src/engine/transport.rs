@@ -4,12 +4,12 @@
 //! code path for both. What differs is only how bytes reach the socket and come back:
 //!
 //! - plain: the loop reads into its scratch buffer and writes the core's transmits with one
-//!   `writev`, as it always did; the seam costs a plain connection one word and one branch
-//!   per write (`tls` is `None`);
+//!   `writev`, as it always did; the seam costs a plain connection one word and a branch at
+//!   the read and at the write (`tls` is `None`);
 //! - TLS: rustls' `ServerConnection` is sans-IO like the WebSocket core, so the loop reads
 //!   ciphertext, feeds it in and takes the plaintext out into the same frame path
-//!   (`EventLoop::read_tls`), and writes go into its writer, then out as records (see
-//!   [`Tls`](super::tls::Tls)).
+//!   (`EventLoop::read_tls`); `Open::write` is the same function, with the session's
+//!   `writev` in place of the socket's (see [`Tls`](super::tls::Tls)).
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
