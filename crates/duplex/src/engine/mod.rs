@@ -116,6 +116,16 @@ pub struct EngineOptions {
     /// advertises ALPN `http/1.1` whatever the configuration says. A configuration with a
     /// certificate resolver of its own (`ResolvesServerCert`) can change certificates while
     /// the engine runs: each handshake asks it.
+    ///
+    /// ```no_run
+    /// let (chain, key) = duplex::tls::load_pem("cert.pem", "key.pem")?;
+    /// let options = duplex::engine::EngineOptions {
+    ///     tls: Some(duplex::tls::server_config(chain, key)?),
+    ///     ..Default::default()
+    /// };
+    /// # drop(options);
+    /// # Ok::<(), duplex::tls::TlsError>(())
+    /// ```
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
