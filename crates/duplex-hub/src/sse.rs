@@ -526,7 +526,7 @@ impl Stream {
             })
             .await;
             text.clear();
-            let mut taken = 0;
+            let (mut taken, mut events) = (0, 0);
             match wake {
                 Wake::Outbox(OutboxEvent::Closed(why)) => return End::Closed(why),
                 Wake::Gone => return End::Gone,
@@ -534,6 +534,7 @@ impl Stream {
                 Wake::Outbox(OutboxEvent::Ready) => {
                     // Filtered: live copies of what the first events recovered are dropped.
                     taken = self.outbox.take(&mut batch);
+                    events = batch.len() as u64;
                     for delivery in batch.drain(..) {
                         self.encode(&delivery, &mut text);
                     }
@@ -544,8 +545,8 @@ impl Stream {
             }
             self.outbox.release(taken);
             let metrics = &self.hub.metrics;
-            if taken > 0 {
-                metrics.messages_out.fetch_add(1, Relaxed);
+            if events > 0 {
+                metrics.messages_out.fetch_add(events, Relaxed);
                 metrics.bytes_out.fetch_add(text.len() as u64, Relaxed);
             }
             if let (Some(sleep), Some(every)) = (&mut heartbeat, interval) {
