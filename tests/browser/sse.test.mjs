@@ -69,8 +69,9 @@ async function publish(channel, data) {
     body: JSON.stringify({ channel, data }),
     signal: AbortSignal.timeout(5000),
   });
-  assert.equal(res.status, 200, await res.text());
-  return (await res.json()).offset;
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  return JSON.parse(text).offset;
 }
 
 /** A TCP relay to the hub that can cut every connection and refuse new ones. */
