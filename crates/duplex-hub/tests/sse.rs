@@ -409,6 +409,22 @@ async fn recovery_that_history_cannot_cover_says_so() {
         publish_n(addr, "h", 6..=6).await;
         assert_eq!(sse.next_event().await.json()["offset"], 6);
 
+        // The header is newer than the page's query parameter: it wins.
+        let stale = format!("lastEventId={}", id.replace(':', "%3A"));
+        let fresh = subscribed_id(addr).await;
+        let mut sse = Sse::open(
+            addr,
+            &format!("/sse?channel=h&{stale}"),
+            &[("Last-Event-ID", &fresh)],
+        )
+        .await;
+        let reply = sse.next_event().await.json();
+        assert_eq!(
+            (reply["recovered"].clone(), reply["count"].clone()),
+            (json!(true), json!(0)),
+            "{reply}"
+        );
+
         // Another epoch (a restarted hub), through the query parameter this time.
         let mut sse = Sse::open(
             addr,
@@ -424,6 +440,12 @@ async fn recovery_that_history_cannot_cover_says_so() {
         );
     })
     .await;
+}
+
+/// The id of a fresh stream on `h`: its current position.
+async fn subscribed_id(addr: SocketAddr) -> String {
+    let mut sse = Sse::open(addr, "/sse?channel=h", &[]).await;
+    sse.next_event().await.id.unwrap()
 }
 
 #[tokio::test]
