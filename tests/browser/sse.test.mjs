@@ -269,3 +269,34 @@ test('duplex.js falls back to SSE when the WebSocket cannot open, and recovers a
   assert.equal(t.publish, 'not_supported', 'no api option: publishing over SSE is refused, not attempted');
   assert.deepEqual(page.errors, []);
 });
+
+test('duplex.js on SSE publishes and reads presence through the HTTP API when given one', T, async () => {
+  const page = await openPage(hub.base);
+  const source = fs.readFileSync(path.join(ROOT, 'web/duplex.js'), 'utf8');
+  await page.route('**/duplex.js', (route) => route.fulfill({ contentType: 'text/javascript', body: source }));
+  const t = await page.evaluate(async () => {
+    const { Hub } = await import('/duplex.js');
+    const got = [];
+    let presence = null;
+    // The hub has no --api-key: the API is open, so `api: {}` is enough.
+    const hub = new Hub('/ws', { transport: 'sse', api: {}, user: 'api-page' });
+    hub.subscribe('sse-api', {
+      onPublication: (data) => got.push(data),
+      onPresence: (clients) => { presence = clients.map((c) => c.user); },
+    });
+    hub.connect();
+    const deadline = Date.now() + 10_000;
+    while (hub.subscription('sse-api').state !== 'subscribed' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const offset = await hub.publish('sse-api', { hello: 'over http' });
+    while (got.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (presence === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const ping = await hub.ping().then(() => 'ok', (e) => e.code);
+    return { transport: hub.transport, offset, got, presence, ping };
+  });
+  assert.equal(t.transport, 'sse');
+  assert.equal(t.offset, 1);
+  assert.deepEqual(t.got, [{ hello: 'over http' }], 'its own publication came back over the stream');
+  assert.deepEqual(t.presence, ['api-page'], 'the stream is in presence under its user');
+  assert.equal(t.ping, 'not_supported');
+  assert.deepEqual(page.errors, []);
+});
