@@ -129,6 +129,10 @@ pub(crate) struct Stream {
     /// The first events: `retry:`, one `subscribed` per channel, recovered publications.
     first: Vec<u8>,
     allow_origin: Option<HeaderValue>,
+    /// Counted in the `sse_streams` gauge ([`Stream::run`] started).
+    counted: bool,
+    /// [`Stream::leave_all`] finished.
+    left: bool,
     _slot: Slot,
 }
 
@@ -176,6 +180,8 @@ pub(crate) async fn open(hub: &Arc<HubState>, request: &Request<()>) -> Result<S
         positions: Vec::with_capacity(channels.len()),
         first: Vec::new(),
         allow_origin,
+        counted: false,
+        left: false,
         _slot: slot,
     };
     if let Err(refusal) = stream.subscribe_all(&channels, &resume).await {
@@ -459,6 +465,7 @@ impl Stream {
         let metrics = self.hub.metrics.clone();
         metrics.sse_streams.fetch_add(1, Relaxed);
         metrics.sse_total.fetch_add(1, Relaxed);
+        self.counted = true;
         let mut gone = pin!(gone);
         let first = std::mem::take(&mut self.first);
         let end = match self.write(&mut out, &first, gone.as_mut()).await {
@@ -491,7 +498,6 @@ impl Stream {
         let _ = tokio::time::timeout(self.hub.config.close_timeout, finish).await;
         drop(outbox);
         self.leave_all().await;
-        metrics.sse_streams.fetch_sub(1, Relaxed);
     }
 
     /// The stream's loop: queued pushes become events, idle time heartbeats.
@@ -589,7 +595,8 @@ impl Stream {
     /// the node's last subscriber), presence, the hub's registry of sessions.
     async fn leave_all(&mut self) {
         let hub = self.hub.clone();
-        for position in std::mem::take(&mut self.positions) {
+        // One at a time: if this future is dropped midway, Drop leaves the rest.
+        while let Some(position) = self.positions.pop() {
             let channel = &position.channel;
             let last = hub.fanout.unsubscribe(channel, self.conn);
             self.outbox.forget_channel(position.local);
@@ -603,6 +610,45 @@ impl Stream {
             }
         }
         hub.unregister_session(self.conn);
+        self.left = true;
+    }
+}
+
+/// A stream dropped before it finished (its future cancelled: an HTTP layer may drop it when
+/// the client goes, or it was never run) still leaves its channels: the node's registrations
+/// at once, the broker's (unsubscribe, presence) on a task.
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.counted {
+            self.hub.metrics.sse_streams.fetch_sub(1, Relaxed);
+        }
+        if self.left {
+            return;
+        }
+        let hub = self.hub.clone();
+        let mut broker_work = Vec::new();
+        for position in std::mem::take(&mut self.positions) {
+            let last = hub.fanout.unsubscribe(&position.channel, self.conn);
+            self.outbox.forget_channel(position.local);
+            broker_work.push((position.channel, last));
+        }
+        hub.unregister_session(self.conn);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let info = self.info.clone();
+        runtime.spawn(async move {
+            for (channel, last) in broker_work {
+                if last {
+                    if let Err(e) = hub.broker.unsubscribe(&channel).await {
+                        tracing::warn!("broker unsubscribe from {channel}: {e}");
+                    }
+                }
+                if let Err(e) = hub.broker.leave(&channel, &info).await {
+                    tracing::warn!("presence leave on {channel}: {e}");
+                }
+            }
+        });
     }
 }
 
