@@ -279,6 +279,15 @@ async fn a_cut_stream_resumes_from_last_event_id_exactly_once() {
             last_id = sse.next_event().await.id;
         }
         drop(sse);
+        // The hub sees it go: its subscriptions, presence and stream count end.
+        let mut waited = 0;
+        while hub.metrics().subscriptions() > 0 || hub.metrics().sse_streams() > 0 {
+            assert!(waited < 200, "the stream's subscriptions outlived it");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let presence = http(addr, "GET", "/api/presence?channel=x", &[], None).await;
+        assert_eq!(presence.json()["clients"], json!([]));
         // While it is away: x 3..=5, y 2.
         publish_n(addr, "x", 3..=5).await;
         publish_n(addr, "y", 2..=2).await;
