@@ -97,6 +97,13 @@ pub struct HubArgs {
     /// with broker_unavailable [default: 2000].
     #[arg(long, env = "DUPLEX_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// Seconds between comment heartbeats on an idle `/sse` stream (0: none) [default: 15].
+    #[arg(long, env = "DUPLEX_SSE_HEARTBEAT")]
+    pub sse_heartbeat: Option<u64>,
+    /// The `retry:` an `/sse` stream tells the browser: milliseconds before it reconnects
+    /// [default: 2000].
+    #[arg(long, env = "DUPLEX_SSE_RETRY_MS")]
+    pub sse_retry_ms: Option<u64>,
 }
 
 /// Which broker a hub uses (`--broker`).
@@ -228,6 +235,10 @@ pub struct FileConfig {
     pub presence_refresh: Option<u64>,
     /// See [`HubArgs::redis_timeout_ms`].
     pub redis_timeout_ms: Option<u64>,
+    /// See [`HubArgs::sse_heartbeat`] (seconds).
+    pub sse_heartbeat: Option<u64>,
+    /// See [`HubArgs::sse_retry_ms`].
+    pub sse_retry_ms: Option<u64>,
 }
 
 /// Every setting of a hub, resolved. Build one with [`HubConfig::default`] and struct update
@@ -291,6 +302,12 @@ pub struct HubConfig {
     /// Redis broker: bound on connecting and on every command; past it the command fails
     /// with `broker_unavailable` and the connection is replaced [default: 2 s].
     pub redis_timeout: Duration,
+    /// How long an `/sse` stream may stay silent before the hub writes a comment heartbeat
+    /// (proxies close idle responses; the client notices a dead connection); `None`: no
+    /// heartbeats [default: 15 s].
+    pub sse_heartbeat: Option<Duration>,
+    /// The reconnection delay an `/sse` stream asks the browser for (`retry:`) [default: 2 s].
+    pub sse_retry: Duration,
 }
 
 impl Default for HubConfig {
@@ -318,6 +335,8 @@ impl Default for HubConfig {
             presence_ttl: Duration::from_secs(30),
             presence_refresh: Duration::from_secs(10),
             redis_timeout: Duration::from_secs(2),
+            sse_heartbeat: Some(Duration::from_secs(15)),
+            sse_retry: Duration::from_secs(2),
         }
     }
 }
@@ -439,6 +458,14 @@ impl HubConfig {
                 .redis_timeout_ms
                 .or(file.redis_timeout_ms)
                 .map_or(d.redis_timeout, Duration::from_millis),
+            sse_heartbeat: match args.sse_heartbeat.or(file.sse_heartbeat) {
+                Some(s) => secs(Some(s)),
+                None => d.sse_heartbeat,
+            },
+            sse_retry: args
+                .sse_retry_ms
+                .or(file.sse_retry_ms)
+                .map_or(d.sse_retry, Duration::from_millis),
         }
     }
 
@@ -596,6 +623,20 @@ mod tests {
             Cli::try_parse_from(["hub", "--broker", "redis//x"]).is_err(),
             "clap refuses it too"
         );
+    }
+
+    #[test]
+    fn sse_heartbeat_and_retry() {
+        let args = parse(&["--sse-heartbeat", "0"]);
+        let file: FileConfig = toml::from_str("sse_heartbeat = 5\nsse_retry_ms = 750").unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(
+            config.sse_heartbeat, None,
+            "0 turns heartbeats off; the flag wins"
+        );
+        assert_eq!(config.sse_retry, Duration::from_millis(750));
+        let config = HubConfig::merge(&HubArgs::default(), &file);
+        assert_eq!(config.sse_heartbeat, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! fuzzing   doc-hidden entry points running the parsers below on arbitrary bytes (fuzz/)
 //! server    Hub and HubHandle: binding, the accept loop, graceful shutdown
 //! http      one TCP connection: HTTP/1.1 requests, the JSON API, web assets, the /ws upgrade
+//! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
 //! fanout    the node's local subscribers per channel and fan-out threads; encode once, deliver
@@ -81,6 +82,7 @@ mod protocol;
 mod redis;
 mod server;
 mod session;
+mod sse;
 mod state;
 
 use std::error::Error;

@@ -17,6 +17,10 @@ const BUCKETS: [f64; 12] = [
 pub struct Metrics {
     pub(crate) connections: AtomicI64,
     pub(crate) connections_total: AtomicU64,
+    /// Open `/sse` streams.
+    pub(crate) sse_streams: AtomicI64,
+    /// `/sse` streams accepted (`connections_total{transport="sse"}`).
+    pub(crate) sse_total: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) subscriptions: AtomicI64,
     pub(crate) messages_in: AtomicU64,
@@ -55,6 +59,11 @@ impl Metrics {
     /// Open WebSocket connections.
     pub fn connections(&self) -> i64 {
         self.connections.load(Relaxed)
+    }
+
+    /// Open `/sse` streams.
+    pub fn sse_streams(&self) -> i64 {
+        self.sse_streams.load(Relaxed)
     }
 
     /// Active subscriptions.
@@ -174,11 +183,24 @@ impl Metrics {
             "Open WebSocket connections.",
             g(&self.connections),
         );
-        metric(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
+        // One counter, labelled by transport: WebSockets over HTTP/1.1 and SSE streams.
+        let _ = writeln!(
+            out,
+            "# HELP duplex_hub_connections_total Connections accepted, by transport (h1: WebSocket over HTTP/1.1, sse: /sse streams).\n# TYPE duplex_hub_connections_total counter\nduplex_hub_connections_total{{transport=\"h1\"}} {}\nduplex_hub_connections_total{{transport=\"sse\"}} {}",
             c(&self.connections_total),
+            c(&self.sse_total),
+        );
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} {kind}\nduplex_hub_{name} {value}"
+            );
+        };
+        metric(
+            "sse_streams",
+            "gauge",
+            "Open /sse streams (Server-Sent Events subscribers).",
+            g(&self.sse_streams),
         );
         metric(
             "connections_refused_total",
