@@ -109,9 +109,11 @@ impl Conn {
     }
 
     async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
+        // No response timeout in the connection: [`Conn::send`] bounds every command itself
+        // (one timer per command, not two).
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+            .set_response_timeout(None);
         let connecting = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
@@ -203,8 +205,14 @@ impl Conn {
             None => self.load(script).await?,
         };
         let evalsha = |sha: &str| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(keys.len()).arg(keys);
+            // Sized up front: the command is built once per publish, without regrowing.
+            let data = 7
+                + sha.len()
+                + 2
+                + keys.iter().map(|k| k.len()).sum::<usize>()
+                + args.iter().map(|a| a.len()).sum::<usize>();
+            let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
+            cmd.arg("EVALSHA").arg(sha).arg(keys.len()).arg(keys);
             for arg in args {
                 cmd.arg(*arg);
             }

@@ -90,7 +90,7 @@ fn interpret(frame: &Bytes) -> Push {
 fn array(frame: &Bytes) -> Option<Push> {
     let (count, mut at) = line_int(frame, 1)?;
     let mut items: [Option<Bytes>; 3] = [None, None, None];
-    for item in items.iter_mut().take(usize::try_from(count).ok()?) {
+    for item in items.iter_mut().take(count) {
         let (text, next) = bulk_at(frame, at)?;
         *item = Some(text);
         at = next;
@@ -115,7 +115,6 @@ fn bulk_at(frame: &Bytes, at: usize) -> Option<(Bytes, usize)> {
     match frame.get(at)? {
         b'$' | b'!' | b'=' => {
             let (len, start) = line_int(frame, at + 1)?;
-            let len = usize::try_from(len).ok()?;
             Some((frame.slice(start..start + len), start + len + 2))
         }
         b'+' => {
@@ -209,18 +208,30 @@ fn length(buf: &[u8], at: usize) -> Result<Option<(Option<usize>, usize)>, RespE
     if line == b"-1" {
         return Ok(Some((None, end + 2)));
     }
-    let len = std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .ok_or(RespError::Malformed("bad length"))?;
+    let len = decimal(line).ok_or(RespError::Malformed("bad length"))?;
     Ok(Some((Some(len), end + 2)))
 }
 
-/// An integer line at `at` of a complete frame, and where the data after it starts.
-fn line_int(frame: &[u8], at: usize) -> Option<(i64, usize)> {
+/// A non-negative length line at `at` of a complete frame, and where the data after it
+/// starts (`None` for a null or negative one).
+fn line_int(frame: &[u8], at: usize) -> Option<(usize, usize)> {
     let end = line_end(frame, at)?;
-    let n = std::str::from_utf8(&frame[at..end]).ok()?.parse().ok()?;
-    Some((n, end + 2))
+    Some((decimal(&frame[at..end])?, end + 2))
+}
+
+/// A non-empty run of ASCII digits as a number (`None` on anything else or on overflow):
+/// lengths are read on every message, so without going through `str::parse`.
+fn decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 /// Where the CR of the line starting at `at` of a complete frame is.
@@ -397,6 +408,22 @@ mod tests {
         assert_eq!(parse(&mut deep), Err(RespError::TooLarge));
         let mut huge = BytesMut::from(&b"$999999999999\r\n"[..]);
         assert_eq!(parse(&mut huge), Err(RespError::TooLarge));
+    }
+
+    #[test]
+    fn lengths_are_plain_decimals() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"1234"), Some(1234));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1 ",
+            b"1a",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
