@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
+use redis::{Client, Cmd, Value};
 
 use crate::broker::BrokerError;
 use crate::metrics::Metrics;
 
+use super::cmdconn::{CmdConn, CmdError};
 use super::script::Script;
 
 /// A shard's command connection.
@@ -29,7 +29,7 @@ pub(crate) struct Conn {
     timeout: Duration,
     metrics: Arc<Metrics>,
     /// `None` while down.
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<Arc<CmdConn>>>,
     /// A reconnect task is running.
     reconnecting: AtomicBool,
     /// Tells [`Conn::wait_up`] when the connection is back.
@@ -51,21 +51,6 @@ enum Failure {
     Broker(BrokerError),
     /// The server does not know the script (reload it).
     NoScript(String),
-}
-
-/// Whether an error means the connection is unusable (reconnect) rather than that the command
-/// failed on a healthy connection.
-pub(crate) fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-}
-
-/// A Redis error as the broker reports it: the backend unreachable, or a failure.
-pub(crate) fn broker_error(url: &str, e: &RedisError) -> BrokerError {
-    if is_connection_error(e) {
-        BrokerError::Unavailable(format!("redis {url}: {e}"))
-    } else {
-        BrokerError::Failed(format!("redis {url}: {e}"))
-    }
 }
 
 /// How long to wait before reconnect attempt `attempt` (0-based): 100 ms doubling up to 5 s,
@@ -104,25 +89,14 @@ impl Conn {
         Ok(conn)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CmdConn>>> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
-        // No response timeout in the connection: [`Conn::send`] bounds every command itself
-        // (one timer per command, not two).
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(None);
-        let connecting = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(self.timeout, connecting).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => Err(BrokerError::Unavailable(format!(
-                "redis {}: cannot connect: {e}",
-                self.url
-            ))),
+    async fn open(&self) -> Result<Arc<CmdConn>, BrokerError> {
+        match tokio::time::timeout(self.timeout, CmdConn::connect(&self.client, &self.url)).await {
+            Ok(Ok(connection)) => Ok(Arc::new(connection)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(BrokerError::Unavailable(format!(
                 "redis {}: no connection within {:?}",
                 self.url, self.timeout
@@ -153,7 +127,7 @@ impl Conn {
     }
 
     async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, Failure> {
-        let Some(mut connection) = self.lock().clone() else {
+        let Some(connection) = self.lock().clone() else {
             self.metrics.broker_errors.fetch_add(1, Relaxed);
             return Err(Failure::Broker(BrokerError::Unavailable(format!(
                 "redis {}: not connected (reconnecting)",
@@ -161,23 +135,28 @@ impl Conn {
             ))));
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, connection.send_packed_command(cmd)).await;
-        // A server error (a script's, NOSCRIPT) comes back as a value: make it an error.
-        let result = result.map(|reply| reply.and_then(Value::extract_error));
+        let packed = cmd.get_packed_command();
+        let result = tokio::time::timeout(self.timeout, connection.request(&packed)).await;
         match result {
             Ok(Ok(value)) => {
                 self.metrics.observe_broker_round_trip(started.elapsed());
                 Ok(value)
             }
-            Ok(Err(e)) if e.code() == Some("NOSCRIPT") => {
+            Ok(Err(CmdError::Server(e))) if e.starts_with("NOSCRIPT") => {
                 Err(Failure::NoScript(format!("redis {}: {e}", self.url)))
             }
-            Ok(Err(e)) => {
+            Ok(Err(CmdError::Server(e))) => {
+                // A failed command on a healthy connection (a script's error).
                 self.metrics.broker_errors.fetch_add(1, Relaxed);
-                if is_connection_error(&e) {
-                    self.lost(&e.to_string());
-                }
-                Err(Failure::Broker(broker_error(&self.url, &e)))
+                Err(Failure::Broker(BrokerError::Failed(format!(
+                    "redis {}: {e}",
+                    self.url
+                ))))
+            }
+            Ok(Err(CmdError::Lost(e))) => {
+                self.metrics.broker_errors.fetch_add(1, Relaxed);
+                self.lost(&e);
+                Err(Failure::Broker(BrokerError::Unavailable(e)))
             }
             Err(_) => {
                 self.metrics.broker_errors.fetch_add(1, Relaxed);

@@ -14,7 +14,8 @@
 //!   subscriptions on it; [`subconn`]: that connection's socket, read without the `redis`
 //!   crate ([`resp`]: the lean RESP reader); [`reader`]: the task reading it, ordered
 //!   hand-off, gap fill and reconnect; [`presence`]: expiring presence refreshed by each node; [`conn`]: the
-//!   command connection per shard, fail-fast with background reconnect.
+//!   command connection per shard, fail-fast with background reconnect ([`cmdconn`]: its
+//!   socket, pipelined, replies read with [`resp`]).
 //! - The node's fan-out stays local: Redis delivers each publication once per node, never
 //!   once per subscriber.
 //! - Failure: [`Broker::start`] fails if a shard cannot be reached (the hub retries it);
@@ -23,6 +24,7 @@
 //!   [`Broker::is_available`] says false meanwhile, and subscribed channels are filled from
 //!   their streams (or reset / gapped) once it is back.
 
+mod cmdconn;
 mod conn;
 mod frame;
 mod keys;

@@ -10,6 +10,64 @@
 
 use bytes::{Bytes, BytesMut};
 
+/// Takes one complete command reply off the front of `buf` as a [`redis::Value`] (`Err`
+/// inside: the server's error reply); `Ok(None)` if `buf` holds only part of one.
+pub(crate) fn parse_value(
+    buf: &mut BytesMut,
+) -> Result<Option<Result<redis::Value, String>>, RespError> {
+    let Some(len) = value_end(buf, 0, 0)? else {
+        return Ok(None);
+    };
+    let frame = buf.split_to(len);
+    Ok(Some(to_value(&frame, 0).map(|(value, _)| value)))
+}
+
+/// The complete value at `at` of `frame` and where the next one starts; an error reply at
+/// any depth fails the whole reply (none of ours returns one inside an array).
+fn to_value(frame: &[u8], at: usize) -> Result<(redis::Value, usize), String> {
+    use redis::Value;
+    let unreadable = || "unreadable reply".to_owned();
+    let end = line_end(frame, at + 1).ok_or_else(unreadable)?;
+    let line = &frame[at + 1..end];
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let next = end + 2;
+    match frame[at] {
+        b'+' if line == b"OK" => Ok((Value::Okay, next)),
+        b'+' => Ok((Value::SimpleString(text()), next)),
+        b'-' => Err(text()),
+        b':' => {
+            let n = std::str::from_utf8(line).ok().and_then(|s| s.parse().ok());
+            Ok((Value::Int(n.ok_or_else(unreadable)?), next))
+        }
+        b'_' => Ok((Value::Nil, next)),
+        b'$' | b'*' if line == b"-1" => Ok((Value::Nil, next)),
+        b'$' | b'=' => {
+            let len = decimal(line).ok_or_else(unreadable)?;
+            let data = frame.get(next..next + len).ok_or_else(unreadable)?;
+            Ok((Value::BulkString(data.to_vec()), next + len + 2))
+        }
+        b'!' => {
+            let len = decimal(line).ok_or_else(unreadable)?;
+            let data = frame.get(next..next + len).ok_or_else(unreadable)?;
+            Err(String::from_utf8_lossy(data).into_owned())
+        }
+        b'*' | b'>' | b'~' => {
+            let count = decimal(line).ok_or_else(unreadable)?;
+            let mut items = Vec::with_capacity(count.min(1024));
+            let mut at = next;
+            for _ in 0..count {
+                let (item, after) = to_value(frame, at)?;
+                items.push(item);
+                at = after;
+            }
+            Ok((Value::Array(items), at))
+        }
+        // Maps, attributes, doubles, booleans, big numbers: a RESP2 connection (no HELLO
+        // is sent) never gets them, and no script of ours returns them.
+        _ => Err(format!("unexpected reply type {:?}", char::from(frame[at]))),
+    }
+}
+
 /// What one complete reply on the pub/sub connection says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Push {
@@ -408,6 +466,34 @@ mod tests {
         assert_eq!(parse(&mut deep), Err(RespError::TooLarge));
         let mut huge = BytesMut::from(&b"$999999999999\r\n"[..]);
         assert_eq!(parse(&mut huge), Err(RespError::TooLarge));
+    }
+
+    #[test]
+    fn command_replies_become_values() {
+        use redis::Value;
+        let mut buf = BytesMut::from(
+            &b"*2\r\n:42\r\n$4\r\nab\r\n\r\n+OK\r\n-NOSCRIPT No matching script\r\n$-1\r\n*1\r\n*2\r\n+x\r\n:-1\r\n*3\r\n:1"[..],
+        );
+        let mut next = || parse_value(&mut buf).expect("valid RESP");
+        assert_eq!(
+            next(),
+            Some(Ok(Value::Array(vec![
+                Value::Int(42),
+                Value::BulkString(b"ab\r\n".to_vec()),
+            ])))
+        );
+        assert_eq!(next(), Some(Ok(Value::Okay)));
+        assert_eq!(next(), Some(Err("NOSCRIPT No matching script".to_owned())));
+        assert_eq!(next(), Some(Ok(Value::Nil)));
+        assert_eq!(
+            next(),
+            Some(Ok(Value::Array(vec![Value::Array(vec![
+                Value::SimpleString("x".to_owned()),
+                Value::Int(-1),
+            ])])))
+        );
+        assert_eq!(next(), None, "an incomplete array waits for more");
+        assert_eq!(buf.len(), 6);
     }
 
     #[test]

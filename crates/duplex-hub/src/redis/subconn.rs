@@ -22,8 +22,10 @@ use crate::broker::BrokerError;
 
 use super::resp::{self, Push};
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+/// A socket's read half.
+pub(super) type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// A socket's write half.
+pub(super) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A message on a subscribed channel: slices of the received bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +95,36 @@ pub(crate) async fn connect(
 }
 
 async fn open(client: &Client, url: &Arc<str>) -> Result<(Sink, Source), BrokerError> {
-    let unreachable = |e: std::io::Error| {
-        BrokerError::Unavailable(format!("redis {url}: cannot connect (pub/sub): {e}"))
+    // Pub/sub channels are not per database: no SELECT.
+    let (reader, writer, buf) = dial(client, url, false).await?;
+    let shared = Arc::new(Shared {
+        writer: tokio::sync::Mutex::new(writer),
+        waiting: Mutex::new(VecDeque::new()),
+    });
+    let sink = Sink {
+        shared: shared.clone(),
+        url: url.clone(),
     };
+    let source = Source {
+        reader,
+        buf,
+        shared,
+    };
+    Ok((sink, source))
+}
+
+/// A socket to `client`'s server (plain TCP or a unix socket), authenticated (AUTH) if the
+/// URL has a password and, with `select`, on the URL's database (SELECT); returns its halves
+/// and what was read past the handshake's replies.
+pub(super) async fn dial(
+    client: &Client,
+    url: &str,
+    select: bool,
+) -> Result<(Reader, Writer, BytesMut), BrokerError> {
+    let unreachable =
+        |e: std::io::Error| BrokerError::Unavailable(format!("redis {url}: cannot connect: {e}"));
     let info = client.get_connection_info();
-    let (reader, writer): (Reader, Writer) = match info.addr() {
+    let (mut reader, mut writer): (Reader, Writer) = match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
@@ -116,51 +143,60 @@ async fn open(client: &Client, url: &Arc<str>) -> Result<(Sink, Source), BrokerE
         }
         other => {
             return Err(BrokerError::Failed(format!(
-                "redis {url}: {other:?} is not supported for pub/sub (plain TCP or a unix socket)"
+                "redis {url}: {other:?} is not supported (plain TCP or a unix socket)"
             )));
         }
     };
-    let shared = Arc::new(Shared {
-        writer: tokio::sync::Mutex::new(writer),
-        waiting: Mutex::new(VecDeque::new()),
-    });
-    let sink = Sink {
-        shared: shared.clone(),
-        url: url.clone(),
-    };
-    let mut source = Source {
-        reader,
-        buf: BytesMut::with_capacity(16 * 1024),
-        shared,
-    };
     let settings = info.redis_settings();
+    let mut commands: Vec<Vec<String>> = Vec::new();
     if let Some(password) = settings.password() {
-        let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-        if let Some(username) = settings.username() {
-            auth.push(username.as_bytes());
-        }
-        auth.push(password.as_bytes());
-        let mut command = Vec::new();
-        resp::encode_command(&mut command, &auth);
-        sink.write(&command).await?;
-        match source.reply().await {
-            Some(Push::Status(_)) => {}
-            Some(Push::Error(e)) => {
-                return Err(BrokerError::Failed(format!("redis {url}: AUTH: {e}")));
+        let mut auth = vec!["AUTH".to_owned()];
+        auth.extend(settings.username().map(str::to_owned));
+        auth.push(password.to_owned());
+        commands.push(auth);
+    }
+    if select && settings.db() != 0 {
+        commands.push(vec!["SELECT".to_owned(), settings.db().to_string()]);
+    }
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    for command in commands {
+        let mut packed = Vec::new();
+        resp::encode_command(&mut packed, &command);
+        write_all(&mut writer, &packed, url).await?;
+        let reply = loop {
+            match resp::parse(&mut buf) {
+                Ok(Some(reply)) => break reply,
+                Ok(None) => {}
+                Err(e) => return Err(BrokerError::Failed(format!("redis {url}: {e}"))),
             }
-            Some(other) => {
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "redis {url}: connection closed during {}",
+                        command[0]
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(unreachable(e)),
+            }
+        };
+        match reply {
+            Push::Status(_) => {}
+            Push::Error(e) => {
                 return Err(BrokerError::Failed(format!(
-                    "redis {url}: AUTH: unexpected reply {other:?}"
+                    "redis {url}: {}: {e}",
+                    command[0]
                 )));
             }
-            None => {
-                return Err(BrokerError::Unavailable(format!(
-                    "redis {url}: connection closed during AUTH"
+            other => {
+                return Err(BrokerError::Failed(format!(
+                    "redis {url}: {}: unexpected reply {other:?}",
+                    command[0]
                 )));
             }
         }
     }
-    Ok((sink, source))
+    Ok((reader, writer, buf))
 }
 
 impl Sink {
@@ -222,17 +258,17 @@ impl Sink {
         write_all(&mut writer, &command, &self.url).await?;
         Ok(answered)
     }
-
-    async fn write(&self, bytes: &[u8]) -> Result<(), BrokerError> {
-        write_all(&mut *self.shared.writer.lock().await, bytes, &self.url).await
-    }
 }
 
-async fn write_all(writer: &mut Writer, bytes: &[u8], url: &str) -> Result<(), BrokerError> {
+pub(super) async fn write_all(
+    writer: &mut Writer,
+    bytes: &[u8],
+    url: &str,
+) -> Result<(), BrokerError> {
     writer
         .write_all(bytes)
         .await
-        .map_err(|e| BrokerError::Unavailable(format!("redis {url}: pub/sub write: {e}")))
+        .map_err(|e| BrokerError::Unavailable(format!("redis {url}: write: {e}")))
 }
 
 impl Source {
