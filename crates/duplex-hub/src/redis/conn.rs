@@ -19,6 +19,7 @@ use crate::broker::BrokerError;
 use crate::metrics::Metrics;
 
 use super::cmdconn::{CmdConn, CmdError};
+use super::resp;
 use super::script::Script;
 
 /// A shard's command connection.
@@ -120,13 +121,18 @@ impl Conn {
     /// Runs one command: `Unavailable` at once if the connection is down, and at most the
     /// timeout otherwise.
     pub(crate) async fn query(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, BrokerError> {
-        self.send(cmd).await.map_err(|failure| match failure {
+        self.query_packed(&cmd.get_packed_command()).await
+    }
+
+    /// [`query`](Conn::query) with the command already in RESP.
+    async fn query_packed(self: &Arc<Self>, packed: &[u8]) -> Result<Value, BrokerError> {
+        self.send(packed).await.map_err(|failure| match failure {
             Failure::Broker(e) => e,
             Failure::NoScript(message) => BrokerError::Failed(message),
         })
     }
 
-    async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, Failure> {
+    async fn send(self: &Arc<Self>, packed: &[u8]) -> Result<Value, Failure> {
         let Some(connection) = self.lock().clone() else {
             self.metrics.broker_errors.fetch_add(1, Relaxed);
             return Err(Failure::Broker(BrokerError::Unavailable(format!(
@@ -135,8 +141,7 @@ impl Conn {
             ))));
         };
         let started = Instant::now();
-        let packed = cmd.get_packed_command();
-        let result = tokio::time::timeout(self.timeout, connection.request(&packed)).await;
+        let result = tokio::time::timeout(self.timeout, connection.request(packed)).await;
         match result {
             Ok(Ok(value)) => {
                 self.metrics.observe_broker_round_trip(started.elapsed());
@@ -183,19 +188,17 @@ impl Conn {
             Some(sha) => sha,
             None => self.load(script).await?,
         };
+        // Encoded straight into one buffer: this is every publish's command.
         let evalsha = |sha: &str| {
-            // Sized up front: the command is built once per publish, without regrowing.
-            let data = 7
-                + sha.len()
-                + 2
-                + keys.iter().map(|k| k.len()).sum::<usize>()
-                + args.iter().map(|a| a.len()).sum::<usize>();
-            let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
-            cmd.arg("EVALSHA").arg(sha).arg(keys.len()).arg(keys);
-            for arg in args {
-                cmd.arg(*arg);
-            }
-            cmd
+            let count = keys.len().to_string();
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+            parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
+            parts.extend(keys.iter().map(|k| k.as_bytes()));
+            parts.extend_from_slice(args);
+            let size = parts.iter().map(|p| p.len() + 16).sum::<usize>() + 16;
+            let mut packed = Vec::with_capacity(size);
+            resp::encode_command(&mut packed, &parts);
+            packed
         };
         match self.send(&evalsha(sha)).await {
             Ok(value) => Ok(value),
@@ -204,7 +207,7 @@ impl Conn {
                 // The server restarted or flushed its scripts: load it again, once.
                 tracing::info!("redis {}: reloading the {} script", self.url, script.name);
                 let sha = self.load(script).await?;
-                self.query(&evalsha(sha)).await
+                self.query_packed(&evalsha(sha)).await
             }
         }
     }

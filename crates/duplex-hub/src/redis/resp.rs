@@ -8,6 +8,8 @@
 //! RESP2/RESP3 type is framed correctly too (and reported as [`Push::Other`]), so an
 //! unexpected reply never desynchronises the stream.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 /// Takes one complete command reply off the front of `buf` as a [`redis::Value`] (`Err`
@@ -116,11 +118,47 @@ const MAX_ELEMENTS: usize = 1 << 20;
 /// Takes one complete reply off the front of `buf`; `Ok(None)` if `buf` holds only part of
 /// one (read more and call again: nothing was consumed).
 pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Push>, RespError> {
+    // The common case, a complete message, without the general walk.
+    if let Some((channel, payload, end)) = message_layout(buf) {
+        let frame = buf.split_to(end).freeze();
+        return Ok(Some(Push::Message {
+            channel: frame.slice(channel),
+            payload: frame.slice(payload),
+        }));
+    }
     let Some(len) = value_end(buf, 0, 0)? else {
         return Ok(None);
     };
     let frame = buf.split_to(len).freeze();
     Ok(Some(interpret(&frame)))
+}
+
+/// Where a complete, well-formed `message` push at the front of `buf` has its channel and
+/// payload, and where it ends; `None` for anything else (left to the general path).
+fn message_layout(buf: &[u8]) -> Option<(Range<usize>, Range<usize>, usize)> {
+    const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+    if !buf.starts_with(HEAD) {
+        return None;
+    }
+    let (channel, at) = bulk_layout(buf, HEAD.len())?;
+    let (payload, end) = bulk_layout(buf, at)?;
+    Some((channel, payload, end))
+}
+
+/// A complete bulk string at `at`: its data, and where it ends.
+fn bulk_layout(buf: &[u8], at: usize) -> Option<(Range<usize>, usize)> {
+    if *buf.get(at)? != b'$' {
+        return None;
+    }
+    let line = buf.get(at + 1..)?;
+    let cr = line.iter().take(21).position(|&b| b == b'\r')?;
+    let len = decimal(&line[..cr])?;
+    let start = at + 1 + cr + 2;
+    let end = start.checked_add(len)?;
+    if buf.get(start - 1) != Some(&b'\n') || buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+        return None;
+    }
+    Some((start..end, end + 2))
 }
 
 /// What the complete reply `frame` says.
@@ -317,16 +355,32 @@ fn find_crlf(buf: &[u8], at: usize) -> Option<usize> {
 /// Appends the RESP2 command `args` (an array of bulk strings) to `out`.
 pub(crate) fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
+    push_decimal(out, args.len());
     out.extend_from_slice(b"\r\n");
     for arg in args {
         let arg = arg.as_ref();
         out.push(b'$');
-        out.extend_from_slice(arg.len().to_string().as_bytes());
+        push_decimal(out, arg.len());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `n` in decimal (without a `String` per number: every publish encodes nine).
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // n % 10 < 10: the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends `input` to `buf`, as a read would.
@@ -456,6 +510,8 @@ mod tests {
             b"$x\r\n",
             b"$3\r\nabcXY",
             b"*1\r\n$1\r\nab\r\n",
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nab\r\n$0\r\n\r\n",
+            b"*3\r\n$7\r\nmessage\r\n$1\nabc\r\n",
             b"$-2\r\n",
             b"$123456789012345678901234567\r\n",
         ] {
