@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
+use redis::{Client, Cmd, Value};
 
 use crate::broker::BrokerError;
 use crate::metrics::Metrics;
 
+use super::cmdconn::{CmdConn, CmdError};
+use super::resp;
 use super::script::Script;
 
 /// A shard's command connection.
@@ -29,7 +30,7 @@ pub(crate) struct Conn {
     timeout: Duration,
     metrics: Arc<Metrics>,
     /// `None` while down.
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<Arc<CmdConn>>>,
     /// A reconnect task is running.
     reconnecting: AtomicBool,
     /// Tells [`Conn::wait_up`] when the connection is back.
@@ -51,21 +52,6 @@ enum Failure {
     Broker(BrokerError),
     /// The server does not know the script (reload it).
     NoScript(String),
-}
-
-/// Whether an error means the connection is unusable (reconnect) rather than that the command
-/// failed on a healthy connection.
-pub(crate) fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-}
-
-/// A Redis error as the broker reports it: the backend unreachable, or a failure.
-pub(crate) fn broker_error(url: &str, e: &RedisError) -> BrokerError {
-    if is_connection_error(e) {
-        BrokerError::Unavailable(format!("redis {url}: {e}"))
-    } else {
-        BrokerError::Failed(format!("redis {url}: {e}"))
-    }
 }
 
 /// How long to wait before reconnect attempt `attempt` (0-based): 100 ms doubling up to 5 s,
@@ -104,23 +90,14 @@ impl Conn {
         Ok(conn)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CmdConn>>> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let connecting = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(self.timeout, connecting).await {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => Err(BrokerError::Unavailable(format!(
-                "redis {}: cannot connect: {e}",
-                self.url
-            ))),
+    async fn open(&self) -> Result<Arc<CmdConn>, BrokerError> {
+        match tokio::time::timeout(self.timeout, CmdConn::connect(&self.client, &self.url)).await {
+            Ok(Ok(connection)) => Ok(Arc::new(connection)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(BrokerError::Unavailable(format!(
                 "redis {}: no connection within {:?}",
                 self.url, self.timeout
@@ -144,14 +121,19 @@ impl Conn {
     /// Runs one command: `Unavailable` at once if the connection is down, and at most the
     /// timeout otherwise.
     pub(crate) async fn query(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, BrokerError> {
-        self.send(cmd).await.map_err(|failure| match failure {
+        self.query_packed(&cmd.get_packed_command()).await
+    }
+
+    /// [`query`](Conn::query) with the command already in RESP.
+    async fn query_packed(self: &Arc<Self>, packed: &[u8]) -> Result<Value, BrokerError> {
+        self.send(packed).await.map_err(|failure| match failure {
             Failure::Broker(e) => e,
             Failure::NoScript(message) => BrokerError::Failed(message),
         })
     }
 
-    async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, Failure> {
-        let Some(mut connection) = self.lock().clone() else {
+    async fn send(self: &Arc<Self>, packed: &[u8]) -> Result<Value, Failure> {
+        let Some(connection) = self.lock().clone() else {
             self.metrics.broker_errors.fetch_add(1, Relaxed);
             return Err(Failure::Broker(BrokerError::Unavailable(format!(
                 "redis {}: not connected (reconnecting)",
@@ -159,23 +141,27 @@ impl Conn {
             ))));
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, connection.send_packed_command(cmd)).await;
-        // A server error (a script's, NOSCRIPT) comes back as a value: make it an error.
-        let result = result.map(|reply| reply.and_then(Value::extract_error));
+        let result = tokio::time::timeout(self.timeout, connection.request(packed)).await;
         match result {
             Ok(Ok(value)) => {
                 self.metrics.observe_broker_round_trip(started.elapsed());
                 Ok(value)
             }
-            Ok(Err(e)) if e.code() == Some("NOSCRIPT") => {
+            Ok(Err(CmdError::Server(e))) if e.starts_with("NOSCRIPT") => {
                 Err(Failure::NoScript(format!("redis {}: {e}", self.url)))
             }
-            Ok(Err(e)) => {
+            Ok(Err(CmdError::Server(e))) => {
+                // A failed command on a healthy connection (a script's error).
                 self.metrics.broker_errors.fetch_add(1, Relaxed);
-                if is_connection_error(&e) {
-                    self.lost(&e.to_string());
-                }
-                Err(Failure::Broker(broker_error(&self.url, &e)))
+                Err(Failure::Broker(BrokerError::Failed(format!(
+                    "redis {}: {e}",
+                    self.url
+                ))))
+            }
+            Ok(Err(CmdError::Lost(e))) => {
+                self.metrics.broker_errors.fetch_add(1, Relaxed);
+                self.lost(&e);
+                Err(Failure::Broker(BrokerError::Unavailable(e)))
             }
             Err(_) => {
                 self.metrics.broker_errors.fetch_add(1, Relaxed);
@@ -202,13 +188,17 @@ impl Conn {
             Some(sha) => sha,
             None => self.load(script).await?,
         };
+        // Encoded straight into one buffer: this is every publish's command.
         let evalsha = |sha: &str| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(keys.len()).arg(keys);
-            for arg in args {
-                cmd.arg(*arg);
-            }
-            cmd
+            let count = keys.len().to_string();
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+            parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
+            parts.extend(keys.iter().map(|k| k.as_bytes()));
+            parts.extend_from_slice(args);
+            let size = parts.iter().map(|p| p.len() + 16).sum::<usize>() + 16;
+            let mut packed = Vec::with_capacity(size);
+            resp::encode_command(&mut packed, &parts);
+            packed
         };
         match self.send(&evalsha(sha)).await {
             Ok(value) => Ok(value),
@@ -217,7 +207,7 @@ impl Conn {
                 // The server restarted or flushed its scripts: load it again, once.
                 tracing::info!("redis {}: reloading the {} script", self.url, script.name);
                 let sha = self.load(script).await?;
-                self.query(&evalsha(sha)).await
+                self.query_packed(&evalsha(sha)).await
             }
         }
     }

@@ -11,9 +11,11 @@
 //!   so every node agrees); [`script`]: one Lua script per operation, so a publish is one
 //!   round trip; [`frame`]: what travels on pub/sub; [`stream`]: publish and history over
 //!   the scripts; [`pubsub`]: one pub/sub connection per shard and the counted
-//!   subscriptions on it; [`reader`]: the task reading it, ordered hand-off, gap fill and
-//!   reconnect; [`presence`]: expiring presence refreshed by each node; [`conn`]: the
-//!   command connection per shard, fail-fast with background reconnect.
+//!   subscriptions on it; [`subconn`]: that connection's socket, read without the `redis`
+//!   crate ([`resp`]: the lean RESP reader); [`reader`]: the task reading it, ordered
+//!   hand-off, gap fill and reconnect; [`presence`]: expiring presence refreshed by each node; [`conn`]: the
+//!   command connection per shard, fail-fast with background reconnect ([`cmdconn`]: its
+//!   socket, pipelined, replies read with [`resp`]).
 //! - The node's fan-out stays local: Redis delivers each publication once per node, never
 //!   once per subscriber.
 //! - Failure: [`Broker::start`] fails if a shard cannot be reached (the hub retries it);
@@ -22,15 +24,18 @@
 //!   [`Broker::is_available`] says false meanwhile, and subscribed channels are filled from
 //!   their streams (or reset / gapped) once it is back.
 
+mod cmdconn;
 mod conn;
 mod frame;
 mod keys;
 mod presence;
 mod pubsub;
 mod reader;
+mod resp;
 mod script;
 mod shard;
 mod stream;
+mod subconn;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

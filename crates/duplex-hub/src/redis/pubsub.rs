@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use ::redis::Client;
-use ::redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 
 use crate::broker::{BrokerError, BrokerHandler, HistoryQuery, StreamPosition};
@@ -24,6 +23,7 @@ use super::conn::Conn;
 use super::keys;
 use super::reader::Reader;
 use super::stream;
+use super::subconn::{self, Sink};
 
 /// A shard's pub/sub side, shared by the broker's calls and the reader task.
 pub(crate) struct PubSubShard {
@@ -54,7 +54,7 @@ impl std::fmt::Debug for PubSubShard {
 
 pub(super) struct Subscriptions {
     /// The current connection's sink; `None` while it is down.
-    pub(super) sink: Option<PubSubSink>,
+    pub(super) sink: Option<Sink>,
     /// Local subscription count per channel, and the generation of its tracking.
     pub(super) counts: HashMap<String, (usize, u64)>,
 }
@@ -74,24 +74,6 @@ pub(super) enum Event {
     Untrack { channel: String, generation: u64 },
 }
 
-/// Connects a pub/sub connection, bounded by the timeout.
-pub(super) async fn connect(
-    client: &Client,
-    url: &str,
-    options: &Options,
-) -> Result<::redis::aio::PubSub, BrokerError> {
-    match tokio::time::timeout(options.timeout, client.get_async_pubsub()).await {
-        Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(e)) => Err(BrokerError::Unavailable(format!(
-            "redis {url}: cannot connect (pub/sub): {e}"
-        ))),
-        Err(_) => Err(BrokerError::Unavailable(format!(
-            "redis {url}: no pub/sub connection within {:?}",
-            options.timeout
-        ))),
-    }
-}
-
 impl PubSubShard {
     /// Opens the shard's pub/sub connection; the returned [`Reader`] must be run (spawned) to
     /// deliver anything.
@@ -103,7 +85,7 @@ impl PubSubShard {
         metrics: Arc<Metrics>,
         handler: Arc<dyn BrokerHandler>,
     ) -> Result<(Arc<PubSubShard>, Reader), BrokerError> {
-        let (sink, stream) = connect(&client, &url, &options).await?.split();
+        let (sink, source) = subconn::connect(&client, &url, options.timeout).await?;
         let (events, events_rx) = mpsc::unbounded_channel();
         let shard = Arc::new(PubSubShard {
             url,
@@ -119,7 +101,7 @@ impl PubSubShard {
             up: AtomicBool::new(true),
             next_generation: AtomicU64::new(1),
         });
-        let reader = Reader::new(shard.clone(), events_rx, stream, handler);
+        let reader = Reader::new(shard.clone(), events_rx, source, handler);
         Ok((shard, reader))
     }
 
@@ -172,7 +154,7 @@ impl PubSubShard {
             *count += 1;
             return Ok(());
         }
-        let Some(mut sink) = subs.sink.clone() else {
+        let Some(sink) = subs.sink.clone() else {
             return Err(BrokerError::Unavailable(format!(
                 "redis {}: pub/sub connection down (reconnecting)",
                 self.url
@@ -190,11 +172,12 @@ impl PubSubShard {
             })
         };
         let pubsub = keys::pubsub(channel);
-        match tokio::time::timeout(self.options.timeout, sink.subscribe(&pubsub)).await {
+        let subscribe = sink.subscribe(std::slice::from_ref(&pubsub));
+        match tokio::time::timeout(self.options.timeout, subscribe).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 untrack();
-                return Err(super::conn::broker_error(&self.url, &e));
+                return Err(e);
             }
             Err(_) => {
                 untrack();
@@ -212,7 +195,8 @@ impl PubSubShard {
             Ok(history) => history.position,
             Err(e) => {
                 untrack();
-                let _ = tokio::time::timeout(self.options.timeout, sink.unsubscribe(&pubsub)).await;
+                let unsubscribe = sink.unsubscribe(std::slice::from_ref(&pubsub));
+                let _ = tokio::time::timeout(self.options.timeout, unsubscribe).await;
                 return Err(e);
             }
         };
@@ -240,10 +224,11 @@ impl PubSubShard {
             channel: channel.to_owned(),
             generation,
         });
-        if let Some(mut sink) = subs.sink.clone() {
+        if let Some(sink) = subs.sink.clone() {
             // Should it fail, the connection is going away, and the reconnect subscribes to
             // the counted channels only; until then the reader ignores the channel.
-            let unsubscribe = sink.unsubscribe(keys::pubsub(channel));
+            let pubsub = [keys::pubsub(channel)];
+            let unsubscribe = sink.unsubscribe(&pubsub);
             if let Ok(Err(e)) = tokio::time::timeout(self.options.timeout, unsubscribe).await {
                 tracing::debug!("redis {}: UNSUBSCRIBE {channel}: {e}", self.url);
             }

@@ -9,30 +9,30 @@
 //! counted channel again, and catches each one up from its stream the same way.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use ::redis::aio::PubSubStream;
 use bytes::Bytes;
-use futures_core::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Timeout;
 
 use crate::broker::{BrokerHandler, HistoryQuery, Publication, StreamPosition};
 
 use super::conn::backoff;
 use super::frame::{self, Frame};
 use super::keys;
-use super::pubsub::{Event, PubSubShard, connect};
+use super::pubsub::{Event, PubSubShard};
 use super::stream;
+use super::subconn::{self, Message, Source};
 
 /// The task that reads a shard's pub/sub connection and hands events to the node.
 pub(crate) struct Reader {
     shard: Arc<PubSubShard>,
     events: mpsc::UnboundedReceiver<Event>,
     /// `None` while the connection is down.
-    stream: Option<PubSubStream>,
+    stream: Option<Source>,
     channels: HashMap<String, Tracked>,
     handler: Arc<dyn BrokerHandler>,
 }
@@ -60,6 +60,9 @@ struct Tracked {
     catch_up: bool,
 }
 
+/// Where the answer to a keepalive PING arrives.
+type Pong = oneshot::Receiver<Result<(), String>>;
+
 /// How often the reader PINGs its pub/sub connection: a Redis that vanished without closing
 /// the socket (a network partition) is noticed within this plus the timeout.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -68,7 +71,7 @@ impl Reader {
     pub(super) fn new(
         shard: Arc<PubSubShard>,
         events: mpsc::UnboundedReceiver<Event>,
-        stream: PubSubStream,
+        stream: Source,
         handler: Arc<dyn BrokerHandler>,
     ) -> Reader {
         Reader {
@@ -84,8 +87,12 @@ impl Reader {
     pub(crate) async fn run(mut self) {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The keepalive PING in flight: its PONG comes in on the connection this task reads,
+        // so it is awaited beside the messages, never instead of them.
+        let mut pong: Option<Pin<Box<Timeout<Pong>>>> = None;
         loop {
             let Some(stream) = self.stream.as_mut() else {
+                pong = None;
                 self.reconnect().await;
                 continue;
             };
@@ -97,18 +104,31 @@ impl Reader {
                     Some(event) => self.event(event).await,
                     None => return,
                 },
-                message = poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)) => match message {
+                message = stream.next() => match message {
                     Some(message) => self.message(&message).await,
                     None => self.lost().await,
                 },
-                _ = keepalive.tick() => {
-                    // Busy with a (un)subscription: the connection is in use, skip this round
-                    // rather than hold up the messages.
+                answered = async {
+                    match pong.as_mut() {
+                        Some(pong) => pong.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if pong.is_some() => {
+                    pong = None;
+                    if !matches!(answered, Ok(Ok(Ok(())))) {
+                        self.lost().await;
+                    }
+                },
+                _ = keepalive.tick(), if pong.is_none() => {
+                    // Busy with a (un)subscription: skip this round rather than wait for it.
                     let sink = self.shard.ops.try_lock().ok().and_then(|subs| subs.sink.clone());
-                    if let Some(mut sink) = sink {
-                        let ping = tokio::time::timeout(self.shard.options.timeout, sink.ping::<()>());
-                        if !matches!(ping.await, Ok(Ok(()))) {
-                            self.lost().await;
+                    if let Some(sink) = sink {
+                        match sink.ping().await {
+                            Ok(answer) => {
+                                let timeout = self.shard.options.timeout;
+                                pong = Some(Box::pin(tokio::time::timeout(timeout, answer)));
+                            }
+                            Err(_) => self.lost().await,
                         }
                     }
                 }
@@ -131,12 +151,15 @@ impl Reader {
     async fn reconnect(&mut self) {
         let shard = self.shard.clone();
         let mut attempt = 0;
+        let mut early = Vec::new();
         loop {
+            early.clear();
             tokio::time::sleep(backoff(attempt)).await;
             attempt = attempt.saturating_add(1);
             let mut subs = shard.ops.lock().await;
-            let pubsub = match connect(&shard.client, &shard.url, &shard.options).await {
-                Ok(pubsub) => pubsub,
+            let connecting = subconn::connect(&shard.client, &shard.url, shard.options.timeout);
+            let (sink, mut source) = match connecting.await {
+                Ok(connection) => connection,
                 Err(e) => {
                     if attempt == 1 || attempt % 20 == 0 {
                         tracing::warn!("{e}; retrying");
@@ -144,10 +167,28 @@ impl Reader {
                     continue;
                 }
             };
-            let (mut sink, stream) = pubsub.split();
             let channels: Vec<String> = subs.counts.keys().map(|c| keys::pubsub(c)).collect();
             if !channels.is_empty() {
-                let subscribe = sink.subscribe(&channels);
+                // The confirmations arrive on `source`: read it meanwhile, keeping the
+                // messages that come in between for after the catch-up.
+                let subscribe = async {
+                    let subscribe = sink.subscribe(&channels);
+                    tokio::pin!(subscribe);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            done = &mut subscribe => return done,
+                            message = source.next() => match message {
+                                Some(message) => early.push(message),
+                                None => {
+                                    return Err(crate::broker::BrokerError::Unavailable(
+                                        "connection closed while resubscribing".to_owned(),
+                                    ));
+                                }
+                            },
+                        }
+                    }
+                };
                 match tokio::time::timeout(shard.options.timeout, subscribe).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -162,7 +203,7 @@ impl Reader {
             }
             subs.sink = Some(sink);
             drop(subs);
-            self.stream = Some(stream);
+            self.stream = Some(source);
             shard.up.store(true, Relaxed);
             shard.metrics.broker_reconnects.fetch_add(1, Relaxed);
             tracing::info!(
@@ -191,6 +232,9 @@ impl Reader {
                 Some((epoch, last)) => self.catch_up(&name, epoch, last, None).await,
                 None => tracked.catch_up = true,
             }
+        }
+        for message in early {
+            self.message(&message).await;
         }
     }
 
@@ -245,14 +289,17 @@ impl Reader {
         }
     }
 
-    async fn message(&mut self, message: &::redis::Msg) {
-        let Some(channel) = keys::channel_of_pubsub(message.get_channel_name()) else {
+    async fn message(&mut self, message: &Message) {
+        let Ok(name) = std::str::from_utf8(&message.channel) else {
+            return; // not one of ours: ours are UTF-8
+        };
+        let Some(channel) = keys::channel_of_pubsub(name) else {
             return;
         };
         let Some(tracked) = self.channels.get_mut(channel) else {
             return;
         };
-        let Some(frame) = frame::decode(message.get_payload_bytes()) else {
+        let Some(frame) = frame::decode(&message.payload) else {
             tracing::warn!("redis {}: unreadable message on {channel}", self.shard.url);
             return;
         };
