@@ -12,8 +12,10 @@
 //!
 //! ```text
 //! fuzzing   doc-hidden entry points running the parsers below on arbitrary bytes (fuzz/)
-//! server    Hub and HubHandle: binding, the accept loop, graceful shutdown
-//! http      one TCP connection: HTTP/1.1 requests, the JSON API, web assets, the /ws upgrade
+//! server    Hub and HubHandle: binding, the accept loop, graceful shutdown, SIGHUP reload
+//! service   one connection on hyper: TLS, HTTP/1.1 or HTTP/2, bodies, the /ws upgrade (h1, h2)
+//! http      the routes (JSON API, web assets), WebSocket admission; the builtin HTTP/1.1 server
+//! tls       --tls-cert/--tls-key: the rustls acceptor, its certificate reloaded in place
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
 //! fanout    the node's local subscribers per channel and fan-out threads; encode once, deliver
@@ -34,7 +36,7 @@
 //! ## Data flow
 //!
 //! ```text
-//!   HTTP/1.1 (raw TcpStream) ── /api/publish ──▶ Broker ── offset + history ──┐
+//!   HTTP/1.1, HTTP/2, TLS (hyper) ─ /api/publish ─▶ Broker ── offset + history ──┐
 //!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (--broker: memory by default) │ on_publication
 //!                                                                             ▼ (in offset order)
 //!                                         Fanout: a job to the channel's fan-out thread
@@ -80,8 +82,10 @@ mod outbox;
 mod protocol;
 mod redis;
 mod server;
+mod service;
 mod session;
 mod state;
+mod tls;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -91,7 +95,8 @@ pub use crate::broker::{
     StreamPosition,
 };
 pub use crate::config::{
-    BrokerConfig, Compression, ConfigError, FileConfig, HubArgs, HubConfig, load_file,
+    BrokerConfig, Compression, ConfigError, FileConfig, HttpServer, HubArgs, HubConfig, TlsFiles,
+    load_file,
 };
 pub use crate::memory::MemoryBroker;
 pub use crate::metrics::Metrics;

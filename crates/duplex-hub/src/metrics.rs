@@ -12,11 +12,24 @@ const BUCKETS: [f64; 12] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// The transport a WebSocket was accepted over: the `transport` label of
+/// `duplex_hub_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// An HTTP/1.1 upgrade.
+    H1,
+    /// An HTTP/2 extended CONNECT (RFC 8441).
+    H2,
+}
+
 /// The hub's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections: AtomicI64,
+    /// WebSockets accepted over HTTP/1.1 (plain or TLS).
     pub(crate) connections_total: AtomicU64,
+    /// WebSockets accepted over HTTP/2 (RFC 8441 extended CONNECT).
+    pub(crate) connections_h2_total: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) subscriptions: AtomicI64,
     pub(crate) messages_in: AtomicU64,
@@ -52,6 +65,14 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Counts a WebSocket accepted over `transport`.
+    pub(crate) fn accepted(&self, transport: Transport) {
+        match transport {
+            Transport::H1 => self.connections_total.fetch_add(1, Relaxed),
+            Transport::H2 => self.connections_h2_total.fetch_add(1, Relaxed),
+        };
+    }
+
     /// Open WebSocket connections.
     pub fn connections(&self) -> i64 {
         self.connections.load(Relaxed)
@@ -174,12 +195,21 @@ impl Metrics {
             "Open WebSocket connections.",
             g(&self.connections),
         );
-        metric(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
+        let _ = writeln!(
+            out,
+            "# HELP duplex_hub_connections_total WebSocket connections accepted, by transport.\n\
+             # TYPE duplex_hub_connections_total counter\n\
+             duplex_hub_connections_total{{transport=\"h1\"}} {}\n\
+             duplex_hub_connections_total{{transport=\"h2\"}} {}",
             c(&self.connections_total),
+            c(&self.connections_h2_total),
         );
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} {kind}\nduplex_hub_{name} {value}"
+            );
+        };
         metric(
             "connections_refused_total",
             "counter",
