@@ -1,0 +1,268 @@
+//! The hub over HTTP/2 (RFC 8441) on its plain port (h2c by prior knowledge), next to
+//! HTTP/1.1: several WebSockets on one connection, hub commands and fan-out across both
+//! transports, the transport label of the metrics, graceful shutdown; and the limits of the
+//! HTTP/1.1 server kept on hyper (431, HEAD).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Client, config, http, hub, publish_http, within};
+use duplex::{ClientOptions, Event, Http2Connection, Message, WebSocket};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Sends `command` with `id` and returns the reply with that id; pushes met on the way are
+/// appended to `pushes`.
+pub async fn call<S>(
+    ws: &mut WebSocket<S>,
+    id: u64,
+    mut command: Value,
+    pushes: &mut Vec<Value>,
+) -> Value
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    command["id"] = json!(id);
+    ws.send(Message::text(command.to_string()))
+        .await
+        .expect("send");
+    loop {
+        let message = next(ws).await;
+        if message["id"] == json!(id) {
+            return message;
+        }
+        pushes.push(message);
+    }
+}
+
+/// The next message, parsed.
+pub async fn next<S>(ws: &mut WebSocket<S>) -> Value
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let message = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+        .await
+        .expect("a message within 10 s")
+        .expect("connection open")
+        .expect("no error");
+    serde_json::from_slice(message.as_bytes()).expect("JSON from the hub")
+}
+
+/// The next publication push (skipping presence events), from `pushes` first.
+pub async fn publication<S>(ws: &mut WebSocket<S>, pushes: &mut Vec<Value>) -> Value
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while !pushes.is_empty() {
+        let push = pushes.remove(0);
+        if push["op"] == "pub" {
+            return push;
+        }
+    }
+    loop {
+        let push = next(ws).await;
+        if push["op"] == "pub" {
+            return push;
+        }
+    }
+}
+
+/// The value of the metric line `name` (with its labels) in `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let body = String::from_utf8(http(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+const H1: &str = "duplex_hub_connections_total{transport=\"h1\"}";
+const H2: &str = "duplex_hub_connections_total{transport=\"h2\"}";
+
+#[tokio::test]
+async fn several_websockets_share_one_h2c_connection_and_run_hub_commands() {
+    within(async {
+        let hub = hub(config()).await;
+        let addr = hub.local_addr();
+        let base = format!("ws://{addr}");
+        let connection = Http2Connection::connect(&base, &ClientOptions::default())
+            .await
+            .expect("an HTTP/2 connection");
+        assert!(
+            connection.supports_websockets(),
+            "the hub advertises SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        );
+        let (mut a, response) = connection
+            .websocket(&format!("{base}/ws?user=alice"), ClientOptions::default())
+            .await
+            .expect("first WebSocket");
+        assert_eq!(response.status, 200, "RFC 8441 answers 200");
+        assert!(
+            response
+                .extensions
+                .as_deref()
+                .is_some_and(|e| e.contains("permessage-deflate")),
+            "deflate negotiated over HTTP/2 as over HTTP/1.1: {response:?}"
+        );
+        let (mut b, _) = connection
+            .websocket(&format!("{base}/ws?user=bob"), ClientOptions::default())
+            .await
+            .expect("second WebSocket on the same connection");
+        let (mut c, _) = connection
+            .websocket(&format!("{base}/ws?user=carol"), ClientOptions::default())
+            .await
+            .expect("third WebSocket on the same connection");
+        // And one over HTTP/1.1 on the same port.
+        let mut h1 = Client::connect(addr, "?user=dave").await;
+
+        let (mut pa, mut pb, mut pc) = (Vec::new(), Vec::new(), Vec::new());
+        let reply = call(
+            &mut a,
+            1,
+            json!({"op":"subscribe","channel":"room"}),
+            &mut pa,
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let reply = call(
+            &mut b,
+            1,
+            json!({"op":"subscribe","channel":"room"}),
+            &mut pb,
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        h1.subscribe("room").await;
+
+        // Published over HTTP/2, delivered to both transports.
+        let reply = call(
+            &mut c,
+            1,
+            json!({"op":"publish","channel":"room","data":{"n":1}}),
+            &mut pc,
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(publication(&mut a, &mut pa).await["data"], json!({"n": 1}));
+        assert_eq!(publication(&mut b, &mut pb).await["data"], json!({"n": 1}));
+        assert_eq!(h1.publication().await["data"], json!({"n": 1}));
+
+        // Published over HTTP/1.1 (WebSocket and API), delivered over HTTP/2, in order.
+        h1.publish("room", json!({"n": 2})).await;
+        publish_http(addr, "room", json!({"n": 3})).await;
+        for n in [2, 3] {
+            assert_eq!(publication(&mut a, &mut pa).await["data"], json!({"n": n}));
+            assert_eq!(publication(&mut b, &mut pb).await["data"], json!({"n": n}));
+        }
+
+        // Presence sees the HTTP/2 clients by their user names.
+        let reply = call(
+            &mut c,
+            2,
+            json!({"op":"presence","channel":"room"}),
+            &mut pc,
+        )
+        .await;
+        let mut users: Vec<String> = reply["clients"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .iter()
+            .map(|client| client["user"].as_str().unwrap().to_owned())
+            .collect();
+        users.sort();
+        assert_eq!(users, ["alice", "bob", "dave"]);
+
+        assert_eq!(metric(addr, H2).await, 3);
+        assert_eq!(metric(addr, H1).await, 1);
+        assert_eq!(hub.metrics().connections(), 4);
+
+        // A WebSocket closing ends its stream only: the others keep working.
+        a.close(duplex::CloseCode::NORMAL, "bye").await.unwrap();
+        publish_http(addr, "room", json!({"n": 4})).await;
+        assert_eq!(publication(&mut b, &mut pb).await["data"], json!({"n": 4}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_auto_picks_http2_and_shutdown_closes_h2_websockets_with_1001() {
+    within(async {
+        let hub = hub(config()).await;
+        let addr = hub.local_addr();
+        let options = ClientOptions {
+            http2: true,
+            ..ClientOptions::default()
+        };
+        let (mut ws, response) = duplex::connect_auto(&format!("ws://{addr}/ws"), options)
+            .await
+            .expect("connects");
+        assert!(ws.get_ref().is_http2(), "{response:?}");
+        let mut pushes = Vec::new();
+        let reply = call(
+            &mut ws,
+            1,
+            json!({"op":"subscribe","channel":"s"}),
+            &mut pushes,
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(metric(addr, H2).await, 1);
+
+        hub.shutdown();
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.recv_event())
+                .await
+                .expect("the close within 10 s")
+            {
+                Some(Ok(Event::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("ended without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|f| f.code.as_u16()), Some(1001));
+        // Keep polling so the reply goes out and the close handshake completes.
+        let rest = tokio::time::timeout(Duration::from_secs(5), async {
+            while ws.recv_event().await.is_some() {}
+        });
+        let _ = rest.await;
+        assert!(
+            hub.shutdown_within(Duration::from_secs(10)).await,
+            "every connection ended"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_head_over_16_kib_or_64_headers_is_431_and_head_requests_have_no_body() {
+    within(async {
+        let hub = hub(config()).await;
+        let addr = hub.local_addr();
+        let big = "x".repeat(17 * 1024);
+        assert_eq!(
+            http(addr, "GET", "/healthz", &[("X-Big", &big)], None)
+                .await
+                .status,
+            431
+        );
+        let names: Vec<String> = (0..70).map(|i| format!("X-H{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        assert_eq!(http(addr, "GET", "/healthz", &many, None).await.status, 431);
+
+        // HEAD: the headers of the GET, no body.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        tcp.read_to_end(&mut bytes).await.unwrap();
+        let text = String::from_utf8(bytes).unwrap().to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("content-length: 2\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    })
+    .await;
+}
