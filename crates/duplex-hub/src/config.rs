@@ -625,6 +625,51 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_go_together_and_need_the_hyper_server() {
+        let config = HubConfig::merge(
+            &parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            &FileConfig::default(),
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(config.http_server, HttpServer::Hyper);
+        config.validate().unwrap();
+        let file: FileConfig = toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert!(HubConfig::merge(&HubArgs::default(), &file).tls.is_some());
+        let builtin = HubConfig {
+            http_server: HttpServer::Builtin,
+            ..config
+        };
+        assert!(builtin.validate().is_err(), "TLS needs hyper");
+        // One without the other: clap refuses it, and so does a file.
+        assert!(
+            Cli::try_parse_from(["hub", "--tls-cert", "c.pem"]).is_err(),
+            "--tls-cert alone"
+        );
+        let dir = std::env::temp_dir().join(format!("duplex-hub-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.toml");
+        std::fs::write(&path, "tls_key = \"k.pem\"").unwrap();
+        let args = HubArgs {
+            config: Some(path),
+            ..HubArgs::default()
+        };
+        let refused = HubConfig::from_args(&args);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(refused.is_err(), "tls_key alone in a file");
+        let file: FileConfig = toml::from_str("http_server = \"builtin\"").unwrap();
+        assert_eq!(
+            HubConfig::merge(&parse(&[]), &file).http_server,
+            HttpServer::Builtin
+        );
+    }
+
+    #[test]
     fn brokers_are_memory_or_redis_urls() {
         assert_eq!(BrokerConfig::parse("memory").unwrap(), BrokerConfig::Memory);
         assert_eq!(

@@ -108,11 +108,16 @@ pub use crate::server::{Hub, HubHandle};
 pub async fn run(args: HubArgs) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
     let config = HubConfig::from_args(&args)?;
     let close_timeout = config.close_timeout;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let hub = Hub::bind(config)
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = hub.local_addr();
-    tracing::info!("demo page: http://{addr}/");
+    tracing::info!("demo page: {scheme}://{addr}/");
     shutdown_signal().await?;
     tracing::info!("shutting down: closing every connection with 1001");
     if !hub

@@ -441,6 +441,7 @@ async fn run(
 ) {
     let negotiated = connection.deflate().copied();
     let limit = hub.config.queue_bytes;
+    let mut direct = true;
     let (stream, outbox, leftover) = match upgraded.downcast::<TokioIo<Sniffed>>() {
         Ok(parts) => {
             let (tcp, unread) = parts.io.into_inner().into_parts();
@@ -451,6 +452,7 @@ async fn run(
             (stream, outbox, leftover)
         }
         Err(upgraded) => {
+            direct = false;
             let (stream, outbox) = OutboxStream::queued(TokioIo::new(upgraded), limit, negotiated);
             (stream, outbox, BytesMut::new())
         }
@@ -462,7 +464,7 @@ async fn run(
             duplex_proto::extensions::deflate::MAX_WINDOW_BITS,
         )
     });
-    tracing::debug!(%peer, user = grants.user, shared_deflate, h2, "websocket accepted");
+    tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct, "websocket accepted");
     let transport = if h2 { Transport::H2 } else { Transport::H1 };
     crate::session::run(ws, outbox, hub, grants, shared_deflate, transport).await;
 }
