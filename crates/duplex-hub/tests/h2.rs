@@ -236,6 +236,72 @@ async fn connect_auto_picks_http2_and_shutdown_closes_h2_websockets_with_1001() 
     .await;
 }
 
+/// One request over a fresh h2c connection: the status and the body.
+async fn h2_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> (u16, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, body.is_none()).unwrap();
+    if let Some(body) = body {
+        send.send_data(bytes::Bytes::copy_from_slice(body), true)
+            .unwrap();
+    }
+    let response = response.await.expect("a response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, out)
+}
+
+#[tokio::test]
+async fn the_http_api_over_h2c_needs_no_content_length_and_keeps_the_body_limit() {
+    within(async {
+        let hub = hub(duplex_hub::HubConfig {
+            max_message_size: 1024,
+            queue_bytes: 64 * 1024,
+            ..config()
+        })
+        .await;
+        let addr = hub.local_addr();
+        let (status, body) = h2_request(addr, "GET", "/healthz", None).await;
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+        let (status, body) = h2_request(
+            addr,
+            "POST",
+            "/api/publish",
+            Some(br#"{"channel":"h","data":[1]}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let reply: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(reply["offset"], 1);
+        let (status, _) = h2_request(addr, "POST", "/api/publish", Some(&[b' '; 2000])).await;
+        assert_eq!(status, 413);
+        let (status, body) = h2_request(addr, "GET", "/api/history?channel=h", None).await;
+        assert_eq!(status, 200);
+        let history: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(history["publications"][0]["data"], json!([1]));
+        let (status, _) = h2_request(addr, "GET", "/nope", None).await;
+        assert_eq!(status, 404);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_head_over_16_kib_or_64_headers_is_431_and_head_requests_have_no_body() {
     within(async {
