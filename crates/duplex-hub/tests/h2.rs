@@ -79,13 +79,22 @@ pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
         .unwrap()
 }
 
+/// [`config`] on the hyper server (whatever `DUPLEX_HUB_TEST_HTTP_SERVER` says): HTTP/2 is
+/// what these tests are about.
+fn hyper() -> duplex_hub::HubConfig {
+    duplex_hub::HubConfig {
+        http_server: duplex_hub::HttpServer::Hyper,
+        ..config()
+    }
+}
+
 const H1: &str = "duplex_hub_connections_total{transport=\"h1\"}";
 const H2: &str = "duplex_hub_connections_total{transport=\"h2\"}";
 
 #[tokio::test]
 async fn several_websockets_share_one_h2c_connection_and_run_hub_commands() {
     within(async {
-        let hub = hub(config()).await;
+        let hub = hub(hyper()).await;
         let addr = hub.local_addr();
         let base = format!("ws://{addr}");
         let connection = Http2Connection::connect(&base, &ClientOptions::default())
@@ -190,7 +199,7 @@ async fn several_websockets_share_one_h2c_connection_and_run_hub_commands() {
 #[tokio::test]
 async fn connect_auto_picks_http2_and_shutdown_closes_h2_websockets_with_1001() {
     within(async {
-        let hub = hub(config()).await;
+        let hub = hub(hyper()).await;
         let addr = hub.local_addr();
         let options = ClientOptions {
             http2: true,
@@ -274,7 +283,7 @@ async fn the_http_api_over_h2c_needs_no_content_length_and_keeps_the_body_limit(
         let hub = hub(duplex_hub::HubConfig {
             max_message_size: 1024,
             queue_bytes: 64 * 1024,
-            ..config()
+            ..hyper()
         })
         .await;
         let addr = hub.local_addr();
@@ -305,7 +314,7 @@ async fn the_http_api_over_h2c_needs_no_content_length_and_keeps_the_body_limit(
 #[tokio::test]
 async fn a_head_over_16_kib_or_64_headers_is_431_and_head_requests_have_no_body() {
     within(async {
-        let hub = hub(config()).await;
+        let hub = hub(hyper()).await;
         let addr = hub.local_addr();
         let big = "x".repeat(17 * 1024);
         assert_eq!(

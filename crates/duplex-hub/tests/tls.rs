@@ -115,6 +115,7 @@ async fn https(
 fn tls_config(files: &CertFiles) -> HubConfig {
     HubConfig {
         tls: Some(files.files.clone()),
+        http_server: duplex_hub::HttpServer::Hyper,
         ..config()
     }
 }
