@@ -245,6 +245,99 @@ async fn connect_auto_picks_http2_and_shutdown_closes_h2_websockets_with_1001() 
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_websocket_is_a_slow_consumer_and_its_neighbours_are_not() {
+    within(async {
+        let hub = hub(duplex_hub::HubConfig {
+            queue_bytes: 256 * 1024,
+            ..hyper()
+        })
+        .await;
+        let addr = hub.local_addr();
+        let base = format!("ws://{addr}");
+        let options = || ClientOptions {
+            deflate: None,
+            ..ClientOptions::default()
+        };
+        let connection = Http2Connection::connect(&base, &options()).await.unwrap();
+        let (mut slow, _) = connection
+            .websocket(&format!("{base}/ws"), options())
+            .await
+            .unwrap();
+        let (mut reader, _) = connection
+            .websocket(&format!("{base}/ws"), options())
+            .await
+            .unwrap();
+        let mut pushes = Vec::new();
+        for ws in [&mut slow, &mut reader] {
+            let reply = call(
+                ws,
+                1,
+                json!({"op":"subscribe","channel":"flood"}),
+                &mut pushes,
+            )
+            .await;
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+        // `reader` reads everything as it comes, on the same HTTP/2 connection as `slow`,
+        // which reads nothing: h2 flow control holds back `slow`'s stream only, its pushes
+        // queue in the hub until the bound, and it is cut off with 1013.
+        let reading = tokio::spawn(async move {
+            let mut expected = 1;
+            loop {
+                let push = next(&mut reader).await;
+                if push["op"] != "pub" {
+                    continue;
+                }
+                assert_eq!(push["offset"], expected, "in order, no gap, no duplicate");
+                if push["data"]["last"] == true {
+                    return expected;
+                }
+                expected += 1;
+            }
+        });
+        let mut publisher = Client::connect(addr, "").await;
+        let payload = "x".repeat(8 * 1024);
+        let mut published = 0u64;
+        while hub.metrics().slow_consumer_disconnects() == 0 {
+            // The stream window (1 MiB) and the connection's take about 130 of these first.
+            assert!(
+                published < 5_000,
+                "the stalled HTTP/2 WebSocket was never cut off"
+            );
+            for _ in 0..16 {
+                publisher
+                    .publish("flood", json!({"pad": payload, "last": false}))
+                    .await;
+                published += 1;
+            }
+        }
+        publisher
+            .publish("flood", json!({"pad": "", "last": true}))
+            .await;
+        published += 1;
+        assert_eq!(
+            reading.await.unwrap(),
+            published,
+            "the neighbour got everything"
+        );
+        assert_eq!(hub.metrics().slow_consumer_disconnects(), 1);
+        // The stalled one reads now: what was delivered, then Close 1013.
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), slow.recv_event())
+                .await
+                .expect("the close within 10 s")
+            {
+                Some(Ok(Event::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("ended without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|f| f.code.as_u16()), Some(1013));
+    })
+    .await;
+}
+
 /// One request over a fresh h2c connection: the status and the body.
 async fn h2_request(
     addr: SocketAddr,
