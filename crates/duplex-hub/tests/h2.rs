@@ -405,7 +405,7 @@ async fn the_http_api_over_h2c_needs_no_content_length_and_keeps_the_body_limit(
 }
 
 #[tokio::test]
-async fn a_head_over_16_kib_or_64_headers_is_431_and_head_requests_have_no_body() {
+async fn http1_on_hyper_431_for_big_heads_head_without_body_and_100_continue() {
     within(async {
         let hub = hub(hyper()).await;
         let addr = hub.local_addr();
@@ -431,6 +431,32 @@ async fn a_head_over_16_kib_or_64_headers_is_431_and_head_requests_have_no_body(
         assert!(text.starts_with("http/1.1 200"), "{text}");
         assert!(text.contains("content-length: 2\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+
+        // Expect: 100-continue: the interim answer first, then the body is read.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"channel":"e","data":1}"#;
+        tcp.write_all(
+            format!(
+                "POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut interim = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut interim))
+            .await
+            .expect("100 Continue within 10 s")
+            .unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        tcp.read_to_end(&mut bytes).await.unwrap();
+        let (publish, _) = common::parse_response(&bytes);
+        assert_eq!(publish.status, 200);
+        assert_eq!(publish.json()["offset"], 1);
     })
     .await;
 }
