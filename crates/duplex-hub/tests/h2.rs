@@ -1,7 +1,8 @@
 //! The hub over HTTP/2 (RFC 8441) on its plain port (h2c by prior knowledge), next to
 //! HTTP/1.1: several WebSockets on one connection, hub commands and fan-out across both
-//! transports, the transport label of the metrics, graceful shutdown; and the limits of the
-//! HTTP/1.1 server kept on hyper (431, HEAD).
+//! transports, the transport label of the metrics, graceful shutdown, a stalled stream cut off
+//! as a slow consumer, the HTTP API over HTTP/2; and the HTTP/1.1 behaviours kept on hyper
+//! (431, HEAD, Expect: 100-continue).
 
 mod common;
 
