@@ -2,7 +2,9 @@
 # Autobahn|Testsuite conformance run for duplex, both roles:
 #   server suite: `duplex serve --echo` (the engine) on a free 127.0.0.1 port, tested by wstest's
 #                 fuzzing client; then the same without compression cases for the tokio server
-#                 (`--runtime tokio`: the protocol core is shared, the I/O driver is not)
+#                 (`--runtime tokio`: the protocol core is shared, the I/O driver is not);
+#                 then every case again for the engine over wss:// (a self-signed certificate
+#                 made with openssl for the run, in a temporary folder removed at exit)
 #   client suite: the `autobahn-client` example, run against wstest's fuzzing server
 # Reports: conformance/reports/{server,client}/index.html (and index.json).
 # The last line is "conformance: N passed, N failed"; exit status 1 if anything failed.
@@ -21,6 +23,7 @@ usage: conformance/run-all.sh [options]
   --no-strict         NON-STRICT / WRONG CODE etc. pass (the suite's own pass rule)
   --server-only       only the server suites     --client-only   only the client suite
   --no-tokio-server   skip the second server suite (the tokio runtime, cases 1-11)
+  --no-wss-server     skip the third server suite (the engine over wss://, every case)
   --no-build          do not run cargo build; use the binaries already in the target dir
   --timeout SECS      limit for each suite (default $DUPLEX_AUTOBAHN_TIMEOUT or 1200)
   --server-cmd CMD    server under test instead of duplex; {port} is replaced by the port
@@ -51,7 +54,7 @@ AGENT=duplex
 cases="*"
 exclude="${DUPLEX_AUTOBAHN_EXCLUDE-}"
 strict=--strict
-do_server=1 do_client=1 do_tokio=1 build=1 verbose=""
+do_server=1 do_client=1 do_tokio=1 do_wss=1 build=1 verbose=""
 limit="${DUPLEX_AUTOBAHN_TIMEOUT:-1200}"
 server_cmd="" client_cmd=""
 add_exclude() { exclude=${exclude:+$exclude,}$1; }
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
         --server-only) do_client=0; shift ;;
         --client-only) do_server=0; shift ;;
         --no-tokio-server) do_tokio=0; shift ;;
+        --no-wss-server) do_wss=0; shift ;;
         --no-build) build=0; shift ;;
         --verbose) verbose=--verbose; shift ;;
         -h|--help) usage ;;
@@ -88,8 +92,11 @@ CLIENT_BIN="$TARGET/release/examples/autobahn-client"
 
 # Processes this script started (only these are ever killed).
 pids=()
+# The wss:// suite's certificate and key: made at run time, never kept.
+tls_dir=""
 cleanup() {
     local pid
+    [ -n "$tls_dir" ] && rm -rf "$tls_dir"
     for pid in ${pids[@]+"${pids[@]}"}; do
         kill -TERM "$pid" 2>/dev/null || continue
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -138,10 +145,26 @@ build_ok() {   # cargo build args...
     cargo build "$@"
 }
 
+# A self-signed certificate for 127.0.0.1 in a fresh temporary folder ($tls_dir).
+make_certificate() {
+    command -v openssl >/dev/null || { echo "run-all.sh: openssl not found (apt-get install openssl)" >&2; return 1; }
+    tls_dir=$(mktemp -d "${TMPDIR:-/tmp}/duplex-conformance-tls.XXXXXX") || return 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" >"$tls_dir/openssl.log" 2>&1 \
+        || { cat "$tls_dir/openssl.log" >&2; return 1; }
+}
+
 # ---------------------------------------------------------------- server suite
-# Args: label, report folder, runtime (engine or tokio), extra exclusions.
+# Args: label, report folder, runtime (engine or tokio), extra exclusions, scheme (ws or wss).
 run_server_suite() {
-    local label=$1 out=$2 runtime=$3 more_exclude=$4 cmd port pid="" tries started=0 rc=0
+    local label=$1 out=$2 runtime=$3 more_exclude=$4 scheme=${5:-ws} cmd port pid="" tries started=0 rc=0
+    local tls_args=()
+    if [ "$scheme" = wss ]; then
+        make_certificate || { fail_suite "$label" "could not make a certificate"; return; }
+        tls_args=(--tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem")
+    fi
     local excluded=$exclude
     [ -n "$more_exclude" ] && excluded=${excluded:+$excluded,}$more_exclude
     mkdir -p "$out"
@@ -157,8 +180,9 @@ run_server_suite() {
             say "starting server under test: $cmd"
             bash -c "exec $cmd" </dev/null >"$out/server.log" 2>&1 &
         else
-            say "starting $DUPLEX_BIN serve --echo --runtime $runtime --listen 127.0.0.1:$port"
-            "$DUPLEX_BIN" serve --echo --runtime "$runtime" --listen "127.0.0.1:$port" </dev/null >"$out/server.log" 2>&1 &
+            say "starting $DUPLEX_BIN serve --echo --runtime $runtime --listen 127.0.0.1:$port ${tls_args[*]}"
+            "$DUPLEX_BIN" serve --echo --runtime "$runtime" --listen "127.0.0.1:$port" ${tls_args[@]+"${tls_args[@]}"} \
+                </dev/null >"$out/server.log" 2>&1 &
         fi
         pid=$!; pids+=("$pid")
         for _ in $(seq 200); do   # up to 20 s
@@ -183,7 +207,7 @@ run_server_suite() {
     [ "$started" = 1 ] || { fail_suite "$label" "server did not start; see $out/server.log"; return; }
 
     rc=0
-    "$CONF/run.sh" server "ws://127.0.0.1:$port" --agent "$AGENT" --out "$out" \
+    "$CONF/run.sh" server "$scheme://127.0.0.1:$port" --agent "$AGENT" --out "$out" \
         --cases "$cases" ${excluded:+--exclude "$excluded"} $strict $verbose \
         --timeout "$limit" --label "$label" 2>&1 | tee "$out/summary.txt" || rc=$?
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -253,6 +277,11 @@ if [ "$do_server" = 1 ]; then
         run_server_suite "conformance server-tokio" "$REPORTS/server-tokio" tokio '12.*,13.*'
         say "server suite (tokio) took $(( $(date +%s) - t )) s"
     fi
+    if [ "$do_wss" = 1 ] && [ -z "$server_cmd" ]; then
+        t=$(date +%s)
+        run_server_suite "conformance server-wss" "$REPORTS/server-wss" engine "" wss
+        say "server suite (engine over wss://) took $(( $(date +%s) - t )) s"
+    fi
 fi
 if [ "$do_client" = 1 ]; then
     t=$(date +%s); run_client_suite; say "client suite took $(( $(date +%s) - t )) s"
@@ -262,6 +291,7 @@ echo
 echo "== conformance summary ($(( $(date +%s) - start )) s) =="
 for line in ${recap[@]+"${recap[@]}"}; do echo "  $line"; done
 [ "$do_server" = 1 ] && [ -f "$REPORTS/server/index.json" ] && echo "  server report: $REPORTS/server/index.html"
+[ "$do_server" = 1 ] && [ -f "$REPORTS/server-wss/index.json" ] && echo "  wss server report: $REPORTS/server-wss/index.html"
 [ "$do_client" = 1 ] && [ -f "$REPORTS/client/index.json" ] && echo "  client report: $REPORTS/client/index.html"
 echo "conformance: $total_passed passed, $total_failed failed"
 [ "$total_failed" -eq 0 ]

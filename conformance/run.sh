@@ -10,7 +10,8 @@ WSTEST="${WSTEST:-${AUTOBAHN_HOME:-$HOME/.cache/autobahn-testsuite}/bin/wstest}"
 
 usage() {
     cat >&2 <<'EOF'
-usage: run.sh server URL [options]              test the server at URL (ws://127.0.0.1:PORT/...)
+usage: run.sh server URL [options]              test the server at URL (ws:// or wss://
+                                                127.0.0.1:PORT/...; wss: any certificate)
        run.sh client [options] -- CLIENT_CMD... test a client: CLIENT_CMD must connect to
                                                 ws://127.0.0.1:PORT ($AUTOBAHN_URL), read
                                                 /getCaseCount, run /runCase?case=N&agent=A for
@@ -105,11 +106,12 @@ wstest() {
 start=$(date +%s)
 rc=0
 if [ "$mode" = server ]; then
-    # Loopback only: accept ws://127.x.x.x, ws://localhost, ws://[::1].
-    hostport=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(p.scheme, p.hostname or "", p.port or 80)' "$url") \
+    # Loopback only: accept ws(s)://127.x.x.x, ws(s)://localhost, ws(s)://[::1]. wstest does not
+    # check a wss:// server's certificate, so a self-signed one made for the run will do.
+    hostport=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(p.scheme, p.hostname or "", p.port or (443 if p.scheme == "wss" else 80))' "$url") \
         || die "cannot parse URL $url"
     read -r scheme host hport <<<"$hostport"
-    [ "$scheme" = ws ] || die "URL must start with ws:// (got $url)"
+    case "$scheme" in ws|wss) ;; *) die "URL must start with ws:// or wss:// (got $url)" ;; esac
     case "$host" in 127.*|localhost|::1) ;; *) die "only loopback servers may be tested (got host '$host')" ;; esac
     [ "$host" = localhost ] && host=127.0.0.1
     listening "$host" "$hport" || die "nothing listens on $host:$hport; start the server first"

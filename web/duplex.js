@@ -70,6 +70,19 @@
  * - `hub.publish(channel, data)` → Promise<offset>; `hub.presence(channel)` →
  *   Promise<[{client, user}]>; `hub.ping()` → Promise<round trip in ms>.
  * - `hub.debug.drop()` drops the socket as a network failure would (tests, demos).
+ *
+ * SSE fallback (docs/hub.md, "duplex.js over SSE")
+ * - Option `transport`: 'auto' (default), 'websocket' or 'sse'. With 'auto', after `sseAfter`
+ *   (2) WebSocket attempts in a row that never opened, the client receives over an
+ *   `EventSource` on the hub's `/sse` (option `sseUrl`; default: the hub URL with /ws → /sse)
+ *   with every subscribed channel, resuming from the positions it holds (`?lastEventId=`); the
+ *   browser then reconnects the stream by itself with `Last-Event-ID`. `hub.transport` is
+ *   'websocket' or 'sse'; `hub.reconnect()` tries the WebSocket again.
+ * - Over SSE: publications (recovered and live, deduplicated by offset), join/leave,
+ *   onSubscribed/onRecovery work as over the WebSocket. `publish` and `presence` (and so
+ *   `onPresence`) use the HTTP API only with the option `api: { key }` (string or (async)
+ *   function; sent as `Authorization: Bearer`, the hub's `--api-key`; `url`, default
+ *   '/api/' on the hub's origin); without it they reject with `not_supported`, as `ping` does.
  */
 
 const DEFAULTS = {
@@ -84,6 +97,11 @@ const DEFAULTS = {
   pongTimeout: 10_000,
   pick: 'first',
   WebSocket: undefined,
+  transport: 'auto',
+  sseAfter: 2,
+  sseUrl: undefined,
+  api: undefined,
+  EventSource: undefined,
 };
 
 /** Codes after which a subscription is not retried. */
@@ -160,6 +178,10 @@ export class Hub {
       losses: 0, // resubscribes with recovered: false
     };
     this._ws = null;
+    this._es = null; // the EventSource, on the SSE fallback
+    /** 'websocket' or 'sse': what the client receives over. */
+    this.transport = this.options.transport === 'sse' ? 'sse' : 'websocket';
+    this._wsFailures = 0; // WebSocket attempts in a row that never opened
     this._subs = new Map();
     this._pending = new Map();
     this._nextId = 1;
@@ -172,6 +194,7 @@ export class Hub {
       /** Drops the socket as a network failure would: no close handshake is awaited. */
       drop: () => this._drop('debug drop'),
       socket: () => this._ws,
+      eventSource: () => this._es,
     };
     if (typeof addEventListener === 'function') {
       addEventListener('online', () => {
@@ -233,6 +256,7 @@ export class Hub {
   /** Drops the connection (if any) and connects again at once. */
   reconnect() {
     this._wanted = true;
+    this._wsFailures = 0;
     this._clearTimer('retry');
     this._teardown(new DuplexError('disconnected', 'reconnecting'), 1000, 'reconnect');
     this._open();
@@ -276,6 +300,12 @@ export class Hub {
       return;
     }
     if (generation !== this._generation || !this._wanted) return;
+    const { transport, sseAfter } = this.options;
+    const ES = this.options.EventSource || globalThis.EventSource;
+    if (transport === 'sse' || (transport === 'auto' && ES && this._wsFailures >= sseAfter)) {
+      this._openSse(generation);
+      return;
+    }
     const WS = this.options.WebSocket || globalThis.WebSocket;
     let ws;
     try {
@@ -286,12 +316,20 @@ export class Hub {
       return;
     }
     this._ws = ws;
-    this._timers.connect = setTimeout(() => this._drop('connect timeout'), this.options.connectTimeout);
-    ws.onopen = () => this._onOpen(ws);
+    let opened = false;
+    this._timers.connect = setTimeout(() => {
+      this._wsFailures++;
+      this._drop('connect timeout');
+    }, this.options.connectTimeout);
+    ws.onopen = () => {
+      opened = true;
+      this._onOpen(ws);
+    };
     ws.onmessage = (ev) => this._onMessage(ev.data);
     ws.onerror = () => {}; // a close event follows, with the details there are
     ws.onclose = (ev) => {
       if (this._ws !== ws) return;
+      if (!opened) this._wsFailures++;
       this._lost({ code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
     };
   }
@@ -299,6 +337,8 @@ export class Hub {
   _onOpen(ws) {
     if (this._ws !== ws) return;
     this._clearTimer('connect');
+    this._wsFailures = 0;
+    this.transport = 'websocket';
     this.stats.connects++;
     const attempt = this._attempts;
     this._timers.stable = setTimeout(() => { this._attempts = 0; }, this.options.stableAfter);
@@ -325,6 +365,11 @@ export class Hub {
 
   /** Abandons the socket without waiting for a close handshake; treated as a lost connection. */
   _drop(reason) {
+    if (this._es) {
+      this._closeSse();
+      this._lost({ code: 1006, reason, wasClean: false }, true);
+      return;
+    }
     if (!this._ws) return;
     const ws = this._ws;
     this._detach(ws);
@@ -354,6 +399,7 @@ export class Hub {
         /* already closed */
       }
     }
+    this._closeSse();
     if (this.state === 'connected') this.stats.disconnects++;
     this._failPending(error);
     for (const sub of this._subs.values()) {
@@ -435,18 +481,27 @@ export class Hub {
 
   /** Publishes `data` (any JSON) to `channel`; resolves with the publication's offset. */
   async publish(channel, data) {
+    if (this.transport === 'sse') {
+      const reply = await this._api('publish', { method: 'POST', body: JSON.stringify({ channel, data }) });
+      return reply.offset;
+    }
     const reply = await this._command({ op: 'publish', channel, data });
     return reply.offset;
   }
 
   /** The clients subscribed to `channel`: [{client, user}]. */
   async presence(channel) {
+    if (this.transport === 'sse') {
+      const reply = await this._api(`presence?channel=${encodeURIComponent(channel)}`, { method: 'GET' });
+      return reply.clients || [];
+    }
     const reply = await this._command({ op: 'presence', channel });
     return reply.clients || [];
   }
 
   /** Round trip of a `ping` command, in milliseconds. */
   async ping() {
+    if (this.transport === 'sse') throw new DuplexError('not_supported', 'ping needs the WebSocket; this is the SSE fallback');
     const start = performance.now();
     await this._command({ op: 'ping' });
     return performance.now() - start;
@@ -459,7 +514,8 @@ export class Hub {
     if (this._subs.has(channel)) throw new DuplexError('already_subscribed', `already subscribed to ${JSON.stringify(channel)}`);
     const sub = new Subscription(this, channel, handlers);
     this._subs.set(channel, sub);
-    if (this.state === 'connected') this._sendSubscribe(sub);
+    if (this.transport === 'sse' && this._wanted) this._sseChannelsChanged();
+    else if (this.state === 'connected') this._sendSubscribe(sub);
     return sub;
   }
 
@@ -473,6 +529,10 @@ export class Hub {
     this._subs.delete(sub.channel);
     sub.state = 'unsubscribed';
     sub._buffer = null;
+    if (this.transport === 'sse') {
+      if (this._wanted) this._sseChannelsChanged();
+      return;
+    }
     if (this.state !== 'connected') return;
     try {
       // Commands run in order on the hub, so this follows a subscribe still in flight.
@@ -603,6 +663,178 @@ export class Hub {
     const recovery = { recovered: false, reason, epoch: sub.epoch, previousEpoch, count: 0, epochChanged: previousEpoch !== sub.epoch };
     sub._call('onRecovery', recovery);
     this._emit('recovery', sub.channel, recovery);
+  }
+
+  // ---- the SSE fallback ------------------------------------------------------------------
+
+  /** The `/sse` URL: every subscribed channel, auth, and the positions held (lastEventId). */
+  async _sseUrl() {
+    const base = typeof location !== 'undefined' ? location.href : undefined;
+    const url = new URL(this.options.sseUrl || this.url, base);
+    if (url.protocol === 'ws:') url.protocol = 'http:';
+    if (url.protocol === 'wss:') url.protocol = 'https:';
+    if (!this.options.sseUrl) url.pathname = /\/ws$/.test(url.pathname) ? url.pathname.replace(/\/ws$/, '/sse') : '/sse';
+    url.search = '';
+    const { user } = this.options;
+    let { token } = this.options;
+    if (typeof token === 'function') token = await token();
+    if (user) url.searchParams.set('user', user);
+    if (token) url.searchParams.set('token', token);
+    const entries = [];
+    for (const sub of this._subs.values()) {
+      url.searchParams.append('channel', sub.channel);
+      // The hub's id format (docs/hub.md): epoch:channel:offset, channel percent-encoded.
+      if (sub._subscribedOnce && sub.epoch) entries.push(`${encodeURIComponent(sub.epoch)}:${encodeURIComponent(sub.channel)}:${sub.offset}`);
+    }
+    if (entries.length) url.searchParams.set('lastEventId', entries.join(','));
+    return url.href;
+  }
+
+  async _openSse(generation) {
+    this.transport = 'sse';
+    if (this._subs.size === 0) {
+      // Nothing to receive: connected, without a stream until something is subscribed.
+      this._setState('connected', { attempt: this._attempts, url: this.url, transport: 'sse' });
+      return;
+    }
+    let url;
+    try {
+      url = await this._sseUrl();
+    } catch (e) {
+      if (generation !== this._generation) return;
+      this._emit('error', new DuplexError('token', `cannot get a token: ${e?.message || e}`), { phase: 'connect' });
+      this._lost({ code: 1006, reason: 'no token' });
+      return;
+    }
+    if (generation !== this._generation || !this._wanted) return;
+    const ES = this.options.EventSource || globalThis.EventSource;
+    const es = new ES(url);
+    this._es = es;
+    this._timers.connect = setTimeout(() => this._drop('connect timeout'), this.options.connectTimeout);
+    es.onopen = () => {
+      if (this._es !== es) return;
+      this._clearTimer('connect');
+      this.stats.connects++;
+      this._clearTimer('stable');
+      this._timers.stable = setTimeout(() => { this._attempts = 0; }, this.options.stableAfter);
+      this._setState('connected', { attempt: this._attempts, url: this.url, transport: 'sse' });
+    };
+    es.onerror = () => {
+      if (this._es !== es) return;
+      if (es.readyState === 2) {
+        // Refused (401 after a token expired, 503...) or not an event stream: the browser
+        // gives up; open a new one (fresh token, positions held) after the usual backoff.
+        this._closeSse();
+        this._lost({ code: 1006, reason: 'event stream failed' }, true);
+        return;
+      }
+      // The browser reconnects by itself, sending Last-Event-ID.
+      if (this.state === 'connected') {
+        this.stats.disconnects++;
+        for (const sub of this._subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';
+        this._setState('disconnected', { code: 1006, reason: this._sseClose?.reason || 'event stream lost', retryIn: null, url: this.url, next: this.url });
+      }
+    };
+    const on = (name, fn) => es.addEventListener(name, (ev) => {
+      if (this._es !== es) return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        this._emit('error', new DuplexError('bad_message', 'the hub sent an event that is not JSON'), { text: ev.data });
+        return;
+      }
+      fn(msg);
+    });
+    on('subscribed', (msg) => this._onSseSubscribed(msg, generation));
+    on('pub', (msg) => {
+      const sub = this._subs.get(msg.channel);
+      if (!sub || sub.state !== 'subscribed') return;
+      const recovered = sub._recovering > 0;
+      if (recovered) sub._recovering--;
+      this._deliver(sub, msg, recovered);
+    });
+    for (const name of ['join', 'leave', 'reset', 'gap']) on(name, (msg) => this._onMessage(JSON.stringify(msg)));
+    on('close', (msg) => { this._sseClose = msg; });
+  }
+
+  /** A `subscribed` event: the stream's answer for one channel (the WebSocket reply's fields). */
+  _onSseSubscribed(msg, generation) {
+    const sub = this._subs.get(msg.channel);
+    if (!sub) return;
+    const resubscribed = sub._subscribedOnce === true;
+    const previousEpoch = sub.epoch;
+    sub.state = 'subscribed';
+    sub._subscribedOnce = true;
+    sub._recovering = 0;
+    const info = { channel: sub.channel, epoch: msg.epoch, offset: msg.offset, resubscribed, recovered: msg.recovered, reason: msg.reason };
+    sub.epoch = msg.epoch;
+    if (msg.recovered === true) {
+      // The recovered publications follow as `pub` events; the position moves with them.
+      sub._recovering = msg.count || 0;
+      this.stats.recoveries++;
+      const recovery = { recovered: true, epoch: msg.epoch, previousEpoch, count: msg.count || 0 };
+      sub._call('onSubscribed', info);
+      sub._call('onRecovery', recovery);
+      this._emit('recovery', sub.channel, recovery);
+    } else {
+      sub.offset = msg.offset;
+      sub._call('onSubscribed', info);
+      if (msg.recovered === false) {
+        this.stats.losses++;
+        const recovery = { recovered: false, reason: msg.reason || 'history lost', epoch: msg.epoch, previousEpoch, count: 0, epochChanged: previousEpoch !== msg.epoch };
+        sub._call('onRecovery', recovery);
+        this._emit('recovery', sub.channel, recovery);
+      }
+    }
+    if (sub.handlers.onPresence && this.options.api) this._refreshPresence(sub, generation);
+  }
+
+  /** The channel list changed: a new stream with the new list, resuming from the positions held. */
+  _sseChannelsChanged() {
+    if (this._sseReopen) return;
+    this._sseReopen = true;
+    queueMicrotask(() => {
+      this._sseReopen = false;
+      if (!this._wanted || this.transport !== 'sse') return;
+      this._clearTimer('retry');
+      this._teardown(new DuplexError('disconnected', 'channels changed'));
+      this._openSse(++this._generation);
+    });
+  }
+
+  _closeSse() {
+    const es = this._es;
+    if (!es) return;
+    this._es = null;
+    es.onopen = es.onerror = null;
+    es.close();
+  }
+
+  /** A request to the hub's HTTP API (the `api` option), for publish and presence over SSE. */
+  async _api(path, init) {
+    const { api } = this.options;
+    if (!api) throw new DuplexError('not_supported', 'over the SSE fallback, publish and presence need the api option (the HTTP API)');
+    let key = typeof api.key === 'function' ? await api.key() : api.key;
+    const base = typeof location !== 'undefined' ? location.href : undefined;
+    const hubUrl = new URL(this.url, base);
+    if (hubUrl.protocol === 'ws:') hubUrl.protocol = 'http:';
+    if (hubUrl.protocol === 'wss:') hubUrl.protocol = 'https:';
+    const url = new URL(path, new URL(api.url || '/api/', hubUrl));
+    const headers = { 'Content-Type': 'application/json' };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    let res;
+    try {
+      res = await fetch(url, { ...init, headers, signal: AbortSignal.timeout(this.options.commandTimeout) });
+    } catch (e) {
+      throw new DuplexError(e?.name === 'TimeoutError' ? 'timeout' : 'disconnected', String(e?.message || e));
+    }
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      const code = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 429: 'rate_limited', 500: 'internal', 503: 'broker_unavailable' }[res.status] || `http_${res.status}`;
+      throw new DuplexError(code, body.error || `HTTP ${res.status}`);
+    }
+    return body;
   }
 
   _onMessage(text) {

@@ -2,10 +2,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use clap::Args;
 use duplex::engine::{Engine, EngineOptions, Handler, Socket};
 use duplex::{CloseCode, Config, Message, ServerOptions};
 use futures_util::{Sink, Stream};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -27,7 +29,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001", env = "DUPLEX_LISTEN")]
     listen: SocketAddr,
-    /// PEM certificate chain: serve wss:// (needs --tls-key).
+    /// PEM certificate chain: serve wss:// (needs --tls-key). SIGHUP reads both files again:
+    /// new TLS handshakes get the new certificate, open connections stay.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -53,8 +56,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Which server runs the connections: `engine` (one epoll loop per thread and no task per
-    /// connection: the leanest; plain ws:// only), `tokio` (a task per connection, through
-    /// `duplex::accept`), or `auto`: the engine, or tokio for wss://.
+    /// connection: the leanest), `tokio` (a task per connection, through `duplex::accept`), or
+    /// `auto`: the engine. Both serve ws:// and wss://.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     runtime: Runtime,
 }
@@ -69,9 +72,8 @@ enum Runtime {
 impl ServeArgs {
     fn uses_engine(&self) -> bool {
         match self.runtime {
-            Runtime::Engine => true,
+            Runtime::Engine | Runtime::Auto => true,
             Runtime::Tokio => false,
-            Runtime::Auto => self.tls_cert.is_none(),
         }
     }
 
@@ -97,8 +99,16 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         ..Config::default()
     };
     config.validate().context(|| "limits".into())?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certificate = Arc::new(ReloadableCert::new(cert, key)?);
+            tokio::spawn(reload_on_sighup(certificate.clone()));
+            Some(certificate.server_config()?)
+        }
+        _ => None,
+    };
     if args.uses_engine() {
-        return run_engine(args, config).await;
+        return run_engine(args, config, tls).await;
     }
     let mut options = ServerOptions {
         config,
@@ -108,13 +118,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     if args.no_deflate {
         options.deflate = None;
     }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            duplex::tls::acceptor_from_pem(cert, key)
-                .context(|| format!("loading {}", cert.display()))?,
-        ),
-        _ => None,
-    };
+    let tls = tls.map(duplex::tls::TlsAcceptor::from);
     let listener = TcpListener::bind(args.listen)
         .await
         .context(|| format!("listening on {}", args.listen))?;
@@ -180,12 +184,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
 /// Echo on the engine: one event loop per thread (`--threads`, default one per core), no task
 /// per connection. Its thread runs beside this (current-thread) runtime, which waits for
 /// SIGINT/SIGTERM.
-async fn run_engine(args: ServeArgs, config: Config) -> Result<ExitCode, CliError> {
-    if args.tls_cert.is_some() {
-        return Err(CliError(
-            "the engine serves plain ws://: use --runtime tokio (or auto) for wss://".into(),
-        ));
-    }
+async fn run_engine(
+    args: ServeArgs,
+    config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<ExitCode, CliError> {
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(usize::from)
@@ -198,13 +201,15 @@ async fn run_engine(args: ServeArgs, config: Config) -> Result<ExitCode, CliErro
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         ..EngineOptions::default()
     };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    options.tls = tls;
     if args.no_deflate {
         options.deflate = None;
     }
     let listener = std::net::TcpListener::bind(args.listen)
         .context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr().context(|| "local address".into())?;
-    tracing::info!("echo server on ws://{local} (engine, {threads} loops)");
+    tracing::info!("echo server on {scheme}://{local} (engine, {threads} loops)");
     let engine = Engine::new(options);
     let handle = engine.handle();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -230,6 +235,87 @@ async fn run_engine(args: ServeArgs, config: Config) -> Result<ExitCode, CliErro
         Ok(Err(e)) => Err(CliError(format!("engine: {e}"))),
         Err(_) => Err(CliError("the engine thread panicked".into())),
     }
+}
+
+/// The certificate `serve` presents: read from the PEM files at start and again on SIGHUP.
+/// Every TLS handshake asks for the current one, so a reload reaches new connections while
+/// open ones keep theirs.
+#[derive(Debug)]
+struct ReloadableCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    fn new(cert: &Path, key: &Path) -> Result<ReloadableCert, CliError> {
+        Ok(ReloadableCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(Self::load(cert, key)?)),
+        })
+    }
+
+    /// Reads the chain and the key, and checks that they belong together.
+    fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, CliError> {
+        let what = || format!("loading {} and {}", cert.display(), key.display());
+        let (chain, key) = duplex::tls::load_pem(cert, key).context(what)?;
+        CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()).context(what)
+    }
+
+    /// Reads the files again; on failure the certificate in use stays.
+    fn reload(&self) -> Result<(), CliError> {
+        let fresh = Arc::new(Self::load(&self.cert, &self.key)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// A server configuration presenting this certificate (ring, safe default versions,
+    /// ALPN http/1.1), for the engine and for tokio-rustls alike.
+    fn server_config(self: Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CliError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context(|| "TLS configuration".into())?
+            .with_no_client_auth()
+            .with_cert_resolver(self);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// Reloads the certificate on every SIGHUP, for as long as the server runs.
+async fn reload_on_sighup(certificate: Arc<ReloadableCert>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(e) => {
+                tracing::warn!("no certificate reload on SIGHUP: {e}");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("SIGHUP: reloaded {}", certificate.cert.display()),
+                Err(e) => tracing::warn!("SIGHUP: {e}; the certificate in use stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = certificate;
 }
 
 /// Every message back as it came.
@@ -349,4 +435,84 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use duplex::engine::{Engine, EngineOptions};
+    use duplex::tls::ClientTls;
+    use duplex::{ClientOptions, CloseCode, Error, Message};
+
+    use super::*;
+
+    /// Writes a new self-signed certificate for 127.0.0.1 over the PEM files; returns it.
+    fn issue(cert: &Path, key: &Path) -> rustls::pki_types::CertificateDer<'static> {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        std::fs::write(cert, certified.cert.pem()).unwrap();
+        std::fs::write(key, certified.signing_key.serialize_pem()).unwrap();
+        certified.cert.der().clone()
+    }
+
+    /// Client options that trust only `cert`, with a session cache of their own (a resumed
+    /// session would skip the certificate).
+    fn trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> ClientOptions {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        ClientOptions {
+            tls: ClientTls::Config(duplex::tls::client_config_with_roots(roots).unwrap()),
+            ..ClientOptions::default()
+        }
+    }
+
+    async fn echoes(ws: &mut duplex::WebSocket<duplex::MaybeTlsStream>, text: &str) {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_reaches_new_handshakes_and_keeps_open_connections() {
+        let dir = std::env::temp_dir().join(format!("duplex-serve-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let old = issue(&cert, &key);
+        let certificate = Arc::new(ReloadableCert::new(&cert, &key).unwrap());
+        let engine = Engine::new(EngineOptions {
+            tls: Some(certificate.clone().server_config().unwrap()),
+            ..EngineOptions::default()
+        });
+        let handle = engine.handle();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("wss://{}/", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || engine.run(listener, || EngineEcho));
+
+        let (mut kept, _) = duplex::connect_with(&url, trusting(&old)).await.unwrap();
+        echoes(&mut kept, "before").await;
+        let new = issue(&cert, &key);
+        certificate.reload().unwrap();
+        // New handshakes get the new certificate...
+        let (mut fresh, _) = duplex::connect_with(&url, trusting(&new)).await.unwrap();
+        echoes(&mut fresh, "fresh").await;
+        let refused = duplex::connect_with(&url, trusting(&old))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::Tls(_)), "{refused:?}");
+        // ...while the connection made before it stays open.
+        echoes(&mut kept, "after").await;
+        // A broken file is reported and the certificate in use stays.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert!(certificate.reload().is_err());
+        let (mut third, _) = duplex::connect_with(&url, trusting(&new)).await.unwrap();
+        echoes(&mut third, "still").await;
+
+        for mut ws in [kept, fresh, third] {
+            ws.close(CloseCode::NORMAL, "").await.unwrap();
+        }
+        handle.shutdown();
+        tokio::task::spawn_blocking(move || thread.join().unwrap().unwrap())
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -108,6 +108,13 @@ pub struct HubArgs {
     /// former hand-written HTTP/1.1 server, no TLS, no HTTP/2) [default: hyper].
     #[arg(long, env = "DUPLEX_HTTP_SERVER")]
     pub http_server: Option<HttpServer>,
+    /// Seconds between comment heartbeats on an idle `/sse` stream (0: none) [default: 15].
+    #[arg(long, env = "DUPLEX_SSE_HEARTBEAT")]
+    pub sse_heartbeat: Option<u64>,
+    /// The `retry:` an `/sse` stream tells the browser: milliseconds before it reconnects
+    /// [default: 2000].
+    #[arg(long, env = "DUPLEX_SSE_RETRY_MS")]
+    pub sse_retry_ms: Option<u64>,
 }
 
 /// Which HTTP server a hub runs (`--http-server`).
@@ -265,6 +272,10 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// See [`HubArgs::http_server`].
     pub http_server: Option<HttpServer>,
+    /// See [`HubArgs::sse_heartbeat`] (seconds).
+    pub sse_heartbeat: Option<u64>,
+    /// See [`HubArgs::sse_retry_ms`].
+    pub sse_retry_ms: Option<u64>,
 }
 
 /// Every setting of a hub, resolved. Build one with [`HubConfig::default`] and struct update
@@ -332,6 +343,12 @@ pub struct HubConfig {
     pub tls: Option<TlsFiles>,
     /// The HTTP server.
     pub http_server: HttpServer,
+    /// How long an `/sse` stream may stay silent before the hub writes a comment heartbeat
+    /// (proxies close idle responses; the client notices a dead connection); `None`: no
+    /// heartbeats [default: 15 s].
+    pub sse_heartbeat: Option<Duration>,
+    /// The reconnection delay an `/sse` stream asks the browser for (`retry:`) [default: 2 s].
+    pub sse_retry: Duration,
 }
 
 impl Default for HubConfig {
@@ -361,6 +378,8 @@ impl Default for HubConfig {
             redis_timeout: Duration::from_secs(2),
             tls: None,
             http_server: HttpServer::Hyper,
+            sse_heartbeat: Some(Duration::from_secs(15)),
+            sse_retry: Duration::from_secs(2),
         }
     }
 }
@@ -504,6 +523,14 @@ impl HubConfig {
                 .http_server
                 .or(file.http_server)
                 .unwrap_or(d.http_server),
+            sse_heartbeat: match args.sse_heartbeat.or(file.sse_heartbeat) {
+                Some(s) => secs(Some(s)),
+                None => d.sse_heartbeat,
+            },
+            sse_retry: args
+                .sse_retry_ms
+                .or(file.sse_retry_ms)
+                .map_or(d.sse_retry, Duration::from_millis),
         }
     }
 
@@ -709,6 +736,20 @@ mod tests {
             Cli::try_parse_from(["hub", "--broker", "redis//x"]).is_err(),
             "clap refuses it too"
         );
+    }
+
+    #[test]
+    fn sse_heartbeat_and_retry() {
+        let args = parse(&["--sse-heartbeat", "0"]);
+        let file: FileConfig = toml::from_str("sse_heartbeat = 5\nsse_retry_ms = 750").unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(
+            config.sse_heartbeat, None,
+            "0 turns heartbeats off; the flag wins"
+        );
+        assert_eq!(config.sse_retry, Duration::from_millis(750));
+        let config = HubConfig::merge(&HubArgs::default(), &file);
+        assert_eq!(config.sse_heartbeat, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -354,12 +354,12 @@ impl Registry {
                 });
             }
             Job::Join(channel, client) => {
-                self.fan_out(&channel, Kind::Presence, |out| {
+                self.fan_out(&channel, Kind::Presence { join: true }, |out| {
                     json::push_presence(out, "join", &channel, &client)
                 });
             }
             Job::Leave(channel, client) => {
-                self.fan_out(&channel, Kind::Presence, |out| {
+                self.fan_out(&channel, Kind::Presence { join: false }, |out| {
                     json::push_presence(out, "leave", &channel, &client)
                 });
             }

@@ -137,6 +137,9 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
             upgrade(tcp, request, buf, peer, hub).await;
             return;
         }
+        if request.uri().path() == "/sse" {
+            return sse(tcp, request, hub).await;
+        }
         hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
 
@@ -475,6 +478,43 @@ async fn upgrade(
         Transport::H1,
     )
     .await;
+}
+
+/// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.
+/// The connection is the response: its body ends when the stream does.
+async fn sse(tcp: TcpStream, request: Request<()>, hub: Arc<HubState>) {
+    let stream = match crate::sse::open(&hub, &request).await {
+        Ok(stream) => stream,
+        Err(refused) => {
+            let mut response = Response::error(refused.status, &refused.message);
+            response.headers = refused.headers;
+            return refuse(tcp, &response.encode(false, false)).await;
+        }
+    };
+    let mut head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n".to_vec();
+    let allow_origin = stream
+        .allow_origin()
+        .map(|o| ("access-control-allow-origin", o.as_bytes()));
+    for (name, value) in crate::sse::HEADERS
+        .iter()
+        .map(|(n, v)| (*n, v.as_bytes()))
+        .chain(allow_origin)
+    {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let (mut read, mut write) = tcp.into_split();
+    // A failure here shows again in the stream's first write, which ends it.
+    let _ = write.write_all(&head).await;
+    // The client sends nothing more; EOF (or an error) means it left.
+    let gone = async move {
+        let mut sink = [0u8; 256];
+        while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    stream.run(write, gone).await;
 }
 
 /// Origin and token checks: the grants, or the refusal (401 with `WWW-Authenticate: Bearer`).

@@ -16,6 +16,7 @@
 //! service   one connection on hyper: TLS, HTTP/1.1 or HTTP/2, bodies, the /ws upgrade (h1, h2)
 //! http      the routes (JSON API, web assets), WebSocket admission; the builtin HTTP/1.1 server
 //! tls       --tls-cert/--tls-key: the rustls acceptor, its certificate reloaded in place
+//! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
 //! fanout    the node's local subscribers per channel and fan-out threads; encode once, deliver
@@ -84,6 +85,7 @@ mod redis;
 mod server;
 mod service;
 mod session;
+mod sse;
 mod state;
 mod tls;
 

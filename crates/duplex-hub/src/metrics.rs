@@ -12,24 +12,49 @@ const BUCKETS: [f64; 12] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
-/// The transport a WebSocket was accepted over: the `transport` label of
+/// What a connection was accepted as: the `transport` label of
 /// `duplex_hub_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// An HTTP/1.1 upgrade.
+    /// A WebSocket over an HTTP/1.1 upgrade (plain or TLS).
     H1,
-    /// An HTTP/2 extended CONNECT (RFC 8441).
+    /// A WebSocket over an HTTP/2 extended CONNECT (RFC 8441).
     H2,
+    /// An `/sse` stream (Server-Sent Events, over either HTTP version).
+    Sse,
+}
+
+impl Transport {
+    /// Every transport, in the order `/metrics` lists them.
+    const ALL: [Transport; 3] = [Transport::H1, Transport::H2, Transport::Sse];
+
+    /// The `transport` label value.
+    fn label(self) -> &'static str {
+        match self {
+            Transport::H1 => "h1",
+            Transport::H2 => "h2",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// The index of its counter in [`Metrics::accepted_total`].
+    fn index(self) -> usize {
+        match self {
+            Transport::H1 => 0,
+            Transport::H2 => 1,
+            Transport::Sse => 2,
+        }
+    }
 }
 
 /// The hub's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections: AtomicI64,
-    /// WebSockets accepted over HTTP/1.1 (plain or TLS).
-    pub(crate) connections_total: AtomicU64,
-    /// WebSockets accepted over HTTP/2 (RFC 8441 extended CONNECT).
-    pub(crate) connections_h2_total: AtomicU64,
+    /// Connections accepted, by [`Transport::index`] (`connections_total{transport}`).
+    accepted_total: [AtomicU64; Transport::ALL.len()],
+    /// Open `/sse` streams.
+    pub(crate) sse_streams: AtomicI64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) subscriptions: AtomicI64,
     pub(crate) messages_in: AtomicU64,
@@ -65,17 +90,19 @@ struct Histogram {
 }
 
 impl Metrics {
-    /// Counts a WebSocket accepted over `transport`.
+    /// Counts a connection accepted as `transport` (a WebSocket, or an `/sse` stream).
     pub(crate) fn accepted(&self, transport: Transport) {
-        match transport {
-            Transport::H1 => self.connections_total.fetch_add(1, Relaxed),
-            Transport::H2 => self.connections_h2_total.fetch_add(1, Relaxed),
-        };
+        self.accepted_total[transport.index()].fetch_add(1, Relaxed);
     }
 
     /// Open WebSocket connections.
     pub fn connections(&self) -> i64 {
         self.connections.load(Relaxed)
+    }
+
+    /// Open `/sse` streams.
+    pub fn sse_streams(&self) -> i64 {
+        self.sse_streams.load(Relaxed)
     }
 
     /// Active subscriptions.
@@ -195,21 +222,31 @@ impl Metrics {
             "Open WebSocket connections.",
             g(&self.connections),
         );
+        // One counter family, labelled by transport.
         let _ = writeln!(
             out,
-            "# HELP duplex_hub_connections_total WebSocket connections accepted, by transport.\n\
-             # TYPE duplex_hub_connections_total counter\n\
-             duplex_hub_connections_total{{transport=\"h1\"}} {}\n\
-             duplex_hub_connections_total{{transport=\"h2\"}} {}",
-            c(&self.connections_total),
-            c(&self.connections_h2_total),
+            "# HELP duplex_hub_connections_total Connections accepted, by transport (h1: WebSocket over HTTP/1.1, h2: WebSocket over HTTP/2, sse: /sse streams).\n# TYPE duplex_hub_connections_total counter"
         );
+        for transport in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "duplex_hub_connections_total{{transport=\"{}\"}} {}",
+                transport.label(),
+                c(&self.accepted_total[transport.index()]),
+            );
+        }
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
                 out,
                 "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} {kind}\nduplex_hub_{name} {value}"
             );
         };
+        metric(
+            "sse_streams",
+            "gauge",
+            "Open /sse streams (Server-Sent Events subscribers).",
+            g(&self.sse_streams),
+        );
         metric(
             "connections_refused_total",
             "counter",

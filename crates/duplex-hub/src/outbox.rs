@@ -81,8 +81,9 @@ pub(crate) struct Delivery {
 pub(crate) enum Kind {
     /// The publication at this offset: dropped at or below the filter's mark.
     Publication(u64),
-    /// A join or leave: never filtered.
-    Presence,
+    /// A join (`true`) or a leave: never filtered. Which one matters only to an SSE
+    /// subscriber, which names its events (`join`, `leave`).
+    Presence { join: bool },
     /// The stream restarted in `epoch`, continuing after `offset` (a `reset` push): dropped
     /// when the subscribe reply was already in that epoch at or past `offset`; otherwise the
     /// filter moves there.
@@ -126,7 +127,8 @@ pub(crate) struct Tally {
 pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     limit: usize,
-    /// The socket's write half; `None` (unit tests) queues everything.
+    /// The socket's write half; `None` queues everything: an SSE subscriber (its task encodes
+    /// each queued push as an event of its own, see `sse.rs`) and unit tests.
     tcp: Option<OwnedWriteHalf>,
     /// The connection's permessage-deflate parameters: which prepared frame is valid for it.
     deflate: Option<Negotiated>,
@@ -180,7 +182,7 @@ impl OutboxState {
     /// a reset or gap moves it to where the stream continues. Without a filter (the first
     /// publication after the reply passed) everything is news to the subscriber.
     fn filtered(&mut self, delivery: &Delivery) -> bool {
-        if matches!(delivery.kind, Kind::Presence) {
+        if matches!(delivery.kind, Kind::Presence { .. }) {
             return false;
         }
         let Some(i) = self
@@ -200,7 +202,7 @@ impl OutboxState {
                 self.filters.swap_remove(i);
                 false
             }
-            Kind::Presence => false,
+            Kind::Presence { .. } => false,
             Kind::Reset { epoch, offset } => {
                 if filter.epoch == *epoch && filter.upto >= *offset {
                     // The reply was read from the new stream, at or past the reset point.
@@ -675,14 +677,14 @@ mod tests {
             Kind::Publication(9),
             Kind::Gap { last: 12 },
             Kind::Publication(13),
-            Kind::Presence,
+            Kind::Presence { join: true },
         ];
         assert_eq!(
             passing(&outbox, &kinds),
             [
                 Kind::Gap { last: 12 },
                 Kind::Publication(13),
-                Kind::Presence
+                Kind::Presence { join: true }
             ]
         );
         // The reply stopped at 3, inside the lost range: the gap is news; the filter moves to

@@ -321,6 +321,21 @@ pub(crate) fn query_param(request: &Request<()>, name: &str) -> Option<String> {
     })
 }
 
+/// Every value of query parameter `name`, in order, percent-decoded (`/sse?channel=a&channel=b`).
+/// A value that does not decode to UTF-8 is `None`.
+pub(crate) fn query_params(request: &Request<()>, name: &str) -> Vec<Option<String>> {
+    let Some(query) = request.uri().query() else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key)? == name).then(|| percent_decode(value))
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

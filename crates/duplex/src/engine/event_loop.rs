@@ -25,7 +25,9 @@ use rustix::buffer::spare_capacity;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
-use super::slot::{Open, Phase, Slot, Written, shut_write, write_raw};
+use super::slot::{Open, Phase, Slot, Written};
+use super::tls::{Plaintext, Tls};
+use super::transport::Transport;
 use super::{EngineOptions, Handler, Shared, Socket, SocketId};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -69,6 +71,11 @@ fn hold_large_frame(open: &mut Open, total: usize, chunk: &[u8]) -> bool {
     true
 }
 
+/// Ciphertext read per system call on a TLS connection: what the scratch buffer always has
+/// room for (`MIN_READ`), so the plaintext of one read (never more than its ciphertext, plus
+/// at most one record held back from the read before) is handed on in one or two chunks.
+const TLS_READ: usize = MIN_READ;
+
 /// What a read step leaves to its loop.
 enum Step {
     /// Read again.
@@ -105,6 +112,9 @@ struct EventLoop<'a, H: Handler> {
     free: Vec<u32>,
     live: usize,
     scratch: BytesMut,
+    /// Ciphertext of TLS connections, read here before it is fed to their sessions; allocated
+    /// at the first TLS read.
+    cipher: Vec<u8>,
     handler: H,
     options: &'a EngineOptions,
     shared: &'a Shared,
@@ -141,6 +151,7 @@ pub(super) fn run<H: Handler>(
         free: Vec::new(),
         live: 0,
         scratch: BytesMut::zeroed(SCRATCH_SIZE),
+        cipher: Vec::new(),
         handler,
         options,
         shared,
@@ -234,6 +245,13 @@ impl<H: Handler> EventLoop<'_, H> {
 
     fn insert(&mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
+        let tls = match self.new_tls() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::warn!("starting a TLS session: {e}");
+                return;
+            }
+        };
         let index = match self.free.pop() {
             Some(index) => index as usize,
             None => {
@@ -256,7 +274,7 @@ impl<H: Handler> EventLoop<'_, H> {
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.live += 1;
         self.entries[index].slot = Some(Slot {
-            stream,
+            transport: Transport { stream, tls },
             phase: Phase::Handshake(Vec::new()),
             deadline: self
                 .tick
@@ -264,6 +282,21 @@ impl<H: Handler> EventLoop<'_, H> {
             write_blocked: false,
             read_paused: false,
         });
+    }
+
+    /// A TLS session for a new connection, if the engine serves `wss://`.
+    #[cfg(feature = "tls")]
+    fn new_tls(&self) -> Result<Option<Box<Tls>>, rustls::Error> {
+        match &self.options.tls {
+            Some(config) => Tls::new(config).map(|tls| Some(Box::new(tls))),
+            None => Ok(None),
+        }
+    }
+
+    /// Plain TCP only, without the `tls` feature.
+    #[cfg(not(feature = "tls"))]
+    fn new_tls(&self) -> Result<Option<Box<Tls>>, std::convert::Infallible> {
+        Ok(None)
     }
 
     /// Closes the socket, tells the handler if it saw the connection open, frees the slot.
@@ -301,8 +334,17 @@ impl<H: Handler> EventLoop<'_, H> {
                 return self.remove(index);
             }
         }
-        if readable && self.read(index) == Next::Drop {
+        if readable && self.read_any(index) == Next::Drop {
             self.remove(index);
+        }
+    }
+
+    /// Reads plain or TLS: the transport seam on the read side.
+    #[inline]
+    fn read_any(&mut self, index: usize) -> Next {
+        match self.entries[index].slot.as_ref() {
+            Some(slot) if slot.transport.tls.is_some() => self.read_tls(index),
+            _ => self.read(index),
         }
     }
 
@@ -332,8 +374,11 @@ impl<H: Handler> EventLoop<'_, H> {
                     }
                 }
             }
-            let n = match rustix::net::recv(&slot.stream, &mut self.scratch[..], RecvFlags::empty())
-            {
+            let n = match rustix::net::recv(
+                &slot.transport.stream,
+                &mut self.scratch[..],
+                RecvFlags::empty(),
+            ) {
                 Ok((0, _)) => return self.on_eof(index),
                 Ok((n, _)) => n,
                 Err(Errno::AGAIN) => return Next::Keep,
@@ -353,16 +398,7 @@ impl<H: Handler> EventLoop<'_, H> {
                     }
                     self.on_frames(index, chunk)
                 }
-                Phase::Handshake(_) => self.on_request_bytes(index, chunk),
-                // Discarded: the peer's last words after ours, up to the drain bound.
-                Phase::Linger { drained, .. } => {
-                    *drained = drained.saturating_add(n);
-                    if *drained > REFUSAL_DRAIN_LIMIT {
-                        Next::Drop
-                    } else {
-                        Next::Keep
-                    }
-                }
+                Phase::Handshake(_) | Phase::Linger { .. } => self.deliver(index, chunk),
             };
             if next == Next::Drop {
                 return Next::Drop;
@@ -401,7 +437,11 @@ impl<H: Handler> EventLoop<'_, H> {
         let room = buf.capacity() - buf.len();
         let (drained, eof) = loop {
             // One system call into the spare capacity, which is never zeroed first.
-            match rustix::net::recv(&slot.stream, spare_capacity(&mut buf), RecvFlags::empty()) {
+            match rustix::net::recv(
+                &slot.transport.stream,
+                spare_capacity(&mut buf),
+                RecvFlags::empty(),
+            ) {
                 Ok((0, _)) => break (true, true),
                 Ok((n, _)) => break (n < room, false),
                 Err(Errno::AGAIN) => break (true, false),
@@ -450,13 +490,142 @@ impl<H: Handler> EventLoop<'_, H> {
         }
     }
 
+    /// Reads a TLS connection until the socket is drained: ciphertext into the loop's cipher
+    /// buffer, into the session, plaintext out into the scratch buffer and down the same path
+    /// as plain bytes (`deliver`). Then the records the session wrote by itself (handshake
+    /// messages, key updates, tickets) go out.
+    #[cold]
+    #[inline(never)]
+    fn read_tls(&mut self, index: usize) -> Next {
+        let mut cipher = std::mem::take(&mut self.cipher);
+        if cipher.len() < TLS_READ {
+            cipher = vec![0; TLS_READ];
+        }
+        let next = self.read_tls_into(index, &mut cipher);
+        self.cipher = cipher;
+        next
+    }
+
+    fn read_tls_into(&mut self, index: usize, cipher: &mut [u8]) -> Next {
+        loop {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                return Next::Drop;
+            };
+            if slot.read_paused {
+                return Next::Keep;
+            }
+            let n =
+                match rustix::net::recv(&slot.transport.stream, &mut *cipher, RecvFlags::empty()) {
+                    Ok((0, _)) => return self.on_eof(index),
+                    Ok((n, _)) => n,
+                    Err(Errno::AGAIN) => return Next::Keep,
+                    Err(Errno::INTR) => continue,
+                    Err(_) => return Next::Drop,
+                };
+            let mut rest = &cipher[..n];
+            // Plaintext collects at the front of the scratch buffer: `filled` bytes so far.
+            let mut filled = 0;
+            let mut closed = false;
+            self.scratch_room();
+            while !rest.is_empty() && !closed {
+                if let Err(e) = self.feed(index, &mut rest) {
+                    tracing::debug!("tls: {e}");
+                    return Next::Drop;
+                }
+                loop {
+                    if filled == self.scratch.len() {
+                        // The scratch buffer is full: hand it on, continue in a fresh one.
+                        let chunk = self.scratch.split_to(filled);
+                        filled = 0;
+                        if self.deliver(index, chunk) == Next::Drop {
+                            return Next::Drop;
+                        }
+                        self.scratch_room();
+                    }
+                    let Some(tls) = self.entries[index]
+                        .slot
+                        .as_mut()
+                        .and_then(|slot| slot.transport.tls.as_deref_mut())
+                    else {
+                        return Next::Drop;
+                    };
+                    match tls.take_plaintext(&mut self.scratch[filled..]) {
+                        Plaintext::Bytes(k) => filled += k,
+                        Plaintext::Empty => break,
+                        Plaintext::Closed => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if filled > 0 {
+                let chunk = self.scratch.split_to(filled);
+                if self.deliver(index, chunk) == Next::Drop {
+                    return Next::Drop;
+                }
+            }
+            if closed {
+                // close_notify: the peer's end of stream.
+                return self.on_eof(index);
+            }
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                return Next::Drop;
+            };
+            let shut = matches!(slot.phase, Phase::Linger { shut: true, .. });
+            if !slot.write_blocked && !shut {
+                match slot.transport.flush() {
+                    Ok(Written::All) => {}
+                    Ok(Written::Blocked) => slot.write_blocked = true,
+                    Err(_) => return Next::Drop,
+                }
+            }
+            if n < cipher.len() {
+                // A short read: the socket is drained.
+                return Next::Keep;
+            }
+        }
+    }
+
+    /// Feeds the front of `cipher` to connection `index`'s session.
+    fn feed(&mut self, index: usize, cipher: &mut &[u8]) -> io::Result<()> {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        match &mut slot.transport.tls {
+            Some(tls) => tls.feed(cipher, &slot.transport.stream),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Bytes that came in, plain or decrypted, to where the connection stands: the request
+    /// head, frames, or the discard of a lingering connection.
+    fn deliver(&mut self, index: usize, chunk: BytesMut) -> Next {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        match &mut slot.phase {
+            Phase::Open(_) => self.on_frames(index, chunk),
+            Phase::Handshake(_) => self.on_request_bytes(index, chunk),
+            // Discarded: the peer's last words after ours, up to the drain bound.
+            Phase::Linger { drained, .. } => {
+                *drained = drained.saturating_add(chunk.len());
+                if *drained > REFUSAL_DRAIN_LIMIT {
+                    Next::Drop
+                } else {
+                    Next::Keep
+                }
+            }
+        }
+    }
+
     fn on_eof(&mut self, index: usize) -> Next {
         let Some(slot) = self.entries[index].slot.as_mut() else {
             return Next::Drop;
         };
         if let Phase::Open(open) = &mut slot.phase {
             // Whatever the peer's Close asked for is written by now, or never will be.
-            let _ = open.write(&slot.stream);
+            let _ = open.write(&mut slot.transport);
         }
         Next::Drop
     }
@@ -515,7 +684,7 @@ impl<H: Handler> EventLoop<'_, H> {
             return Next::Drop;
         };
         let mut done = 0;
-        match write_raw(&slot.stream, &response, &mut done) {
+        match slot.transport.write_raw(&response, &mut done) {
             Ok(Written::All) => {}
             Ok(Written::Blocked) => slot.write_blocked = true,
             Err(_) => return Next::Drop,
@@ -642,17 +811,28 @@ impl<H: Handler> EventLoop<'_, H> {
             return Next::Keep;
         }
         match &mut slot.phase {
-            Phase::Handshake(_) => Next::Keep,
+            // Only a TLS handshake writes here (its records, after a full socket).
+            Phase::Handshake(_) => match slot.transport.flush() {
+                Ok(Written::All) => Next::Keep,
+                Ok(Written::Blocked) => {
+                    slot.write_blocked = true;
+                    Next::Keep
+                }
+                Err(_) => Next::Drop,
+            },
             Phase::Linger { out, shut, .. } => {
                 if !*shut {
                     let mut done = 0;
-                    let written = write_raw(&slot.stream, out, &mut done);
+                    let written = slot.transport.write_raw(out, &mut done);
                     out.drain(..done);
                     match written {
                         Ok(Written::All) => {
                             *out = Vec::new();
-                            *shut = true;
-                            shut_write(&slot.stream);
+                            match slot.transport.shut_write() {
+                                Ok(Written::All) => *shut = true,
+                                Ok(Written::Blocked) => slot.write_blocked = true,
+                                Err(_) => return Next::Drop,
+                            }
                         }
                         Ok(Written::Blocked) => slot.write_blocked = true,
                         Err(_) => return Next::Drop,
@@ -662,7 +842,7 @@ impl<H: Handler> EventLoop<'_, H> {
             }
             Phase::Open(open) => {
                 let was_paused = slot.read_paused;
-                match open.write(&slot.stream) {
+                match open.write(&mut slot.transport) {
                     Ok(Written::All) => {}
                     Ok(Written::Blocked) => {
                         slot.write_blocked = true;
@@ -679,16 +859,15 @@ impl<H: Handler> EventLoop<'_, H> {
                 if open.conn.should_close_transport() {
                     // The core's call (section 7.1.1: a server closes TCP first, once both
                     // Close frames are through or the failure's Close is written): shut the
-                    // write side, and linger so the peer reads our last bytes before the
-                    // descriptor goes.
+                    // write side (TLS: after close_notify), and linger so the peer reads our
+                    // last bytes before the descriptor goes.
                     slot.phase = Phase::Linger {
                         out: Vec::new(),
-                        shut: true,
+                        shut: false,
                         drained: 0,
                     };
-                    shut_write(&slot.stream);
                     slot.deadline = tick.saturating_add(ticks(self.options.close_timeout));
-                    return Next::Keep;
+                    return self.flush(index);
                 }
                 if was_paused {
                     slot.read_paused = false;
@@ -706,7 +885,7 @@ impl<H: Handler> EventLoop<'_, H> {
                         conn: &mut open.conn,
                     });
                     // The readable edge may have come and gone while paused.
-                    return self.read(index);
+                    return self.read_any(index);
                 }
                 Next::Keep
             }

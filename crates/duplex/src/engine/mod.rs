@@ -24,7 +24,11 @@
 //! - Timers are swept once a second: the handshake deadline is the loop's own; keepalive, idle
 //!   and close timeouts are run by each connection's core, with the meaning documented on
 //!   [`duplex_proto::Timers`] (the same as the tokio runtime's), to within that second.
-//! - Plain TCP only: serve `wss://` with the tokio server (or a TLS terminator in front).
+//! - `wss://` with [`EngineOptions::tls`] (feature `tls`): the connection's transport is its
+//!   socket plus a rustls session, driven sans-IO like the WebSocket core: ciphertext in,
+//!   plaintext out into the same frame path, writes through the session. The handshake
+//!   deadline covers the TLS handshake; closing sends `close_notify`; a peer that sends
+//!   garbage or fails its handshake loses its own connection only.
 //!
 //! ```no_run
 //! use duplex::engine::{Engine, EngineOptions, Handler, Socket};
@@ -50,6 +54,8 @@
 
 mod event_loop;
 mod slot;
+mod tls;
+mod transport;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -105,6 +111,23 @@ pub struct EngineOptions {
     /// Bytes queued for one connection above which it is not read until they are written.
     /// Default 1 MiB.
     pub max_backpressure: usize,
+    /// Serve `wss://` with this configuration (e.g. from [`crate::tls::server_config`]);
+    /// `None` (the default): plain `ws://`. The engine speaks HTTP/1.1 upgrades only, so it
+    /// advertises ALPN `http/1.1` whatever the configuration says. A configuration with a
+    /// certificate resolver of its own (`ResolvesServerCert`) can change certificates while
+    /// the engine runs: each handshake asks it.
+    ///
+    /// ```no_run
+    /// let (chain, key) = duplex::tls::load_pem("cert.pem", "key.pem")?;
+    /// let options = duplex::engine::EngineOptions {
+    ///     tls: Some(duplex::tls::server_config(chain, key)?),
+    ///     ..Default::default()
+    /// };
+    /// # drop(options);
+    /// # Ok::<(), duplex::tls::TlsError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for EngineOptions {
@@ -121,6 +144,8 @@ impl Default for EngineOptions {
             ping_interval: None,
             close_timeout: Duration::from_secs(5),
             max_backpressure: 1 << 20,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -289,6 +314,10 @@ impl Engine {
             .config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        #[cfg(feature = "tls")]
+        if let Some(config) = &options.tls {
+            options.tls = Some(tls::http11_only(config));
+        }
         options.threads = options.threads.max(1);
         options.max_connections = options.max_connections.max(1);
         listener.set_nonblocking(true)?;
@@ -327,3 +356,5 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "tls"))]
+mod tls_tests;

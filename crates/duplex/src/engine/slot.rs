@@ -1,22 +1,21 @@
 //! One connection of an event loop: its socket, where it stands, and its writes.
 
 use std::io::{self, IoSlice};
-use std::net::Shutdown;
 
 use bytes::BytesMut;
 use duplex_proto::Connection;
 use rustix::io::Errno;
-use std::net::TcpStream;
+
+use super::transport::Transport;
 
 /// How many buffers one vectored write carries (two per frame: header and payload).
-const MAX_IO_SLICES: usize = 16;
+pub(super) const MAX_IO_SLICES: usize = 16;
 
 /// A connection of the slab.
 #[derive(Debug)]
 pub(super) struct Slot {
-    /// Non-blocking; registered with the loop's poll by its descriptor. A std stream rather
-    /// than mio's: std's reads into a `Vec`'s spare capacity skip zeroing it first.
-    pub(super) stream: TcpStream,
+    /// The socket, and its TLS session for `wss://`.
+    pub(super) transport: Transport,
     pub(super) phase: Phase,
     /// Loop tick (seconds since the loop started, from 1) at which the handshake or the linger
     /// gives up; 0: none. An upgraded connection's timers are its core's.
@@ -29,13 +28,14 @@ pub(super) struct Slot {
 
 #[derive(Debug)]
 pub(super) enum Phase {
-    /// Reading the request head; what arrived so far when it came in pieces.
+    /// Reading the request head (for `wss://`, the TLS handshake comes first: same phase,
+    /// same deadline); what arrived so far when it came in pieces.
     Handshake(Vec<u8>),
     /// Upgraded.
     Open(Box<Open>),
-    /// Writing the last bytes (a refusal), then the write side is shut and what the peer still
-    /// sends is discarded until it closes, so closing does not reset the connection before the
-    /// peer read our last bytes. `drained` counts the discarded bytes, bounded by
+    /// Writing the last bytes (a refusal), then the write side is shut (after TLS'
+    /// `close_notify`, for `wss://`) and what the peer still sends is discarded until it
+    /// closes, so closing does not reset the connection before the peer read our last bytes. `drained` counts the discarded bytes, bounded by
     /// `duplex_proto::handshake::REFUSAL_DRAIN_LIMIT`.
     Linger {
         out: Vec<u8>,
@@ -73,26 +73,14 @@ pub(super) enum Written {
     Blocked,
 }
 
-/// Writes `buf` from `*done` on; advances `*done`.
-pub(super) fn write_raw(stream: &TcpStream, buf: &[u8], done: &mut usize) -> io::Result<Written> {
-    while *done < buf.len() {
-        match rustix::io::write(stream, &buf[*done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *done += n,
-            Err(Errno::AGAIN) => return Ok(Written::Blocked),
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Written::All)
-}
-
 impl Open {
     /// Writes the preface and the connection's transmits, vectored, until done or blocked.
-    pub(super) fn write(&mut self, stream: &TcpStream) -> io::Result<Written> {
+    /// One path for both transports: only the vectored write itself differs (see
+    /// `Tls::writev`, which keeps its meaning: a short write means the socket is full).
+    pub(super) fn write(&mut self, transport: &mut Transport) -> io::Result<Written> {
         if !self.preface.is_empty() {
             let mut done = 0;
-            let written = write_raw(stream, &self.preface, &mut done);
+            let written = transport.write_raw(&self.preface, &mut done);
             self.preface.drain(..done);
             if written? == Written::Blocked {
                 return Ok(Written::Blocked);
@@ -108,7 +96,11 @@ impl Open {
             } else {
                 slices.iter().map(|s| s.len()).sum()
             };
-            match rustix::io::writev(stream, &slices[..count]) {
+            let written = match &mut transport.tls {
+                None => rustix::io::writev(&transport.stream, &slices[..count]),
+                Some(tls) => tls.writev(&transport.stream, &slices[..count]),
+            };
+            match written {
                 Ok(0) if total > 0 => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.conn.advance_transmit(n);
@@ -123,11 +115,7 @@ impl Open {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(Written::All)
+        // TLS: the records of what the session took; nothing for plain TCP.
+        transport.flush()
     }
-}
-
-/// Shuts the write side: the peer reads an end of stream after our last bytes.
-pub(super) fn shut_write(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
 }
