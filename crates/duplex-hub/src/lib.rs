@@ -13,7 +13,7 @@
 //! ```text
 //! fuzzing   doc-hidden entry points running the parsers below on arbitrary bytes (fuzz/)
 //! server    Hub and HubHandle: binding, the accept loop, graceful shutdown, SIGHUP reload
-//! service   one connection on hyper: TLS, HTTP/1.1 or HTTP/2, bodies, the /ws upgrade (h1, h2)
+//! service   one connection on hyper: TLS, HTTP/1.1 or HTTP/2, bodies, /ws upgrades, /sse bodies
 //! http      the routes (JSON API, web assets), WebSocket admission; the builtin HTTP/1.1 server
 //! tls       --tls-cert/--tls-key: the rustls acceptor, its certificate reloaded in place
 //! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume

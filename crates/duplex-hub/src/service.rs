@@ -1,5 +1,5 @@
 //! One TCP connection on hyper: TLS (when configured), then HTTP/1.1 or HTTP/2 on the same
-//! port, the request bodies and their limits, and the `/ws` upgrade over either.
+//! port, the request bodies and their limits, the `/ws` upgrade and `/sse` streams over either.
 //!
 //! ```text
 //!  TcpStream ─ TLS? ─ ALPN h2 ──────────────────────────────▶ hyper http2 (extended CONNECT)
@@ -9,12 +9,15 @@
 //!  /ws over plain HTTP/1.1: the TcpStream is taken back out of hyper's upgrade ─▶ the session
 //!     with direct writes (exactly the builtin server's path)
 //!  /ws over HTTP/2 or TLS: the upgraded stream ─▶ the session with a queued outbox
+//!  /sse over either: sse::Stream::run (a task) ─ pipe ─▶ SseBody, the response's body;
+//!     hyper drops the body when the client is gone (closed, reset) ─▶ the stream ends
 //! ```
 //!
 //! HTTP/1.1 and HTTP/2 are chosen here, not by hyper-util's auto connection, because hyper-util
 //! wraps the socket in a private type while it sniffs the version: an upgrade could then not
 //! be downcast back to the `TcpStream` the direct-write fan-out needs.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -27,17 +30,17 @@ use duplex::WebSocket;
 use duplex_proto::Connection;
 use duplex_proto::Role;
 use duplex_proto::handshake::{Accept, Refused, ServerHandshake};
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
@@ -63,7 +66,61 @@ struct Conn {
     done: mpsc::Sender<()>,
 }
 
-type Body = Full<Bytes>;
+/// A response body: the whole of it (API, assets, refusals), or an `/sse` stream's.
+type Body = Either<Full<Bytes>, SseBody>;
+
+/// A whole response body.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
+
+/// Bytes buffered between an `/sse` stream's task and hyper: the task's writes wait while it
+/// is full, so a client that stops reading backs up into the stream's outbox, which applies
+/// the slow-consumer bound as it does for a WebSocket.
+const SSE_PIPE: usize = 16 * 1024;
+
+/// An `/sse` response's body: what the stream's task writes into the other end of a pipe,
+/// as DATA frames (HTTP/2) or chunks (HTTP/1.1); it ends when the task does. hyper drops it
+/// when the client goes (connection closed, stream reset): dropping it tells the task.
+struct SseBody {
+    pipe: DuplexStream,
+    buf: BytesMut,
+    /// Dropped with the body: the stream's `gone` future resolves.
+    _gone: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for SseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseBody").finish_non_exhaustive()
+    }
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        this.buf.resize(SSE_PIPE, 0);
+        let mut read = ReadBuf::new(&mut this.buf);
+        match Pin::new(&mut this.pipe).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n == 0 {
+                    // The task finished (and dropped its end): the response is complete.
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))
+            }
+            // A pipe does not fail; should it, the response ends as if the task had.
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+        }
+    }
+}
 
 /// Why a request got no response: hyper closes the connection (HTTP/1.1) or resets the
 /// stream (HTTP/2), as the builtin server closed the connection.
@@ -302,6 +359,9 @@ async fn handle(
     if request.uri().path() == "/ws" {
         return Ok(websocket(request, &conn, h2));
     }
+    if request.uri().path() == "/sse" {
+        return Ok(sse(request, &conn, h2).await);
+    }
     let hub = &conn.hub;
     hub.metrics.http_requests.fetch_add(1, Relaxed);
     let (parts, body) = request.into_parts();
@@ -354,7 +414,7 @@ fn into_hyper(response: Response, keep_alive: bool, h2: bool) -> hyper::Response
         body,
         headers,
     } = response;
-    let mut out = hyper::Response::new(Full::new(body));
+    let mut out = hyper::Response::new(full(body));
     *out.status_mut() = status;
     let map = out.headers_mut();
     map.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -372,9 +432,7 @@ fn into_hyper(response: Response, keep_alive: bool, h2: bool) -> hyper::Response
 /// A refused upgrade: its status, headers and reason; over HTTP/1.1 the connection closes
 /// after it, as with the builtin server.
 fn refusal(refused: &Refused, h2: bool) -> hyper::Response<Body> {
-    let mut response = refused
-        .response()
-        .map(|reason| Full::new(Bytes::from(reason)));
+    let mut response = refused.response().map(full);
     if !h2 {
         response
             .headers_mut()
@@ -415,7 +473,7 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
         Ok(upgrade) => upgrade,
         Err(refused) => return refusal(&refused, h2),
     };
-    let response = upgrade.response().map(|()| Full::default());
+    let response = upgrade.response().map(|()| full(Bytes::new()));
     let connection = upgrade.connection;
     let (hub, peer, done) = (hub.clone(), conn.peer, conn.done.clone());
     tokio::spawn(async move {
@@ -467,4 +525,45 @@ async fn run(
     tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct, "websocket accepted");
     let transport = if h2 { Transport::H2 } else { Transport::H1 };
     crate::session::run(ws, outbox, hub, grants, shared_deflate, transport).await;
+}
+
+/// `/sse`: the stream ([`crate::sse`] decides and writes it) as this response's body, or its
+/// refusal. The stream runs in a task of its own (counted as the connection's, for the hub's
+/// graceful wait) until it ends (shutdown, slow consumer) or hyper drops the body.
+async fn sse(request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hyper::Response<Body> {
+    let (parts, _) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    let stream = match crate::sse::open(&conn.hub, &request).await {
+        Ok(stream) => stream,
+        Err(refused) => {
+            let mut response = Response::error(refused.status, &refused.message);
+            response.headers = refused.headers;
+            // As the builtin server: the connection closes after a refusal.
+            return into_hyper(response, false, h2);
+        }
+    };
+    let (task_end, body_end) = tokio::io::duplex(SSE_PIPE);
+    let (gone_tx, gone_rx) = oneshot::channel();
+    let mut response = hyper::Response::new(Either::Right(SseBody {
+        pipe: body_end,
+        buf: BytesMut::new(),
+        _gone: gone_tx,
+    }));
+    let headers = response.headers_mut();
+    for (name, value) in crate::sse::HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    if let Some(origin) = stream.allow_origin() {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    let done = conn.done.clone();
+    tokio::spawn(async move {
+        let _done = done;
+        // Never sent: resolves (with an error) when the body is dropped.
+        let gone = async move {
+            let _ = gone_rx.await;
+        };
+        stream.run(task_end, gone).await;
+    });
+    response
 }

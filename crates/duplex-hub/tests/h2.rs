@@ -2,7 +2,7 @@
 //! HTTP/1.1: several WebSockets on one connection, hub commands and fan-out across both
 //! transports, the transport label of the metrics, graceful shutdown, a stalled stream cut off
 //! as a slow consumer, the HTTP API over HTTP/2; and the HTTP/1.1 behaviours kept on hyper
-//! (431, HEAD, Expect: 100-continue).
+//! (431, HEAD, Expect: 100-continue); `/sse` streams over HTTP/2, which leave when reset.
 
 mod common;
 
@@ -458,6 +458,135 @@ async fn http1_on_hyper_431_for_big_heads_head_without_body_and_100_continue() {
         let (publish, _) = common::parse_response(&bytes);
         assert_eq!(publish.status, 200);
         assert_eq!(publish.json()["offset"], 1);
+    })
+    .await;
+}
+
+/// An `/sse` stream read off an HTTP/2 stream: its events as `(event, data)`.
+struct H2Sse {
+    body: h2::RecvStream,
+    buf: Vec<u8>,
+}
+
+impl H2Sse {
+    /// Opens `/sse{query}` on `client`'s connection; asserts the stream's response head.
+    async fn open(
+        client: &mut h2::client::SendRequest<bytes::Bytes>,
+        addr: SocketAddr,
+        query: &str,
+    ) -> H2Sse {
+        let request = http::Request::builder()
+            .uri(format!("http://{addr}/sse{query}"))
+            .header("accept", "text/event-stream")
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("a response head within 10 s")
+            .expect("a response");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        H2Sse {
+            body: response.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The data of the next event named `name` (others are skipped).
+    async fn next(&mut self, name: &str) -> Value {
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                self.buf.drain(..end + 2);
+                let field = |f: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(f)?.strip_prefix(": "))
+                };
+                if field("event") == Some(name) {
+                    return serde_json::from_str(field("data").expect("data")).unwrap();
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.data())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream is open")
+                .expect("no stream error");
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
+/// Waits (bounded) until the hub counts `streams` open `/sse` streams and `subscriptions`.
+async fn settle(hub: &duplex_hub::HubHandle, streams: i64, subscriptions: i64) {
+    let mut waited = 0;
+    while hub.metrics().sse_streams() != streams || hub.metrics().subscriptions() != subscriptions {
+        assert!(
+            waited < 500,
+            "expected {streams} /sse streams and {subscriptions} subscriptions, have {} and {}",
+            hub.metrics().sse_streams(),
+            hub.metrics().subscriptions()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+}
+
+#[tokio::test]
+async fn sse_streams_over_h2c_share_a_connection_and_leave_when_reset_or_closed() {
+    within(async {
+        let hub = hub(hyper()).await;
+        let addr = hub.local_addr();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let connection = tokio::spawn(connection);
+        let mut one = H2Sse::open(&mut client, addr, "?channel=s").await;
+        let mut two = H2Sse::open(&mut client, addr, "?channel=s&channel=t").await;
+        assert_eq!(one.next("subscribed").await["channel"], "s");
+        assert_eq!(two.next("subscribed").await["channel"], "s");
+        assert_eq!(two.next("subscribed").await["channel"], "t");
+        // SSE streams count as such, whatever HTTP version carries them.
+        assert_eq!(
+            metric(addr, "duplex_hub_connections_total{transport=\"sse\"}").await,
+            2
+        );
+        assert_eq!(
+            metric(addr, "duplex_hub_connections_total{transport=\"h2\"}").await,
+            0
+        );
+        assert_eq!(
+            metric(addr, "duplex_hub_connections_total{transport=\"h1\"}").await,
+            0
+        );
+        settle(&hub, 2, 3).await;
+
+        publish_http(addr, "s", json!("first")).await;
+        for sse in [&mut one, &mut two] {
+            let push = sse.next("pub").await;
+            assert_eq!(
+                (&push["channel"], &push["data"]),
+                (&json!("s"), &json!("first"))
+            );
+        }
+
+        // Dropping the response resets its HTTP/2 stream: the hub's stream leaves its
+        // channel, its neighbour on the same connection goes on.
+        drop(one);
+        settle(&hub, 1, 2).await;
+        publish_http(addr, "t", json!("second")).await;
+        let push = two.next("pub").await;
+        assert_eq!(
+            (&push["channel"], &push["data"]),
+            (&json!("t"), &json!("second"))
+        );
+
+        // The connection goes: so does the last stream.
+        drop(two);
+        drop(client);
+        connection.abort();
+        settle(&hub, 0, 0).await;
     })
     .await;
 }

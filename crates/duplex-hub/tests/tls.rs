@@ -1,5 +1,6 @@
 //! The hub with `--tls-cert`/`--tls-key`: wss:// over HTTP/1.1 and over HTTP/2 (ALPN `h2`) on
-//! one port, HTTPS for the API, and the certificate reloaded on SIGHUP while connections stay.
+//! one port, HTTPS for the API and `/sse`, and the certificate reloaded on SIGHUP while connections
+//! stay.
 
 mod common;
 
@@ -263,6 +264,66 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
                 .await
                 .is_ok()
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sse_over_https_streams_and_leaves_when_the_client_goes() {
+    within(async {
+        let files = CertFiles::new("sse");
+        let cert = files.generate();
+        let hub = hub(tls_config(&files)).await;
+        let addr = hub.local_addr();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(trusting(&cert));
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(b"GET /sse?channel=e HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .await
+            .unwrap();
+        // Reads until `needle` has arrived (the body is chunked: events are matched whole).
+        let mut seen = Vec::new();
+        let mut until = async |needle: &str, seen: &mut Vec<u8>| {
+            while !String::from_utf8_lossy(seen).contains(needle) {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk))
+                    .await
+                    .unwrap_or_else(|_| panic!("{needle} within 10 s: {}", String::from_utf8_lossy(seen)))
+                    .unwrap();
+                assert!(n > 0, "closed before {needle}: {}", String::from_utf8_lossy(seen));
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        };
+        until("event: subscribed\n", &mut seen).await;
+        let head = String::from_utf8_lossy(&seen).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
+        let body = r#"{"channel":"e","data":"over tls"}"#;
+        let response = https(
+            addr,
+            &cert,
+            &format!(
+                "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        until(r#""data":"over tls""#, &mut seen).await;
+        let metrics = https(addr, &cert, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            metrics.contains("duplex_hub_connections_total{transport=\"sse\"} 1\n")
+                && metrics.contains("duplex_hub_connections_total{transport=\"h1\"} 0\n"),
+            "{metrics}"
+        );
+        drop(tls);
+        let mut waited = 0;
+        while hub.metrics().sse_streams() > 0 || hub.metrics().subscriptions() > 0 {
+            assert!(waited < 500, "the stream outlived its TLS connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
     })
     .await;
 }
