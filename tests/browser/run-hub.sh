@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The hub's browser tests alone: headless Chromium on the demo page (web/index.html) and the
-# client (web/duplex.js) served by `duplex hub`, and the /sse fallback (sse.test.mjs). hub.test.mjs starts the hub itself on a free
-# 127.0.0.1 port (one test restarts it on the same port) and stops it by PID.
+# client (web/duplex.js) served by `duplex hub`, RFC 8441 under TLS (h2.test.mjs) and the /sse
+# fallback (sse.test.mjs). Each file starts its hub itself on a free 127.0.0.1 port (one test
+# restarts it on the same port) and stops it by PID.
 # tests/browser/run.sh runs these too, with the echo tests; this is the quick loop for web/.
 #
 #   tests/browser/run-hub.sh                       build duplex-cli (release: web/ is embedded) and test
@@ -31,6 +32,6 @@ fi
 unset DUPLEX_ECHO_CMD
 rc=0
 timeout --kill-after=10 "${DUPLEX_BROWSER_TIMEOUT:-120}" \
-    node --test --test-timeout=120000 "$@" "$DIR/hub.test.mjs" "$DIR/sse.test.mjs" </dev/null || rc=$?
+    node --test --test-timeout=120000 "$@" "$DIR/hub.test.mjs" "$DIR/h2.test.mjs" "$DIR/sse.test.mjs" </dev/null || rc=$?
 [ "$rc" -eq 124 ] && echo "browser: node --test timed out after ${DUPLEX_BROWSER_TIMEOUT:-120} s" >&2
 exit "$rc"

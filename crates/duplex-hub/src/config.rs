@@ -97,6 +97,17 @@ pub struct HubArgs {
     /// with broker_unavailable [default: 2000].
     #[arg(long, env = "DUPLEX_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// PEM certificate chain (leaf first): serve HTTPS and wss:// (HTTP/2 by ALPN `h2`, else
+    /// HTTP/1.1) instead of plain HTTP. Reloaded with the key on SIGHUP. Needs --tls-key.
+    #[arg(long, env = "DUPLEX_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "DUPLEX_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The HTTP server: `hyper` (HTTP/1.1 and HTTP/2 on one port, TLS) or `builtin` (the
+    /// former hand-written HTTP/1.1 server, no TLS, no HTTP/2) [default: hyper].
+    #[arg(long, env = "DUPLEX_HTTP_SERVER")]
+    pub http_server: Option<HttpServer>,
     /// Seconds between comment heartbeats on an idle `/sse` stream (0: none) [default: 15].
     #[arg(long, env = "DUPLEX_SSE_HEARTBEAT")]
     pub sse_heartbeat: Option<u64>,
@@ -104,6 +115,26 @@ pub struct HubArgs {
     /// [default: 2000].
     #[arg(long, env = "DUPLEX_SSE_RETRY_MS")]
     pub sse_retry_ms: Option<u64>,
+}
+
+/// Which HTTP server a hub runs (`--http-server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpServer {
+    /// hyper: HTTP/1.1 and HTTP/2 (h2c by prior knowledge, h2 by ALPN under TLS), TLS.
+    #[default]
+    Hyper,
+    /// The hand-written HTTP/1.1 server: plain TCP only.
+    Builtin,
+}
+
+/// The certificate and key files of a TLS hub: read at start and on every SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// Which broker a hub uses (`--broker`).
@@ -235,6 +266,12 @@ pub struct FileConfig {
     pub presence_refresh: Option<u64>,
     /// See [`HubArgs::redis_timeout_ms`].
     pub redis_timeout_ms: Option<u64>,
+    /// See [`HubArgs::tls_cert`].
+    pub tls_cert: Option<PathBuf>,
+    /// See [`HubArgs::tls_key`].
+    pub tls_key: Option<PathBuf>,
+    /// See [`HubArgs::http_server`].
+    pub http_server: Option<HttpServer>,
     /// See [`HubArgs::sse_heartbeat`] (seconds).
     pub sse_heartbeat: Option<u64>,
     /// See [`HubArgs::sse_retry_ms`].
@@ -302,6 +339,10 @@ pub struct HubConfig {
     /// Redis broker: bound on connecting and on every command; past it the command fails
     /// with `broker_unavailable` and the connection is replaced [default: 2 s].
     pub redis_timeout: Duration,
+    /// Serve TLS with these files; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// The HTTP server.
+    pub http_server: HttpServer,
     /// How long an `/sse` stream may stay silent before the hub writes a comment heartbeat
     /// (proxies close idle responses; the client notices a dead connection); `None`: no
     /// heartbeats [default: 15 s].
@@ -335,6 +376,8 @@ impl Default for HubConfig {
             presence_ttl: Duration::from_secs(30),
             presence_refresh: Duration::from_secs(10),
             redis_timeout: Duration::from_secs(2),
+            tls: None,
+            http_server: HttpServer::Hyper,
             sse_heartbeat: Some(Duration::from_secs(15)),
             sse_retry: Duration::from_secs(2),
         }
@@ -361,6 +404,13 @@ impl HubConfig {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let cert = args.tls_cert.is_some() || file.tls_cert.is_some();
+        let key = args.tls_key.is_some() || file.tls_key.is_some();
+        if cert != key {
+            return Err(ConfigError(
+                "tls_cert and tls_key go together: give both or neither".to_owned(),
+            ));
+        }
         let config = HubConfig::merge(args, &file);
         config.validate()?;
         Ok(config)
@@ -458,6 +508,21 @@ impl HubConfig {
                 .redis_timeout_ms
                 .or(file.redis_timeout_ms)
                 .map_or(d.redis_timeout, Duration::from_millis),
+            tls: match (
+                args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+                args.tls_key.as_ref().or(file.tls_key.as_ref()),
+            ) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                // One without the other: refused by `from_args`.
+                _ => None,
+            },
+            http_server: args
+                .http_server
+                .or(file.http_server)
+                .unwrap_or(d.http_server),
             sse_heartbeat: match args.sse_heartbeat.or(file.sse_heartbeat) {
                 Some(s) => secs(Some(s)),
                 None => d.sse_heartbeat,
@@ -495,6 +560,9 @@ impl HubConfig {
         }
         if self.redis_timeout.is_zero() {
             return fail("redis_timeout must be above zero");
+        }
+        if self.tls.is_some() && self.http_server == HttpServer::Builtin {
+            return fail("TLS needs the hyper HTTP server (--http-server hyper)");
         }
         Ok(())
     }
@@ -580,6 +648,51 @@ mod tests {
         assert!(
             slow_refresh.validate().is_err(),
             "refresh must beat the TTL"
+        );
+    }
+
+    #[test]
+    fn tls_files_go_together_and_need_the_hyper_server() {
+        let config = HubConfig::merge(
+            &parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            &FileConfig::default(),
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(config.http_server, HttpServer::Hyper);
+        config.validate().unwrap();
+        let file: FileConfig = toml::from_str("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"").unwrap();
+        assert!(HubConfig::merge(&HubArgs::default(), &file).tls.is_some());
+        let builtin = HubConfig {
+            http_server: HttpServer::Builtin,
+            ..config
+        };
+        assert!(builtin.validate().is_err(), "TLS needs hyper");
+        // One without the other: clap refuses it, and so does a file.
+        assert!(
+            Cli::try_parse_from(["hub", "--tls-cert", "c.pem"]).is_err(),
+            "--tls-cert alone"
+        );
+        let dir = std::env::temp_dir().join(format!("duplex-hub-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.toml");
+        std::fs::write(&path, "tls_key = \"k.pem\"").unwrap();
+        let args = HubArgs {
+            config: Some(path),
+            ..HubArgs::default()
+        };
+        let refused = HubConfig::from_args(&args);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(refused.is_err(), "tls_key alone in a file");
+        let file: FileConfig = toml::from_str("http_server = \"builtin\"").unwrap();
+        assert_eq!(
+            HubConfig::merge(&parse(&[]), &file).http_server,
+            HttpServer::Builtin
         );
     }
 

@@ -87,7 +87,7 @@ pub(crate) fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Ha
     }))
 }
 
-fn wants_keep_alive(request: &Request<()>) -> bool {
+pub(crate) fn wants_keep_alive(request: &Request<()>) -> bool {
     let connection = request
         .headers()
         .get_all(CONNECTION)
@@ -107,7 +107,10 @@ fn wants_keep_alive(request: &Request<()>) -> bool {
     }
 }
 
-fn body_framing(request: &Request<()>, max_body: usize) -> Result<BodyFraming, FramingError> {
+pub(crate) fn body_framing(
+    request: &Request<()>,
+    max_body: usize,
+) -> Result<BodyFraming, FramingError> {
     let headers = request.headers();
     if headers.contains_key(TRANSFER_ENCODING) {
         return Err(FramingError::Chunked);

@@ -1,6 +1,8 @@
-//! A small HTTP/1.1 server on the raw `TcpStream`: request heads (parsed and judged in
-//! `head.rs`), `Content-Length` bodies, keep-alive, the JSON API, the embedded web assets, and
-//! the upgrade to WebSocket on `/ws`.
+//! The hub's routes (the JSON API, the embedded web assets, health and metrics) and its
+//! WebSocket admission (origin, token), shared by both HTTP servers: the hyper one
+//! (`service.rs`, the default) and the hand-written HTTP/1.1 server kept here on the raw
+//! `TcpStream` (`--http-server builtin`): request heads (parsed and judged in `head.rs`),
+//! `Content-Length` bodies, keep-alive, and the upgrade to WebSocket on `/ws`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +26,13 @@ use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
+use crate::metrics::Transport;
 use crate::outbox::OutboxStream;
 use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An embedded file from `web/`.
 #[derive(Debug)]
@@ -46,11 +49,11 @@ fn asset(name: &str) -> Option<&'static Asset> {
 }
 
 /// An HTTP response about to be written.
-struct Response {
-    status: StatusCode,
-    content_type: &'static str,
-    body: Bytes,
-    headers: Vec<(HeaderName, HeaderValue)>,
+pub(crate) struct Response {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Bytes,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Response {
@@ -67,7 +70,7 @@ impl Response {
         Response::new(StatusCode::OK, "application/json", body)
     }
 
-    fn error(status: StatusCode, message: &str) -> Response {
+    pub(crate) fn error(status: StatusCode, message: &str) -> Response {
         Response::new(status, "application/json", json::error_body(message))
     }
 
@@ -214,7 +217,8 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut BytesMut, framing: BodyFraming
     }
 }
 
-async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
+/// Answers one request (not `/ws`) whose `body` was read.
+pub(crate) async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
     let path = request.uri().path();
     let method = request.method();
     let get = method == Method::GET || method == Method::HEAD;
@@ -388,9 +392,28 @@ fn api_channels(hub: &HubState) -> Response {
 }
 
 /// Keeps the open-WebSocket count while a connection lives.
-struct WebSocketSlot<'a>(&'a HubState);
+pub(crate) struct WebSocketSlot(Arc<HubState>);
 
-impl Drop for WebSocketSlot<'_> {
+impl WebSocketSlot {
+    /// Takes a slot; the count before it was taken.
+    pub(crate) fn take(hub: &Arc<HubState>) -> (WebSocketSlot, usize) {
+        let open = hub.websockets.fetch_add(1, Relaxed);
+        (WebSocketSlot(hub.clone()), open)
+    }
+}
+
+/// The refusal of a WebSocket over the connection limit: 503 with `Retry-After`.
+pub(crate) fn over_limit(hub: &HubState) -> Reject {
+    hub.metrics.connections_refused.fetch_add(1, Relaxed);
+    let reason = format!(
+        "too many connections (limit {}); try again later",
+        hub.config.max_connections
+    );
+    Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+        .header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
+}
+
+impl Drop for WebSocketSlot {
     fn drop(&mut self) {
         self.0.websockets.fetch_sub(1, Relaxed);
     }
@@ -418,16 +441,9 @@ async fn upgrade(
             return refuse(tcp, &Refused::from(reject).encode_http11()).await;
         }
     };
-    let open = hub.websockets.fetch_add(1, Relaxed);
-    let _slot = WebSocketSlot(&hub);
+    let (_slot, open) = WebSocketSlot::take(&hub);
     let choice = if open >= hub.config.max_connections {
-        hub.metrics.connections_refused.fetch_add(1, Relaxed);
-        let reason = format!(
-            "too many connections (limit {}); try again later",
-            hub.config.max_connections
-        );
-        Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
-            .header(http::header::RETRY_AFTER, HeaderValue::from_static("5")))
+        Err(over_limit(&hub))
     } else {
         Ok(Accept::default())
     };
@@ -453,7 +469,15 @@ async fn upgrade(
         )
     });
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(ws, outbox, hub.clone(), grants, shared_deflate).await;
+    crate::session::run(
+        ws,
+        outbox,
+        hub.clone(),
+        grants,
+        shared_deflate,
+        Transport::H1,
+    )
+    .await;
 }
 
 /// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.
@@ -494,7 +518,11 @@ async fn sse(tcp: TcpStream, request: Request<()>, hub: Arc<HubState>) {
 }
 
 /// Origin and token checks: the grants, or the refusal (401 with `WWW-Authenticate: Bearer`).
-fn admit(hub: &HubState, request: &Request<()>, offer: &ClientOffer) -> Result<Grants, Reject> {
+pub(crate) fn admit(
+    hub: &HubState,
+    request: &Request<()>,
+    offer: &ClientOffer,
+) -> Result<Grants, Reject> {
     let config = &hub.config;
     if !config.allowed_origins.is_empty() {
         let allowed = offer

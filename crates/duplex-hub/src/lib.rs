@@ -12,8 +12,10 @@
 //!
 //! ```text
 //! fuzzing   doc-hidden entry points running the parsers below on arbitrary bytes (fuzz/)
-//! server    Hub and HubHandle: binding, the accept loop, graceful shutdown
-//! http      one TCP connection: HTTP/1.1 requests, the JSON API, web assets, the /ws upgrade
+//! server    Hub and HubHandle: binding, the accept loop, graceful shutdown, SIGHUP reload
+//! service   one connection on hyper: TLS, HTTP/1.1 or HTTP/2, bodies, /ws upgrades, /sse bodies
+//! http      the routes (JSON API, web assets), WebSocket admission; the builtin HTTP/1.1 server
+//! tls       --tls-cert/--tls-key: the rustls acceptor, its certificate reloaded in place
 //! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
@@ -35,7 +37,7 @@
 //! ## Data flow
 //!
 //! ```text
-//!   HTTP/1.1 (raw TcpStream) ── /api/publish ──▶ Broker ── offset + history ──┐
+//!   HTTP/1.1, HTTP/2, TLS (hyper) ─ /api/publish ─▶ Broker ── offset + history ──┐
 //!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (--broker: memory by default) │ on_publication
 //!                                                                             ▼ (in offset order)
 //!                                         Fanout: a job to the channel's fan-out thread
@@ -81,9 +83,11 @@ mod outbox;
 mod protocol;
 mod redis;
 mod server;
+mod service;
 mod session;
 mod sse;
 mod state;
+mod tls;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -93,7 +97,8 @@ pub use crate::broker::{
     StreamPosition,
 };
 pub use crate::config::{
-    BrokerConfig, Compression, ConfigError, FileConfig, HubArgs, HubConfig, load_file,
+    BrokerConfig, Compression, ConfigError, FileConfig, HttpServer, HubArgs, HubConfig, TlsFiles,
+    load_file,
 };
 pub use crate::memory::MemoryBroker;
 pub use crate::metrics::Metrics;
@@ -105,11 +110,16 @@ pub use crate::server::{Hub, HubHandle};
 pub async fn run(args: HubArgs) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
     let config = HubConfig::from_args(&args)?;
     let close_timeout = config.close_timeout;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let hub = Hub::bind(config)
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = hub.local_addr();
-    tracing::info!("demo page: http://{addr}/");
+    tracing::info!("demo page: {scheme}://{addr}/");
     shutdown_signal().await?;
     tracing::info!("shutting down: closing every connection with 1001");
     if !hub

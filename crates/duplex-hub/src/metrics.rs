@@ -12,15 +12,49 @@ const BUCKETS: [f64; 12] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// What a connection was accepted as: the `transport` label of
+/// `duplex_hub_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket over an HTTP/1.1 upgrade (plain or TLS).
+    H1,
+    /// A WebSocket over an HTTP/2 extended CONNECT (RFC 8441).
+    H2,
+    /// An `/sse` stream (Server-Sent Events, over either HTTP version).
+    Sse,
+}
+
+impl Transport {
+    /// Every transport, in the order `/metrics` lists them.
+    const ALL: [Transport; 3] = [Transport::H1, Transport::H2, Transport::Sse];
+
+    /// The `transport` label value.
+    fn label(self) -> &'static str {
+        match self {
+            Transport::H1 => "h1",
+            Transport::H2 => "h2",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// The index of its counter in [`Metrics::accepted_total`].
+    fn index(self) -> usize {
+        match self {
+            Transport::H1 => 0,
+            Transport::H2 => 1,
+            Transport::Sse => 2,
+        }
+    }
+}
+
 /// The hub's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections: AtomicI64,
-    pub(crate) connections_total: AtomicU64,
+    /// Connections accepted, by [`Transport::index`] (`connections_total{transport}`).
+    accepted_total: [AtomicU64; Transport::ALL.len()],
     /// Open `/sse` streams.
     pub(crate) sse_streams: AtomicI64,
-    /// `/sse` streams accepted (`connections_total{transport="sse"}`).
-    pub(crate) sse_total: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) subscriptions: AtomicI64,
     pub(crate) messages_in: AtomicU64,
@@ -56,6 +90,11 @@ struct Histogram {
 }
 
 impl Metrics {
+    /// Counts a connection accepted as `transport` (a WebSocket, or an `/sse` stream).
+    pub(crate) fn accepted(&self, transport: Transport) {
+        self.accepted_total[transport.index()].fetch_add(1, Relaxed);
+    }
+
     /// Open WebSocket connections.
     pub fn connections(&self) -> i64 {
         self.connections.load(Relaxed)
@@ -183,13 +222,19 @@ impl Metrics {
             "Open WebSocket connections.",
             g(&self.connections),
         );
-        // One counter, labelled by transport: WebSockets over HTTP/1.1 and SSE streams.
+        // One counter family, labelled by transport.
         let _ = writeln!(
             out,
-            "# HELP duplex_hub_connections_total Connections accepted, by transport (h1: WebSocket over HTTP/1.1, sse: /sse streams).\n# TYPE duplex_hub_connections_total counter\nduplex_hub_connections_total{{transport=\"h1\"}} {}\nduplex_hub_connections_total{{transport=\"sse\"}} {}",
-            c(&self.connections_total),
-            c(&self.sse_total),
+            "# HELP duplex_hub_connections_total Connections accepted, by transport (h1: WebSocket over HTTP/1.1, h2: WebSocket over HTTP/2, sse: /sse streams).\n# TYPE duplex_hub_connections_total counter"
         );
+        for transport in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "duplex_hub_connections_total{{transport=\"{}\"}} {}",
+                transport.label(),
+                c(&self.accepted_total[transport.index()]),
+            );
+        }
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
                 out,

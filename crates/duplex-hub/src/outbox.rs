@@ -457,10 +457,36 @@ fn finish_partial(tcp: &OwnedWriteHalf, state: &mut OutboxState) -> io::Result<(
 /// writes through the outbox, so that its frames and the publishers' direct writes never
 /// interleave inside a frame (see the module docs). Every write holds direct writes until the
 /// task resumes them.
+///
+/// A WebSocket that is not a whole plain TCP connection (a stream of an HTTP/2 connection, or
+/// one under TLS) has no socket a publisher could write to: its outbox has no write half, so
+/// every delivery takes the queued path and the task writes it through the stream
+/// ([`OutboxStream::queued`]). The session code is the same for both.
 #[derive(Debug)]
 pub(crate) struct OutboxStream {
-    read: OwnedReadHalf,
+    io: Io,
     outbox: Arc<Outbox>,
+}
+
+/// Any byte stream a WebSocket can run over (an upgraded HTTP/2 stream, a TLS connection).
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
+
+enum Io {
+    /// The read half of a plain TCP connection; the write half is the outbox's.
+    Tcp(OwnedReadHalf),
+    /// A stream the outbox cannot write to directly: reads and writes go through it.
+    Queued(Box<dyn Stream>),
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Io::Tcp(read) => read.fmt(f),
+            Io::Queued(_) => f.write_str("Queued"),
+        }
+    }
 }
 
 impl OutboxStream {
@@ -474,7 +500,24 @@ impl OutboxStream {
         let outbox = Arc::new(Outbox::new(limit, Some(write), deflate));
         (
             OutboxStream {
-                read,
+                io: Io::Tcp(read),
+                outbox: outbox.clone(),
+            },
+            outbox,
+        )
+    }
+
+    /// `stream` with a new outbox bounded at `limit` bytes that queues every delivery: the
+    /// connection task writes them through `stream` (no direct writes).
+    pub(crate) fn queued(
+        stream: impl Stream,
+        limit: usize,
+        deflate: Option<Negotiated>,
+    ) -> (OutboxStream, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(limit, None, deflate));
+        (
+            OutboxStream {
+                io: Io::Queued(Box::new(stream)),
                 outbox: outbox.clone(),
             },
             outbox,
@@ -488,7 +531,10 @@ impl AsyncRead for OutboxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+        match &mut self.get_mut().io {
+            Io::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            Io::Queued(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
     }
 }
 
@@ -506,9 +552,13 @@ impl AsyncWrite for OutboxStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let outbox = &*self.outbox;
+        let this = self.get_mut();
+        let outbox = &*this.outbox;
         let Some(tcp) = &outbox.tcp else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            return match &mut this.io {
+                Io::Queued(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+                Io::Tcp(_) => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            };
         };
         loop {
             let mut state = lock(&outbox.state);
@@ -526,17 +576,27 @@ impl AsyncWrite for OutboxStream {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        match &self.io {
+            Io::Tcp(_) => true,
+            Io::Queued(stream) => stream.is_write_vectored(),
+        }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Queued(stream) => Pin::new(stream).poll_flush(cx),
+        }
     }
 
-    /// A no-op: the write half is shared with the publishers and shut (FIN) when the outbox is
-    /// dropped, at the end of the connection's task.
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// On TCP a no-op: the write half is shared with the publishers and shut (FIN) when the
+    /// outbox is dropped, at the end of the connection's task. A queued stream is shut itself
+    /// (the end of an HTTP/2 stream, TLS close_notify).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Queued(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
     }
 }
 

@@ -17,12 +17,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError, BrokerHandler};
-use crate::config::{BrokerConfig, Compression, HubConfig};
+use crate::config::{BrokerConfig, Compression, HttpServer, HubConfig};
 use crate::fanout::{Fanout, FanoutOptions};
 use crate::memory::MemoryBroker;
 use crate::metrics::Metrics;
 use crate::outbox::{Closing, Outbox};
 use crate::state::HubState;
+use crate::tls::Certificate;
+use tokio_rustls::TlsAcceptor;
 
 /// The real-time hub. [`Hub::bind`] starts one in the current tokio runtime.
 ///
@@ -65,6 +67,22 @@ impl Hub {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let certificate = match &config.tls {
+            Some(files) => {
+                Some(Arc::new(Certificate::load(files.clone()).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, e)
+                })?))
+            }
+            None => None,
+        };
+        let acceptor = match &certificate {
+            Some(certificate) => Some(
+                certificate
+                    .acceptor()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let deflate = match config.compression {
@@ -110,9 +128,14 @@ impl Hub {
         if config.api_key.is_none() {
             tracing::warn!("no --api-key: the HTTP API (/api/*) is open to anyone");
         }
+        let (http, ws) = if acceptor.is_some() {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
         tracing::info!(
-            "duplex hub listening: demo page http://{addr}/ , WebSocket ws://{addr}/ws , \
-             HTTP API http://{addr}/api/ , metrics http://{addr}/metrics"
+            "duplex hub listening: demo page {http}://{addr}/ , WebSocket {ws}://{addr}/ws , \
+             HTTP API {http}://{addr}/api/ , metrics {http}://{addr}/metrics"
         );
         let hub = Arc::new(HubState {
             config,
@@ -128,16 +151,20 @@ impl Hub {
             ws_options,
             deflate,
         });
+        if let Some(certificate) = &certificate {
+            reload_on_sighup(certificate.clone(), hub.shutdown.clone())?;
+        }
         start_broker(&hub, fanout);
         let (done_tx, done_rx) = mpsc::channel(1);
         tokio::spawn(close_sessions_on_shutdown(hub.clone()));
-        let accept = tokio::spawn(accept_loop(listener, hub, done_tx));
+        let accept = tokio::spawn(accept_loop(listener, hub, acceptor, done_tx));
         Ok(HubHandle {
             addr,
             shutdown: shutdown_tx,
             accept,
             done: done_rx,
             metrics,
+            certificate,
         })
     }
 }
@@ -265,6 +292,8 @@ pub struct HubHandle {
     /// Closed once the accept loop and every connection task have ended.
     done: mpsc::Receiver<()>,
     metrics: Arc<Metrics>,
+    /// The TLS certificate, when the hub serves TLS.
+    certificate: Option<Arc<Certificate>>,
 }
 
 impl HubHandle {
@@ -276,6 +305,18 @@ impl HubHandle {
     /// The hub's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Reads the TLS certificate and key files again (what SIGHUP does): handshakes from now
+    /// on present the new certificate; open connections are not touched. On failure the
+    /// current certificate stays. A hub without TLS has nothing to reload (`Ok`).
+    pub fn reload_tls(&self) -> io::Result<()> {
+        match &self.certificate {
+            Some(certificate) => certificate
+                .reload()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            None => Ok(()),
+        }
     }
 
     /// Starts a graceful shutdown: stop accepting, close every WebSocket with 1001 (going
@@ -307,7 +348,45 @@ impl Drop for HubHandle {
     }
 }
 
-async fn accept_loop(listener: TcpListener, hub: Arc<HubState>, done: mpsc::Sender<()>) {
+/// Reloads `certificate` on every SIGHUP until the hub shuts down. The handler is installed
+/// before this returns, so a SIGHUP right after `bind` does not kill the process.
+fn reload_on_sighup(
+    certificate: Arc<Certificate>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    received = hangup.recv() => if received.is_none() { return },
+                }
+                match certificate.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::warn!(
+                            "SIGHUP: cannot reload the TLS certificate ({e}); keeping the current one"
+                        )
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (certificate, shutdown);
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<HubState>,
+    tls: Option<TlsAcceptor>,
+    done: mpsc::Sender<()>,
+) {
+    let builtin = hub.config.http_server == HttpServer::Builtin;
     let mut shutdown = hub.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -320,10 +399,19 @@ async fn accept_loop(listener: TcpListener, hub: Arc<HubState>, done: mpsc::Send
                 let _ = tcp.set_nodelay(true);
                 let hub = hub.clone();
                 let done = done.clone();
-                tokio::spawn(async move {
-                    crate::http::serve(tcp, peer, hub).await;
-                    drop(done);
-                });
+                if builtin {
+                    tokio::spawn(async move {
+                        crate::http::serve(tcp, peer, hub).await;
+                        drop(done);
+                    });
+                } else {
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        // The service holds its own senders for the WebSockets it spawns.
+                        crate::service::serve(tcp, peer, hub, tls, done.clone()).await;
+                        drop(done);
+                    });
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -28,6 +28,7 @@ use crate::fanout::Subscriber;
 use crate::ids;
 use crate::json;
 use crate::limit::TokenBucket;
+use crate::metrics::Transport;
 use crate::outbox::{Closing, Delivery, Outbox, OutboxEvent, OutboxStream};
 use crate::protocol::{Command, ErrorCode, Id, Publish, Refusal, Since};
 use crate::state::HubState;
@@ -59,17 +60,19 @@ enum End {
 
 const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and recover with since";
 
-/// Runs the connection `ws`, whose stream writes through `outbox` (see [`OutboxStream::new`]).
+/// Runs the connection `ws`, whose stream writes through `outbox` (see [`OutboxStream::new`]
+/// and [`OutboxStream::queued`]), accepted over `transport`.
 pub(crate) async fn run(
     mut ws: Ws,
     outbox: Arc<Outbox>,
     hub: Arc<HubState>,
     grants: Grants,
     shared_deflate: bool,
+    transport: Transport,
 ) {
     let metrics = hub.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
-    metrics.connections_total.fetch_add(1, Relaxed);
+    metrics.accepted(transport);
     let conn = hub.next_conn.fetch_add(1, Relaxed);
     if !hub.register_session(conn, &outbox) {
         outbox.close(Closing::Shutdown);

@@ -52,6 +52,7 @@ use crate::broker::{ClientInfo, HistoryQuery};
 use crate::fanout::Subscriber;
 use crate::ids;
 use crate::json;
+use crate::metrics::Transport;
 use crate::outbox::{Closing, Delivery, Kind, Outbox, OutboxEvent};
 use crate::protocol::{ErrorCode, Refusal, check_channel, query_param, query_params};
 use crate::state::HubState;
@@ -464,7 +465,7 @@ impl Stream {
     ) {
         let metrics = self.hub.metrics.clone();
         metrics.sse_streams.fetch_add(1, Relaxed);
-        metrics.sse_total.fetch_add(1, Relaxed);
+        metrics.accepted(Transport::Sse);
         self.counted = true;
         let mut gone = pin!(gone);
         let first = std::mem::take(&mut self.first);

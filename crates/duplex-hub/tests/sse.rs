@@ -30,10 +30,27 @@ impl Event {
     }
 }
 
-/// A raw `/sse` client.
+/// The state of a chunked body (RFC 9112 section 7.1) being read.
+#[derive(Debug, Default)]
+struct Chunked {
+    /// Received, not yet decoded.
+    wire: Vec<u8>,
+    /// Data bytes left in the current chunk.
+    left: usize,
+    /// A CRLF is due (after a chunk's data, or the last chunk's empty trailers).
+    crlf: bool,
+    /// The last chunk (size 0) came.
+    ended: bool,
+}
+
+/// A raw `/sse` client (HTTP/1.1): the body as the hub sends it, unframed until the
+/// connection closes (builtin server) or chunked (hyper).
 struct Sse {
     tcp: TcpStream,
+    /// The body received and not yet parsed into events.
     buf: Vec<u8>,
+    /// `Transfer-Encoding: chunked`: [`Sse::wire`] holds what is not yet de-chunked.
+    chunked: Option<Chunked>,
     status: u16,
     head: String,
     /// The stream may end inside an event (a slow consumer's is abandoned mid-write; a browser
@@ -85,13 +102,73 @@ impl Sse {
         let head = String::from_utf8(buf[..end].to_vec()).unwrap();
         let status = head[9..12].parse().unwrap();
         buf.drain(..end);
-        Sse {
+        let mut sse = Sse {
             tcp,
-            buf,
+            buf: Vec::new(),
+            chunked: None,
             status,
             head,
             may_cut: false,
+        };
+        if sse
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            sse.chunked = Some(Chunked::default());
         }
+        sse.received(&buf);
+        sse
+    }
+
+    /// Body bytes off the wire: de-chunked into `buf` (partial chunks too: an event may be
+    /// cut anywhere).
+    fn received(&mut self, bytes: &[u8]) {
+        let Some(chunked) = &mut self.chunked else {
+            self.buf.extend_from_slice(bytes);
+            return;
+        };
+        chunked.wire.extend_from_slice(bytes);
+        loop {
+            if chunked.left > 0 {
+                let n = chunked.left.min(chunked.wire.len());
+                if n == 0 {
+                    return;
+                }
+                self.buf.extend(chunked.wire.drain(..n));
+                chunked.left -= n;
+                chunked.crlf = chunked.left == 0;
+                continue;
+            }
+            if chunked.crlf {
+                if chunked.wire.len() < 2 {
+                    return;
+                }
+                assert_eq!(&chunked.wire[..2], b"\r\n", "a chunk's CRLF");
+                chunked.wire.drain(..2);
+                chunked.crlf = false;
+                continue;
+            }
+            if chunked.ended {
+                assert!(chunked.wire.is_empty(), "bytes after the last chunk");
+                return;
+            }
+            let Some(line) = chunked.wire.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size = std::str::from_utf8(&chunked.wire[..line]).unwrap();
+            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|e| panic!("chunk size {size:?}: {e}"));
+            chunked.wire.drain(..line + 2);
+            chunked.left = size;
+            // The last chunk (size 0) is followed by the (empty) trailers' CRLF.
+            chunked.ended = size == 0;
+            chunked.crlf = size == 0;
+        }
+    }
+
+    /// The body ended: the connection closed, or (chunked) the last chunk came.
+    fn ended(&self) -> bool {
+        self.chunked.as_ref().is_some_and(|c| c.ended && !c.crlf)
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -136,10 +213,14 @@ impl Sse {
                 return Some(event);
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut chunk))
-                .await
-                .expect("an event within 10 s")
-                .unwrap_or(0);
+            let n = if self.ended() {
+                0
+            } else {
+                tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut chunk))
+                    .await
+                    .expect("an event within 10 s")
+                    .unwrap_or(0)
+            };
             if n == 0 {
                 assert!(
                     self.may_cut || self.buf.is_empty(),
@@ -148,7 +229,7 @@ impl Sse {
                 );
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.received(&chunk[..n]);
         }
     }
 

@@ -23,9 +23,16 @@ pub async fn within<F: Future>(fut: F) -> F::Output {
         .expect("test timed out")
 }
 
-/// A config for tests: ephemeral port, generous rate limits, no pings.
+/// A config for tests: ephemeral port, generous rate limits, no pings. The HTTP server is
+/// hyper unless `DUPLEX_HUB_TEST_HTTP_SERVER=builtin` (the whole suite against the former
+/// hand-written server).
 pub fn config() -> HubConfig {
+    let http_server = match std::env::var("DUPLEX_HUB_TEST_HTTP_SERVER").as_deref() {
+        Ok("builtin") => duplex_hub::HttpServer::Builtin,
+        _ => duplex_hub::HttpServer::Hyper,
+    };
     HubConfig {
+        http_server,
         listen: "127.0.0.1:0".parse().unwrap(),
         publish_rate: 100_000.0,
         publish_burst: 100_000,
