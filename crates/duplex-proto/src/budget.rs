@@ -14,6 +14,11 @@
 //! owns it), when the connection fails or ends, and when the [`Connection`](crate::Connection)
 //! is dropped, whatever the runtime does: nothing leaks.
 //!
+//! The first [`UNCHARGED`] bytes of each message are not charged, so that small messages keep
+//! flowing while large ones fill the budget: that much per connection is of the order of what
+//! its socket buffers already cost, and bounded by the connection count, not by what a peer
+//! can make the server inflate.
+//!
 //! Which close code: 1009 (message too big) when the message alone, at the size it would
 //! reach, is larger than the whole budget (it can never be received here, so retrying is
 //! pointless), else 1013 (try again later): it would fit once other connections' messages
@@ -23,6 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::ProtocolError;
+
+/// Bytes of each message in progress that are not charged (see the [module docs](self)).
+pub const UNCHARGED: usize = 16 << 10;
 
 /// The bytes all partly received messages of the connections sharing it may hold together.
 /// Cheap to clone (one `Arc`): clones share the count. Two budgets are equal when they are
@@ -117,17 +125,17 @@ impl Hold {
         let Some(budget) = &self.budget else {
             return Ok(());
         };
-        if total <= self.charged {
+        let charge = total.saturating_sub(UNCHARGED);
+        if charge <= self.charged {
             return Ok(());
         }
-        let more = total - self.charged;
-        if budget.try_take(more) {
-            self.charged = total;
+        if budget.try_take(charge - self.charged) {
+            self.charged = charge;
             return Ok(());
         }
         budget.0.refusals.fetch_add(1, Ordering::Relaxed);
         Err(ProtocolError::OverBudget {
-            size: total as u64,
+            size: charge as u64,
             budget: budget.limit(),
         })
     }
@@ -143,8 +151,12 @@ impl Hold {
         let Some(budget) = &self.budget else {
             return Ok(wanted);
         };
-        if wanted > self.charged && budget.try_take(wanted - self.charged) {
-            self.charged = wanted;
+        let charge = wanted.saturating_sub(UNCHARGED);
+        if charge <= self.charged {
+            return Ok(wanted);
+        }
+        if budget.try_take(charge - self.charged) {
+            self.charged = charge;
             return Ok(wanted);
         }
         self.cover(needed)?;
@@ -178,19 +190,23 @@ mod tests {
         let budget = MessageBudget::new(100);
         let mut a = Hold::new(Some(budget.clone()));
         let mut b = Hold::new(Some(budget.clone()));
-        a.cover(60).unwrap();
-        a.cover(40).unwrap(); // already covered
+        a.cover(UNCHARGED).unwrap();
+        assert_eq!(budget.held(), 0, "the first bytes are free");
+        a.cover(UNCHARGED + 60).unwrap();
+        a.cover(UNCHARGED + 40).unwrap(); // already covered
         assert_eq!(budget.held(), 60);
         // 50 would fit alone but not beside a's 60: try again later.
-        let err = b.cover(50).unwrap_err();
+        let err = b.cover(UNCHARGED + 50).unwrap_err();
         assert_eq!(err.close_code(), crate::CloseCode::TRY_AGAIN_LATER);
         assert_eq!(budget.held(), 60, "a refusal charges nothing");
+        // Small messages still pass.
+        b.cover(UNCHARGED).unwrap();
         // Larger than the whole budget: too big, whatever the others hold.
-        let err = b.cover(101).unwrap_err();
+        let err = b.cover(UNCHARGED + 101).unwrap_err();
         assert_eq!(err.close_code(), crate::CloseCode::MESSAGE_TOO_BIG);
         assert_eq!(budget.refusals(), 2);
         a.release();
-        b.cover(50).unwrap();
+        b.cover(UNCHARGED + 50).unwrap();
         drop(b);
         assert_eq!(budget.held(), 0);
     }

@@ -57,7 +57,8 @@ pub enum ProtocolError {
     /// [`MessageBudget`](crate::MessageBudget) has left (see [`crate::budget`]): 1009 when it
     /// alone is larger than the whole budget, else 1013 (try again later).
     OverBudget {
-        /// Bytes the message would hold.
+        /// Bytes the message would hold of the budget (what it holds past
+        /// [`UNCHARGED`](crate::budget::UNCHARGED)).
         size: u64,
         /// The whole budget.
         budget: usize,
