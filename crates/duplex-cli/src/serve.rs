@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use duplex::engine::{Engine, EngineOptions, Handler, Socket};
 use duplex::{CloseCode, Config, Message, ServerOptions};
+use duplex_proto::MessageBudget;
 use futures_util::{Sink, Stream};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -51,6 +52,22 @@ pub struct ServeArgs {
     /// Seconds a client has to complete the opening handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+    /// Ping a connection that sent nothing for this long (`30`, `30s`, `500ms`; `0`: never).
+    /// 30 s keeps NAT and proxy mappings alive (many drop idle TCP after 60 s) for the cost of
+    /// one small frame per quiet connection and half-minute.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Close (1001 "idle timeout") a connection that sent nothing, not even a pong, for this
+    /// long (`0`: never). 90 s is three ping intervals: a live client answers at least two
+    /// pings before it, so only a silent or vanished one is closed, and its memory freed.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Bytes all partly received messages may hold together, across every connection
+    /// (fragments so far and inflated output). A connection whose message would pass it is
+    /// closed: 1009 if that message alone is larger than the budget, else 1013 (try again
+    /// later). `0`: no budget (each message is still bounded by --max-message-size).
+    #[arg(long, default_value_t = DEFAULT_MESSAGE_BUDGET)]
+    message_budget: usize,
     /// Worker threads (default: one per core). 1 runs everything on the calling thread, which
     /// is what benchmarks pinned to one core want.
     #[arg(long)]
@@ -60,6 +77,30 @@ pub struct ServeArgs {
     /// `auto`: the engine. Both serve ws:// and wss://.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     runtime: Runtime,
+}
+
+/// `--message-budget`'s default: four messages of the default `--max-message-size` in
+/// flight at once, while the 12 connections of issue 12 held 721 MiB without one.
+const DEFAULT_MESSAGE_BUDGET: usize = 256 << 20;
+
+/// A duration in seconds (`90`, `90s`) or milliseconds (`500ms`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(number) => (number, Duration::from_millis(1)),
+        None => (
+            text.strip_suffix('s').unwrap_or(text),
+            Duration::from_secs(1),
+        ),
+    };
+    let n: u32 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected seconds (`90`, `90s`) or `500ms`"))?;
+    Ok(unit * n)
+}
+
+/// `None` for a zero duration: the flag's way of saying "off".
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -93,9 +134,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
             "nothing to serve: pass --echo (the hub is `duplex hub`)".into(),
         ));
     }
+    // One budget for every connection of the process, whichever runtime serves them.
+    let budget = (args.message_budget > 0).then(|| MessageBudget::new(args.message_budget));
     let config = Config {
         max_message_size: args.max_message_size,
         max_frame_size: args.max_frame_size,
+        message_budget: budget.clone(),
         ..Config::default()
     };
     config.validate().context(|| "limits".into())?;
@@ -107,17 +151,86 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         }
         _ => None,
     };
-    if args.uses_engine() {
-        return run_engine(args, config, tls).await;
+    if let Some(budget) = &budget {
+        tokio::spawn(report_refusals(budget.clone()));
     }
+    let result = if args.uses_engine() {
+        run_engine(args, config, tls).await
+    } else {
+        run_tokio(args, config, tls).await
+    };
+    if let Some(budget) = &budget {
+        tracing::info!(
+            held = budget.held(),
+            refusals = budget.refusals(),
+            "message budget of {} bytes at exit",
+            budget.limit()
+        );
+    }
+    result
+}
+
+/// Says when connections were closed for the message budget (1009/1013), at most every 10 s.
+async fn report_refusals(budget: MessageBudget) {
+    let mut reported = 0;
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        let refusals = budget.refusals();
+        if refusals > reported {
+            tracing::warn!(
+                held = budget.held(),
+                "{} connections closed for the message budget of {} bytes ({refusals} in all)",
+                refusals - reported,
+                budget.limit()
+            );
+            reported = refusals;
+        }
+    }
+}
+
+/// What the tokio runtime serves with: the limits, the timers, the handshake deadline.
+fn server_options(args: &ServeArgs, config: Config) -> ServerOptions {
     let mut options = ServerOptions {
         config,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        websocket: duplex::WebSocketOptions {
+            ping_interval: nonzero(args.ping_interval),
+            idle_timeout: nonzero(args.idle_timeout),
+            ..duplex::WebSocketOptions::default()
+        },
         ..ServerOptions::default()
     };
     if args.no_deflate {
         options.deflate = None;
     }
+    options
+}
+
+/// What the engine serves with (TLS apart): the same limits and timers as `server_options`.
+fn engine_options(args: &ServeArgs, config: Config, threads: usize) -> EngineOptions {
+    let mut options = EngineOptions {
+        config,
+        threads,
+        max_connections: args.max_connections,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        ping_interval: nonzero(args.ping_interval),
+        idle_timeout: nonzero(args.idle_timeout),
+        ..EngineOptions::default()
+    };
+    if args.no_deflate {
+        options.deflate = None;
+    }
+    options
+}
+
+/// Echo on tokio: a task per connection, through `duplex::accept_with`.
+async fn run_tokio(
+    args: ServeArgs,
+    config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<ExitCode, CliError> {
+    let options = server_options(&args, config);
     let tls = tls.map(duplex::tls::TlsAcceptor::from);
     let listener = TcpListener::bind(args.listen)
         .await
@@ -194,18 +307,9 @@ async fn run_engine(
             .map(usize::from)
             .unwrap_or(1)
     });
-    let mut options = EngineOptions {
-        config,
-        threads,
-        max_connections: args.max_connections,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout),
-        ..EngineOptions::default()
-    };
+    let mut options = engine_options(&args, config, threads);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     options.tls = tls;
-    if args.no_deflate {
-        options.deflate = None;
-    }
     let listener = std::net::TcpListener::bind(args.listen)
         .context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr().context(|| "local address".into())?;
@@ -469,6 +573,101 @@ mod tests {
     async fn echoes(ws: &mut duplex::WebSocket<duplex::MaybeTlsStream>, text: &str) {
         ws.send(Message::text(text)).await.unwrap();
         assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn timers_and_budget_have_nonzero_defaults_and_parse() {
+        let args = parse(&["--echo"]);
+        assert_eq!(args.ping_interval, Duration::from_secs(30));
+        assert_eq!(args.idle_timeout, Duration::from_secs(90));
+        assert_eq!(args.message_budget, 256 << 20);
+        let args = parse(&[
+            "--echo",
+            "--ping-interval",
+            "0",
+            "--idle-timeout",
+            "250ms",
+            "--message-budget",
+            "1000",
+        ]);
+        assert_eq!(nonzero(args.ping_interval), None);
+        assert_eq!(args.idle_timeout, Duration::from_millis(250));
+        assert_eq!(args.message_budget, 1000);
+        assert!(parse_duration("ten").is_err());
+        let engine = engine_options(&args, Config::default(), 1);
+        assert_eq!(engine.idle_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(engine.ping_interval, None);
+        let tokio = server_options(&args, Config::default());
+        assert_eq!(
+            tokio.websocket.idle_timeout,
+            Some(Duration::from_millis(250))
+        );
+    }
+
+    /// Reads until the server's Close arrives; returns its code. Bounded.
+    async fn close_code_of_silent(url: &str) -> u16 {
+        let (mut ws, _) = duplex::connect(url).await.unwrap();
+        let started = std::time::Instant::now();
+        let code = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.recv_event().await {
+                    Some(Ok(duplex::Event::Close(frame))) => {
+                        return frame.map(|f| f.code.as_u16());
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the idle timeout closed nothing within 5 s");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        code.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_idle_timeout_closes_a_silent_connection_on_both_runtimes() {
+        let args = parse(&["--echo", "--ping-interval", "0", "--idle-timeout", "300ms"]);
+        // The engine.
+        let engine = Engine::new(engine_options(&args, Config::default(), 1));
+        let handle = engine.handle();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || engine.run(listener, || EngineEcho));
+        assert_eq!(close_code_of_silent(&url).await, 1001);
+        handle.shutdown();
+        tokio::task::spawn_blocking(move || thread.join().unwrap().unwrap())
+            .await
+            .unwrap();
+        // tokio.
+        let options = server_options(&args, Config::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = duplex::accept_with(tcp, options, |_, _| Ok(Default::default()))
+                .await
+                .unwrap();
+            while ws.recv().await.is_some() {}
+        });
+        assert_eq!(close_code_of_silent(&url).await, 1001);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

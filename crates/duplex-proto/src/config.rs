@@ -21,6 +21,10 @@ pub struct Config {
     /// of reassembling whole messages, for messages too large to hold. `max_message_size` then
     /// bounds nothing but each frame's `max_frame_size` still applies. Default false.
     pub streaming_receive: bool,
+    /// The budget shared with other connections for the bytes partly received messages hold
+    /// (see [`crate::budget`]). Default: none (each message bounded by `max_message_size`
+    /// only). Servers facing untrusted clients give all their connections one.
+    pub message_budget: Option<crate::MessageBudget>,
     /// Keepalive, idle and close deadlines, run by
     /// [`Connection::handle_timeout`](crate::Connection::handle_timeout).
     pub timers: Timers,
@@ -91,6 +95,7 @@ impl Default for Config {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             streaming_receive: false,
+            message_budget: None,
             timers: Timers::default(),
         }
     }

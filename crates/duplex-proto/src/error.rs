@@ -53,6 +53,16 @@ pub enum ProtocolError {
     },
     /// A compressed payload that does not inflate (RFC 7692 section 6.2).
     InvalidCompressedData,
+    /// The message in progress would hold more than the shared
+    /// [`MessageBudget`](crate::MessageBudget) has left (see [`crate::budget`]): 1009 when it
+    /// alone is larger than the whole budget, else 1013 (try again later).
+    OverBudget {
+        /// Bytes the message would hold of the budget (what it holds past
+        /// [`UNCHARGED`](crate::budget::UNCHARGED)).
+        size: u64,
+        /// The whole budget.
+        budget: usize,
+    },
     /// RSV1 on a control frame or on a continuation frame (RFC 7692 section 6).
     CompressedControlOrContinuation,
 }
@@ -79,6 +89,13 @@ impl ProtocolError {
             }
             ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. } => {
                 CloseCode::MESSAGE_TOO_BIG
+            }
+            ProtocolError::OverBudget { size, budget } => {
+                if *size > *budget as u64 {
+                    CloseCode::MESSAGE_TOO_BIG
+                } else {
+                    CloseCode::TRY_AGAIN_LATER
+                }
             }
         }
     }
@@ -118,6 +135,10 @@ impl fmt::Display for ProtocolError {
             ProtocolError::InvalidCompressedData => {
                 f.write_str("compressed payload does not inflate")
             }
+            ProtocolError::OverBudget { size, budget } => write!(
+                f,
+                "message of {size}+ bytes does not fit the budget of {budget} for partial messages"
+            ),
             ProtocolError::CompressedControlOrContinuation => {
                 f.write_str("RSV1 set on a control or continuation frame")
             }

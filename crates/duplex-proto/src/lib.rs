@@ -8,6 +8,7 @@
 //! without a network.
 #![doc = include_str!("../DESIGN.md")]
 
+pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -20,6 +21,7 @@ pub mod message;
 pub mod role;
 pub mod utf8;
 
+pub use budget::MessageBudget;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Timers};
 pub use connection::{

@@ -227,7 +227,7 @@ impl Connection {
         };
         Connection {
             role,
-            incoming: Incoming::new(&limits),
+            incoming: Incoming::new(&limits, config.message_budget),
             end: None,
             clock: Clock::new(&config.timers),
             clock_at: None,
@@ -311,6 +311,7 @@ impl Connection {
             max_frame_size: self.limits.max_frame_size,
             max_message_size: self.limits.max_message_size,
             streaming_receive: self.limits.streaming_receive,
+            message_budget: self.incoming.budget().cloned(),
             timers: self.clock.timers(),
         }
     }
@@ -361,6 +362,8 @@ impl Connection {
     /// closed ([`Connection::should_close_transport`]).
     pub fn recv_eof(&mut self) {
         self.clock.note_eof();
+        // Nothing more arrives: a message in progress never completes.
+        self.incoming.discard();
         if self.state != State::Closed {
             self.state = State::Closed;
             self.sending_fragmented = None;
@@ -494,6 +497,7 @@ impl Connection {
             Ok(recv::Consumed::NeedMore) => Ok(()),
             Ok(recv::Consumed::PeerClosed(close)) => {
                 buf.clear();
+                self.incoming.discard();
                 if self.events.is_empty() {
                     self.on_peer_close(close);
                 } else {
@@ -503,6 +507,9 @@ impl Connection {
             }
             Err(e) => {
                 buf.clear();
+                // Nothing more is read: free the message in progress and its budget now,
+                // not when the runtime drops the connection.
+                self.incoming.discard();
                 if self.events.is_empty() {
                     self.fail(e.clone());
                     Err(Error::Protocol(e))

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Event, FrameBits, Limits, MaskKeySource, push_frame};
+use crate::budget::{Hold, MessageBudget};
 use crate::close::{CloseCode, CloseFrame};
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, OpCode, RSV1, decode_short};
@@ -46,6 +47,8 @@ pub(super) struct Incoming {
     /// permessage-deflate's receive side, once negotiated.
     #[cfg(feature = "deflate")]
     inflate: Option<Box<crate::extensions::deflate::Decompressor>>,
+    /// What the message in progress holds of the shared budget (none without one).
+    hold: Hold,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +74,25 @@ struct MessageInProgress {
 }
 
 impl Incoming {
-    pub(super) fn new(_config: &Limits) -> Self {
-        Incoming::default()
+    pub(super) fn new(_config: &Limits, budget: Option<MessageBudget>) -> Self {
+        Incoming {
+            hold: Hold::new(budget),
+            ..Incoming::default()
+        }
+    }
+
+    /// The shared budget this connection charges, if any.
+    pub(super) fn budget(&self) -> Option<&MessageBudget> {
+        self.hold.budget()
+    }
+
+    /// Drops the message in progress (nothing more will be read: the connection failed or
+    /// ended) and gives its bytes back to the budget.
+    #[cold]
+    pub(super) fn discard(&mut self) {
+        self.message = None;
+        self.frame = None;
+        self.hold.release();
     }
 
     /// Enables the receive side of permessage-deflate: RSV1 marks compressed messages.
@@ -248,7 +268,21 @@ impl Incoming {
                         &mut message.data
                     };
                     let start = target.len();
-                    inflate.decompress(&chunk, message_done, target, config.max_message_size)?;
+                    // Streamed pieces go straight to the application: only the message
+                    // reassembled here is held, and charged.
+                    let mut unheld = Hold::default();
+                    let hold = if config.streaming_receive {
+                        &mut unheld
+                    } else {
+                        &mut self.hold
+                    };
+                    inflate.decompress_held(
+                        &chunk,
+                        message_done,
+                        target,
+                        config.max_message_size,
+                        hold,
+                    )?;
                     if message.kind == DataKind::Text
                         && message.utf8.feed(&target[start..]).is_err()
                     {
@@ -289,8 +323,11 @@ impl Incoming {
                         // announces a large frame does not get the memory before sending it),
                         // instead of growing it read by read.
                         let frame_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
-                        message.data.reserve(frame_len.min(MAX_RESERVE));
+                        let reserve = frame_len.min(MAX_RESERVE);
+                        self.hold.cover(reserve)?;
+                        message.data.reserve(reserve);
                     }
+                    self.hold.cover(message.data.len() + chunk.len())?;
                     append(&mut message.data, chunk);
                 }
                 continue;
@@ -306,6 +343,8 @@ impl Incoming {
             };
             let kind = message.kind;
             self.message = None;
+            // Complete: the application owns it now.
+            self.hold.release();
             let message = match kind {
                 DataKind::Text => Message::Text(Utf8Bytes::from_validated(data)),
                 DataKind::Binary => Message::Binary(data),

@@ -456,6 +456,42 @@ fn invalid_utf8_fails_fast_inside_a_partial_frame() {
 }
 
 #[test]
+fn uncompressed_fragments_are_charged_until_the_message_completes() {
+    let budget = crate::MessageBudget::new(1 << 20);
+    let config = Config {
+        message_budget: Some(budget.clone()),
+        ..Config::default()
+    };
+    let mut server = Connection::new(Role::Server, config.clone());
+    server
+        .recv(&mut client_frame(false, 0, 0x2, &[7u8; 300 << 10]))
+        .unwrap();
+    assert_eq!(budget.held(), (300 << 10) - crate::budget::UNCHARGED);
+    server
+        .recv(&mut client_frame(true, 0, 0x0, &[7u8; 100]))
+        .unwrap();
+    assert_eq!(events(&mut server).len(), 1);
+    assert_eq!(budget.held(), 0);
+    // Fragments past the budget fail the connection with 1009 (larger than the budget).
+    let mut greedy = Connection::new(Role::Server, config);
+    greedy
+        .recv(&mut client_frame(false, 0, 0x2, &[7u8; 700 << 10]))
+        .unwrap();
+    let err = greedy
+        .recv(&mut client_frame(false, 0, 0x0, &[7u8; 700 << 10]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::Protocol(ProtocolError::OverBudget {
+            size: ((1400 << 10) - crate::budget::UNCHARGED) as u64,
+            budget: 1 << 20
+        })
+    );
+    assert_eq!(&drain(&mut greedy)[2..4], &1009u16.to_be_bytes());
+    assert_eq!(budget.held(), 0);
+}
+
+#[test]
 fn partial_header_stays_in_buffer() {
     let mut server = Connection::new(Role::Server, Config::default());
     let frame = client_frame(true, 0, 2, &[5u8; 300]);
@@ -719,6 +755,98 @@ mod deflate {
         );
         let close = drain(&mut server);
         assert_eq!(&close[2..4], &1009u16.to_be_bytes());
+    }
+
+    /// The held-inflation case of issue 12: a non-final compressed fragment a few KiB long
+    /// that inflates to MiBs, sent by several connections sharing one budget.
+    fn bomb_fragment(client: &mut Connection, inflated: usize) -> BytesMut {
+        client
+            .send_fragment(DataKind::Binary, Bytes::from(vec![0u8; inflated]), false)
+            .unwrap();
+        drain(client)
+    }
+
+    fn budgeted(budget: &crate::MessageBudget) -> (Connection, Connection) {
+        let config = Config {
+            message_budget: Some(budget.clone()),
+            ..Config::default()
+        };
+        deflate_pair(DeflateConfig::default(), DeflateConfig::default(), config)
+    }
+
+    #[test]
+    fn held_inflation_stays_within_the_shared_budget() {
+        let budget = crate::MessageBudget::new(12 << 20);
+        let (mut client_a, mut a) = budgeted(&budget);
+        let (mut client_b, mut b) = budgeted(&budget);
+        // a: 8 MiB held (a few KiB sent); it fits.
+        let mut wire = bomb_fragment(&mut client_a, 8 << 20);
+        assert!(wire.len() < 128 << 10, "{} bytes on the wire", wire.len());
+        a.recv(&mut wire).unwrap();
+        assert!(budget.held() >= 8 << 20 && budget.held() <= 12 << 20);
+        // b: 8 MiB more would pass 12 MiB while a holds its share: try again later.
+        let held_before = budget.held();
+        let err = b
+            .recv(&mut bomb_fragment(&mut client_b, 8 << 20))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::OverBudget { .. })),
+            "{err:?}"
+        );
+        assert_eq!(&drain(&mut b)[2..4], &1013u16.to_be_bytes());
+        assert_eq!(
+            budget.held(),
+            held_before,
+            "b's message was dropped and refunded"
+        );
+        assert_eq!(budget.refusals(), 1);
+        // a completes its message: the application owns it, the budget is refunded.
+        client_a
+            .send_fragment(DataKind::Binary, Bytes::from_static(b"end"), true)
+            .unwrap();
+        a.recv(&mut drain(&mut client_a)).unwrap();
+        match events(&mut a).as_slice() {
+            [Event::Message(m)] => assert_eq!(m.len(), (8 << 20) + 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(budget.held(), 0);
+        // A message larger than the whole budget: 1009, retrying cannot help.
+        let (mut client_c, mut c) = budgeted(&budget);
+        let err = c
+            .recv(&mut bomb_fragment(&mut client_c, 13 << 20))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Protocol(ProtocolError::OverBudget {
+                size: match &err {
+                    Error::Protocol(ProtocolError::OverBudget { size, .. }) => *size,
+                    _ => unreachable!(),
+                },
+                budget: 12 << 20
+            })
+        );
+        assert_eq!(&drain(&mut c)[2..4], &1009u16.to_be_bytes());
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_connection_that_ends_mid_message_refunds_its_budget() {
+        let budget = crate::MessageBudget::new(64 << 20);
+        let (mut client, mut server) = budgeted(&budget);
+        server
+            .recv(&mut bomb_fragment(&mut client, 4 << 20))
+            .unwrap();
+        assert!(budget.held() >= 4 << 20);
+        server.recv_eof();
+        assert_eq!(budget.held(), 0, "the end of stream drops the message");
+        // Dropping a connection mid-message refunds too, whatever the runtime did.
+        let (mut client, mut server) = budgeted(&budget);
+        server
+            .recv(&mut bomb_fragment(&mut client, 4 << 20))
+            .unwrap();
+        assert!(budget.held() >= 4 << 20);
+        drop(server);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]
@@ -1270,10 +1398,11 @@ fn a_failure_closes_a_server_transport_once_its_close_is_written() {
 }
 
 /// Every idle connection holds one: the timers added 32 bytes to 232 (the clock's last step,
-/// its settings and state as `u32` milliseconds, flags sharing a word with the role and state).
+/// its settings and state as `u32` milliseconds, flags sharing a word with the role and state);
+/// the message budget 16 more (its handle and what the message in progress charged).
 #[test]
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn a_connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
-    assert!(size <= 264, "Connection grew to {size} bytes");
+    assert!(size <= 280, "Connection grew to {size} bytes");
 }

@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
+use crate::budget::Hold;
 use crate::error::ProtocolError;
 
 /// The empty stored block a sync flush ends with; stripped by the sender, appended by the
@@ -301,9 +302,22 @@ impl Decompressor {
         out: &mut BytesMut,
         max_size: usize,
     ) -> Result<(), ProtocolError> {
-        let mut result = self.inflate(fragment, out, max_size);
+        self.decompress_held(fragment, fin, out, max_size, &mut Hold::default())
+    }
+
+    /// [`Decompressor::decompress`], charging `hold` for `out`'s capacity before each time it
+    /// grows (see [`crate::budget`]).
+    pub(crate) fn decompress_held(
+        &mut self,
+        fragment: &[u8],
+        fin: bool,
+        out: &mut BytesMut,
+        max_size: usize,
+        hold: &mut Hold,
+    ) -> Result<(), ProtocolError> {
+        let mut result = self.inflate(fragment, out, max_size, hold);
         if result.is_ok() && fin {
-            result = self.inflate(&TAIL, out, max_size);
+            result = self.inflate(&TAIL, out, max_size, hold);
         }
         if fin || result.is_err() {
             self.end_message(result.is_err());
@@ -341,6 +355,7 @@ impl Decompressor {
         mut input: &[u8],
         out: &mut BytesMut,
         max_size: usize,
+        hold: &mut Hold,
     ) -> Result<(), ProtocolError> {
         if self.stream_ended {
             return Ok(());
@@ -360,6 +375,17 @@ impl Decompressor {
                     .saturating_add(1),
             );
             let len = out.len();
+            let needed = len + this_step;
+            if needed > out.capacity() {
+                // Growing doubles the capacity: charged first. Where the budget has room for
+                // what is needed but not for the doubling, grow by exactly that much.
+                let wanted = needed.max(out.capacity() * 2);
+                if hold.cover_growth(wanted, needed)? < wanted {
+                    let mut exact = BytesMut::with_capacity(needed);
+                    exact.extend_from_slice(out);
+                    *out = exact;
+                }
+            }
             out.resize(len + this_step, 0);
             let (in_before, out_before) = (inner.total_in(), inner.total_out());
             let result = inner.decompress(input, &mut out[len..], FlushDecompress::None);
