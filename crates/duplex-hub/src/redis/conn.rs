@@ -190,7 +190,7 @@ impl Conn {
         };
         // Encoded straight into one buffer: this is every publish's command.
         let evalsha = |sha: &str| {
-            let count = keys.len().to_string();
+            let count = resp::Decimal::new(keys.len() as u64);
             let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
             parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
             parts.extend(keys.iter().map(|k| k.as_bytes()));
