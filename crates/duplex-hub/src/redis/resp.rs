@@ -367,9 +367,22 @@ pub(crate) fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     }
 }
 
-/// Appends `n` in decimal (without a `String` per number: every publish encodes nine).
-fn push_decimal(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(Decimal::new(n as u64).as_bytes());
+/// Appends `n` in decimal (without a `String` per number: every publish encodes nine). Its
+/// own loop rather than [`Decimal`]: inlined into `encode_command`, where the lengths are
+/// small.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // n % 10 < 10: the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A number in decimal on the stack: a command argument without the `String` (and the
