@@ -95,7 +95,12 @@ impl Conn {
     }
 
     async fn open(&self) -> Result<Arc<CmdConn>, BrokerError> {
-        match tokio::time::timeout(self.timeout, CmdConn::connect(&self.client, &self.url)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            CmdConn::connect(&self.client, &self.url, self.timeout),
+        )
+        .await
+        {
             Ok(Ok(connection)) => Ok(Arc::new(connection)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BrokerError::Unavailable(format!(
@@ -118,8 +123,8 @@ impl Conn {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Runs one command: `Unavailable` at once if the connection is down, and at most the
-    /// timeout otherwise.
+    /// Runs one command: `Unavailable` at once if the connection is down, and within the
+    /// timeout (plus up to a quarter of it: the connection's watchdog) otherwise.
     pub(crate) async fn query(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, BrokerError> {
         self.query_packed(&cmd.get_packed_command()).await
     }
@@ -141,16 +146,16 @@ impl Conn {
             ))));
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, connection.request(packed)).await;
-        match result {
-            Ok(Ok(value)) => {
+        // Bounded by the connection's watchdog (see `CmdConn::connect`), without a timer here.
+        match connection.request(packed, started).await {
+            Ok(value) => {
                 self.metrics.observe_broker_round_trip(started.elapsed());
                 Ok(value)
             }
-            Ok(Err(CmdError::Server(e))) if e.starts_with("NOSCRIPT") => {
+            Err(CmdError::Server(e)) if e.starts_with("NOSCRIPT") => {
                 Err(Failure::NoScript(format!("redis {}: {e}", self.url)))
             }
-            Ok(Err(CmdError::Server(e))) => {
+            Err(CmdError::Server(e)) => {
                 // A failed command on a healthy connection (a script's error).
                 self.metrics.broker_errors.fetch_add(1, Relaxed);
                 Err(Failure::Broker(BrokerError::Failed(format!(
@@ -158,20 +163,10 @@ impl Conn {
                     self.url
                 ))))
             }
-            Ok(Err(CmdError::Lost(e))) => {
+            Err(CmdError::Lost(e)) => {
                 self.metrics.broker_errors.fetch_add(1, Relaxed);
                 self.lost(&e);
                 Err(Failure::Broker(BrokerError::Unavailable(e)))
-            }
-            Err(_) => {
-                self.metrics.broker_errors.fetch_add(1, Relaxed);
-                // A Redis that does not answer within the timeout is treated as gone: the
-                // connection is replaced rather than left to pile up commands.
-                self.lost("timed out");
-                Err(Failure::Broker(BrokerError::Unavailable(format!(
-                    "redis {}: no answer within {:?}",
-                    self.url, self.timeout
-                ))))
             }
         }
     }
@@ -190,7 +185,7 @@ impl Conn {
         };
         // Encoded straight into one buffer: this is every publish's command.
         let evalsha = |sha: &str| {
-            let count = keys.len().to_string();
+            let count = resp::Decimal::new(keys.len() as u64);
             let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
             parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
             parts.extend(keys.iter().map(|k| k.as_bytes()));

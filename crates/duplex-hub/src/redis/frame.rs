@@ -11,20 +11,18 @@
 //! the message, so they may hold any bytes. The Lua scripts in [`super::script`] build the
 //! same frames.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-
 use crate::broker::ClientInfo;
 
-/// A decoded pub/sub message.
+/// A decoded pub/sub message. A publication borrows its epoch and data from the message, so
+/// the reader allocates nothing for one in the epoch it already holds, and takes the data as a
+/// slice of the received bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub(crate) enum Frame<'a> {
     /// A publication in `epoch` at `offset`.
     Publication {
-        epoch: Arc<str>,
+        epoch: &'a str,
         offset: u64,
-        data: Bytes,
+        data: &'a [u8],
     },
     /// A presence join.
     Join(ClientInfo),
@@ -44,16 +42,16 @@ pub(crate) fn presence(kind: u8, client: &ClientInfo) -> Vec<u8> {
 }
 
 /// Decodes a message; `None` if it is not a frame of ours (nothing of ours writes one).
-pub(crate) fn decode(payload: &[u8]) -> Option<Frame> {
+pub(crate) fn decode(payload: &[u8]) -> Option<Frame<'_>> {
     let (&kind, rest) = payload.split_first()?;
     match kind {
         b'p' => {
             let (epoch, rest) = split_colon(rest)?;
             let (offset, data) = split_colon(rest)?;
             Some(Frame::Publication {
-                epoch: std::str::from_utf8(epoch).ok()?.into(),
+                epoch: std::str::from_utf8(epoch).ok()?,
                 offset: std::str::from_utf8(offset).ok()?.parse().ok()?,
-                data: Bytes::copy_from_slice(data),
+                data,
             })
         }
         b'j' | b'l' => {
@@ -95,17 +93,17 @@ mod tests {
         assert_eq!(
             decode(b"p0123abcd:42:{\"a\":\"x:y\"}"),
             Some(Frame::Publication {
-                epoch: "0123abcd".into(),
+                epoch: "0123abcd",
                 offset: 42,
-                data: Bytes::from_static(b"{\"a\":\"x:y\"}"),
+                data: &b"{\"a\":\"x:y\"}"[..],
             })
         );
         assert_eq!(
             decode(b"pe:1:"),
             Some(Frame::Publication {
-                epoch: "e".into(),
+                epoch: "e",
                 offset: 1,
-                data: Bytes::new(),
+                data: &b""[..],
             })
         );
     }

@@ -309,12 +309,27 @@ impl Reader {
                 offset,
                 data,
             } => {
+                let data = message.payload.slice_ref(data);
+                // The common case, with the one map lookup above and no allocation: the next
+                // publication in the epoch this node holds (what `publication` would hand on
+                // after its checks).
+                let left = tracked.left.as_deref();
+                if let Some((current, last)) = &mut tracked.at
+                    && **current == *epoch
+                    && offset.checked_sub(1) == Some(*last)
+                    && left != Some(epoch)
+                {
+                    *last = offset;
+                    self.handler
+                        .on_publication(channel, &Publication { offset, data });
+                    return;
+                }
                 if tracked.at.is_none() {
-                    tracked.pending.push((epoch, offset, data));
+                    tracked.pending.push((epoch.into(), offset, data));
                     return;
                 }
                 let channel = channel.to_owned();
-                self.publication(&channel, epoch, offset, data).await;
+                self.publication(&channel, epoch.into(), offset, data).await;
             }
             Frame::Join(client) => self.handler.on_join(channel, &client),
             Frame::Leave(client) => self.handler.on_leave(channel, &client),

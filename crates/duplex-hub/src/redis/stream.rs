@@ -12,17 +12,24 @@ use crate::broker::{BrokerError, History, HistoryQuery, Publication, StreamPosit
 use super::Options;
 use super::conn::Conn;
 use super::keys;
+use super::resp::Decimal;
 use super::script;
 
 /// A new epoch for a channel whose meta is missing, sent with every publish and history
 /// read (the script uses it only then). Random per process (as [`crate::ids`] makes them),
 /// then counted up, so that a publish costs no random-source call and a channel that loses
 /// its stream twice still gets two different epochs.
-fn candidate_epoch() -> String {
+/// Sixteen lower-case hex digits, on the stack (no `format!` per publish).
+fn candidate_epoch() -> [u8; 16] {
     static BASE: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let base = *BASE.get_or_init(|| u64::from_str_radix(&crate::ids::epoch(), 16).unwrap_or(0));
-    format!("{:016x}", base.wrapping_add(NEXT.fetch_add(1, Relaxed)))
+    let n = base.wrapping_add(NEXT.fetch_add(1, Relaxed));
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    hex
 }
 
 /// Appends `data` to `channel`'s stream and publishes it: one EVALSHA.
@@ -37,8 +44,8 @@ pub(crate) async fn publish(
         keys::meta(channel),
         keys::pubsub(channel),
     );
-    let size = options.history_size.to_string();
-    let ttl = options.history_ttl_ms.to_string();
+    let size = Decimal::new(options.history_size as u64);
+    let ttl = Decimal::new(options.history_ttl_ms);
     let epoch = candidate_epoch();
     let reply = conn
         .eval(
@@ -49,7 +56,7 @@ pub(crate) async fn publish(
                 data,
                 size.as_bytes(),
                 ttl.as_bytes(),
-                epoch.as_bytes(),
+                &epoch,
             ],
         )
         .await?;
@@ -96,7 +103,7 @@ pub(crate) async fn history(
                 limit.as_bytes(),
                 size.as_bytes(),
                 ttl.as_bytes(),
-                epoch.as_bytes(),
+                &epoch,
             ],
         )
         .await?;
@@ -158,8 +165,9 @@ mod tests {
 
     #[test]
     fn candidate_epochs_are_sixteen_hex_digits_and_differ() {
-        let epochs: std::collections::HashSet<String> =
-            (0..1000).map(|_| candidate_epoch()).collect();
+        let epochs: std::collections::HashSet<String> = (0..1000)
+            .map(|_| String::from_utf8(candidate_epoch().to_vec()).unwrap())
+            .collect();
         assert_eq!(epochs.len(), 1000);
         assert!(
             epochs
