@@ -4,10 +4,10 @@
 //! `TcpStream` (`--http-server builtin`): request heads (parsed and judged in `head.rs`),
 //! `Content-Length` bodies, keep-alive, and the upgrade to WebSocket on `/ws`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use duplex::WebSocket;
@@ -26,7 +26,8 @@ use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
-use crate::metrics::Transport;
+use crate::limit::{Key, Limited};
+use crate::metrics::{Reason, Transport};
 use crate::outbox::OutboxStream;
 use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
@@ -154,7 +155,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
         let Some(body) = read_body(&mut tcp, &mut buf, framing).await else {
             return;
         };
-        let response = route(&hub, &request, body).await;
+        let response = route(&hub, &request, body, peer.ip()).await;
         if *shutdown.borrow() {
             keep_alive = false;
         }
@@ -217,8 +218,13 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut BytesMut, framing: BodyFraming
     }
 }
 
-/// Answers one request (not `/ws`) whose `body` was read.
-pub(crate) async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
+/// Answers one request (not `/ws`) whose `body` was read, from a client at `peer`.
+pub(crate) async fn route(
+    hub: &HubState,
+    request: &Request<()>,
+    body: Bytes,
+    peer: IpAddr,
+) -> Response {
     let path = request.uri().path();
     let method = request.method();
     let get = method == Method::GET || method == Method::HEAD;
@@ -244,6 +250,11 @@ pub(crate) async fn route(hub: &HubState, request: &Request<()>, body: Bytes) ->
         }
         if let Some(refusal) = check_api_key(hub, request) {
             return refusal;
+        }
+        if api == "publish" {
+            if let Some(refusal) = check_publish_rate(hub, peer) {
+                return refusal;
+            }
         }
         return match api {
             "publish" => api_publish(hub, body).await,
@@ -298,6 +309,68 @@ fn check_api_key(hub: &HubState, request: &Request<()>) -> Option<Response> {
         Response::error(StatusCode::UNAUTHORIZED, message)
             .header(http::header::WWW_AUTHENTICATE, "Bearer"),
     )
+}
+
+/// The HTTP publish rate: per API key when the hub has one (the request passed
+/// [`check_api_key`]), else per client address. Over it: 429 with `Retry-After`.
+fn check_publish_rate(hub: &HubState, peer: IpAddr) -> Option<Response> {
+    let limiter = hub.http_publish_limit.as_ref()?;
+    let key = if hub.config.api_key.is_some() {
+        Key::ApiKey
+    } else {
+        Key::address(peer)
+    };
+    let limited = limiter.check(key, Instant::now()).err()?;
+    let message = match limited {
+        Limited::Wait(_) => {
+            hub.metrics.refused(Reason::HttpPublishRate);
+            format!(
+                "publish rate limit: {} per second, bursts of {}; retry after {} s",
+                hub.config.http_publish_rate,
+                hub.config.http_publish_burst,
+                limited.retry_after()
+            )
+        }
+        Limited::Full => {
+            hub.metrics.refused(Reason::LimiterFull);
+            "too many clients publishing at once; retry later".to_owned()
+        }
+    };
+    let mut response = Response::error(StatusCode::TOO_MANY_REQUESTS, &message);
+    response.headers.push((
+        http::header::RETRY_AFTER,
+        HeaderValue::from(limited.retry_after()),
+    ));
+    Some(response)
+}
+
+/// The new-connection rate of the client at `peer` (`/ws`, checked before the upgrade): over
+/// it, 429 with `Retry-After`.
+pub(crate) fn check_connection_rate(hub: &HubState, peer: IpAddr) -> Result<(), Reject> {
+    let Some(limiter) = &hub.connection_limit else {
+        return Ok(());
+    };
+    let Err(limited) = limiter.check(Key::address(peer), Instant::now()) else {
+        return Ok(());
+    };
+    hub.metrics.connections_refused.fetch_add(1, Relaxed);
+    let reason = match limited {
+        Limited::Wait(_) => {
+            hub.metrics.refused(Reason::ConnectionRate);
+            format!(
+                "too many new connections from {peer} ({} per second, bursts of {}); retry later",
+                hub.config.connection_rate, hub.config.connection_burst
+            )
+        }
+        Limited::Full => {
+            hub.metrics.refused(Reason::LimiterFull);
+            "too many clients connecting at once; retry later".to_owned()
+        }
+    };
+    Err(Reject::new(StatusCode::TOO_MANY_REQUESTS, reason).header(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(limited.retry_after()),
+    ))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -433,6 +506,9 @@ async fn upgrade(
         Ok(offer) => offer,
         Err(e) => return refuse(tcp, &e.response()).await,
     };
+    if let Err(reject) = check_connection_rate(&hub, peer.ip()) {
+        return refuse(tcp, &Refused::from(reject).encode_http11()).await;
+    }
     let grants = match admit(&hub, &request, &offer) {
         Ok(grants) => grants,
         Err(reject) => {

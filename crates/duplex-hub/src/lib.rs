@@ -29,7 +29,7 @@
 //! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
 //! auth      HS256 tokens, grants (channel patterns), constant-time comparison
 //! metrics   counters and histograms, rendered for Prometheus
-//! limit     TokenBucket: the per-connection publish rate limit
+//! limit     TokenBucket and Bucket (rates per connection), AddressLimiter (per address or key)
 //! ids       random stream epochs and client ids
 //! broker    the Broker trait and what it speaks (publications, positions, history, presence)
 //! ```
@@ -100,7 +100,7 @@ pub use crate::config::{
     BrokerConfig, Compression, ConfigError, FileConfig, HttpServer, HubArgs, HubConfig, TlsFiles,
     load_file,
 };
-pub use crate::memory::MemoryBroker;
+pub use crate::memory::{MemoryBroker, MemoryLimits};
 pub use crate::metrics::Metrics;
 pub use crate::redis::RedisBroker;
 pub use crate::server::{Hub, HubHandle};
