@@ -1,25 +1,7 @@
 //! The in-memory broker: one process, history in a ring per channel, every ring under one
 //! byte budget, channels capped in number and freed when nothing is left in them.
 //!
-//! Budgets (issue 12: one anonymous client grew history by 113 MiB in 0.7 s, and 50,000
-//! subscribe+unsubscribe of new names left ~780 B each):
-//! - History bytes: every stored publication is charged its data plus [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION)
-//!   bytes of bookkeeping. Past [`MemoryLimits::history_bytes`] the oldest publications of
-//!   the whole broker (in store order, whatever their channel) are dropped first; a channel's
-//!   `earliest` moves past them, so recovery says "cannot recover" instead of leaving a gap.
-//! - Expiry: with a TTL, publications older than it go from the front of the same store
-//!   order on every publish and history read, so quiet channels give their memory back too.
-//! - Channels: at most [`MemoryLimits::max_channels`]; creating one more (a publish to, or a
-//!   subscribe to, a new name) fails with [`BrokerError::Full`]. A channel nobody is
-//!   subscribed to, in nobody's presence and with no history is removed from memory.
-//!
-//! A removed channel's offsets cannot go on from where they were (nothing remembers them),
-//! so a channel that had publications comes back in a new epoch: a client holding the old
-//! epoch is told it cannot recover, never handed offsets that mean something else now. The
-//! epoch of a new channel is the broker's, unless a channel hashing to the same one of
-//! [`GENERATIONS`] slots was removed with publications before: then the broker's epoch with
-//! that slot's generation (`EPOCH-N`). Removing a channel that never had a publication
-//! changes nothing: its offsets restart at 1, as they would have.
+//! What it may hold is bounded: see [`MemoryBroker`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -39,7 +21,7 @@ use crate::metrics::{Metrics, Reason};
 /// See [`MemoryBroker::PER_PUBLICATION`].
 const PER_PUBLICATION: usize = MemoryBroker::PER_PUBLICATION;
 
-/// Slots of removed-channel generations (see the module docs): 4 KiB.
+/// Slots of removed-channel generations (see [`MemoryBroker`]): 4 KiB.
 const GENERATIONS: usize = 1024;
 
 /// What a [`MemoryBroker`] may hold.
@@ -49,8 +31,8 @@ pub struct MemoryLimits {
     pub history_size: usize,
     /// How long a publication stays in history; `None`: until pushed out.
     pub history_ttl: Option<Duration>,
-    /// Bytes all channels' history may hold together, data and [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION) each
-    /// [default: 256 MiB].
+    /// Bytes all channels' history may hold together, data and
+    /// [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION) each [default: 256 MiB].
     pub history_bytes: usize,
     /// Most channels in memory at once [default: 100,000].
     pub max_channels: usize,
@@ -75,7 +57,27 @@ impl Default for MemoryLimits {
 /// one at a time and in offset order with nothing to wait for (the handler only queues it for
 /// the node's fan-out threads, see the [contract](crate::broker)). Presence events go the same
 /// way, so they are ordered with the channel's publications. What it may hold is bounded by
-/// [`MemoryLimits`] (see the [module docs](self)).
+/// [`MemoryLimits`] (issue 12: one anonymous client grew history by 113 MiB in 0.7 s, and
+/// 50,000 subscribe+unsubscribe of new names left ~780 B each):
+///
+/// - History bytes: every stored publication is charged its data plus
+///   [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION) bytes of bookkeeping. Past
+///   [`MemoryLimits::history_bytes`] the oldest publications of the whole broker (in store
+///   order, whatever their channel) are dropped first; a channel's `earliest` moves past
+///   them, so recovery says "cannot recover" instead of leaving a gap.
+/// - Expiry: with a TTL, publications older than it go from the front of the same store
+///   order on every publish and history read, so quiet channels give their memory back too.
+/// - Channels: at most [`MemoryLimits::max_channels`]; creating one more (a publish to, or a
+///   subscribe to, a new name) fails with [`BrokerError::Full`]. A channel nobody is
+///   subscribed to, in nobody's presence and with no history is removed from memory.
+///
+/// A removed channel's offsets cannot go on from where they were (nothing remembers them),
+/// so a channel that had publications comes back in a new epoch: a client holding the old
+/// epoch is told it cannot recover, never handed offsets that mean something else now. The
+/// epoch of a new channel is the broker's, unless a channel hashing to the same one of
+/// 1,024 slots was removed with publications before: then the broker's epoch with
+/// that slot's generation (`EPOCH-N`). Removing a channel that never had a publication
+/// changes nothing: its offsets restart at 1, as they would have.
 pub struct MemoryBroker {
     epoch: Arc<str>,
     limits: MemoryLimits,
@@ -196,7 +198,7 @@ impl MemoryBroker {
     }
 
     /// This broker's epoch (that of its channels, until one is removed with publications: see
-    /// the [module docs](self)).
+    /// [`MemoryBroker`]).
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
@@ -206,7 +208,8 @@ impl MemoryBroker {
         lock(&self.channels).map.len()
     }
 
-    /// Bytes charged for the history held now (data plus [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION) each).
+    /// Bytes charged for the history held now (data plus
+    /// [`PER_PUBLICATION`](MemoryBroker::PER_PUBLICATION) each).
     pub fn history_bytes(&self) -> usize {
         self.history_bytes.load(Relaxed)
     }
@@ -296,7 +299,7 @@ impl MemoryBroker {
         }
         channel.removed = true;
         if channel.top > 0 {
-            // Its offsets restart: a new epoch for whoever comes back (module docs).
+            // Its offsets restart: a new epoch for whoever comes back (see `MemoryBroker`).
             let generation = &mut channels.generations[slot_of(name)];
             *generation = generation.wrapping_add(1).max(1);
         }
