@@ -357,23 +357,28 @@ impl MemoryBroker {
         })?;
         let (epoch, offset, kept) =
             stored.ok_or_else(|| BrokerError::Failed(format!("channel {channel:?} vanished")))?;
-        if let Some(slot) = kept {
-            lock(&self.order).push_back(Stored {
+        // One lock of the store order for the new entry and the budget's check.
+        self.enforce(
+            now,
+            kept.map(|slot| Stored {
                 slot,
                 offset,
                 at: now,
-            });
-        }
-        self.enforce(now);
+            }),
+        );
         Ok(StreamPosition { epoch, offset })
     }
 
-    /// Drops the oldest publications of the broker while history is over its byte budget,
-    /// and those past the TTL; compacts the store order when stale entries outnumber live ones.
-    fn enforce(&self, now: Instant) {
+    /// Appends `stored` (a publication just stored) to the store order, then drops the oldest
+    /// publications of the broker while history is over its byte budget, and those past the
+    /// TTL; compacts the store order when stale entries outnumber live ones.
+    fn enforce(&self, now: Instant, mut stored: Option<Stored>) {
         loop {
             let victim = {
                 let mut order = lock(&self.order);
+                if let Some(stored) = stored.take() {
+                    order.push_back(stored);
+                }
                 let live = self.live.load(Relaxed);
                 if order.len() > 2 * live + 64 {
                     order.retain(|s| s.offset >= s.slot.earliest.load(Relaxed));
@@ -396,12 +401,12 @@ impl MemoryBroker {
                 }
                 (front, over && !expired)
             };
-            let (stored, by_budget) = victim;
-            let mut channel = lock(&stored.slot.state);
-            let removed = channel.history.evict_through(stored.offset);
+            let (victim, by_budget) = victim;
+            let mut channel = lock(&victim.slot.state);
+            let removed = channel.history.evict_through(victim.offset);
             let evicted = removed.entries;
             self.dropped(removed);
-            stored
+            victim
                 .slot
                 .earliest
                 .store(channel.history.earliest(channel.top), Relaxed);
@@ -412,14 +417,14 @@ impl MemoryBroker {
                     .refused_n(Reason::HistoryBudget, evicted as u64);
             }
             if unused {
-                self.remove_if_unused(&stored.slot);
+                self.remove_if_unused(&victim.slot);
             }
         }
     }
 
     fn history_now(&self, channel: &str, query: HistoryQuery) -> History {
         let now = Instant::now();
-        self.enforce(now);
+        self.enforce(now, None);
         let read = self.with_channel(channel, false, |state, slot| {
             let removed = state.history.prune(now);
             self.dropped(removed);
@@ -960,7 +965,7 @@ mod tests {
             .publish_now("quiet", Bytes::from_static(b"1"))
             .unwrap();
         assert_eq!(broker.channel_count(), 1);
-        broker.enforce(t0 + Duration::from_secs(10));
+        broker.enforce(t0 + Duration::from_secs(10), None);
         assert_eq!(broker.channel_count(), 0, "expired and unused: freed");
         assert_eq!(broker.history_bytes(), 0);
     }
