@@ -62,8 +62,8 @@ pub struct HubArgs {
     /// Subscribes and unsubscribes one connection may make in a burst [default: 200].
     #[arg(long, env = "DUPLEX_SUBSCRIBE_BURST")]
     pub subscribe_burst: Option<u32>,
-    /// New connections (`/ws`) per second per client address; over it: 429 with Retry-After
-    /// before the upgrade (0: no limit) [default: 20].
+    /// New connections (`/ws`, `/sse`) per second per client address; over it: 429 with
+    /// Retry-After before the upgrade or the stream (0: no limit) [default: 20].
     #[arg(long, env = "DUPLEX_CONNECTION_RATE")]
     pub connection_rate: Option<f64>,
     /// New connections per client address in a burst [default: 100].

@@ -139,7 +139,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
             return;
         }
         if request.uri().path() == "/sse" {
-            return sse(tcp, request, hub).await;
+            return sse(tcp, request, peer, hub).await;
         }
         hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
@@ -344,8 +344,16 @@ fn check_publish_rate(hub: &HubState, peer: IpAddr) -> Option<Response> {
     Some(response)
 }
 
-/// The new-connection rate of the client at `peer` (`/ws`, checked before the upgrade): over
-/// it, 429 with `Retry-After`.
+/// [`check_connection_rate`] for an `/sse` stream: the refusal as a response.
+pub(crate) fn check_sse_connection_rate(hub: &HubState, peer: IpAddr) -> Option<Response> {
+    let reject = check_connection_rate(hub, peer).err()?;
+    let mut response = Response::error(reject.status, &reject.reason);
+    response.headers = reject.headers;
+    Some(response)
+}
+
+/// The new-connection rate of the client at `peer` (`/ws` before the upgrade, `/sse` before
+/// the stream): over it, 429 with `Retry-After`.
 pub(crate) fn check_connection_rate(hub: &HubState, peer: IpAddr) -> Result<(), Reject> {
     let Some(limiter) = &hub.connection_limit else {
         return Ok(());
@@ -558,7 +566,10 @@ async fn upgrade(
 
 /// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.
 /// The connection is the response: its body ends when the stream does.
-async fn sse(tcp: TcpStream, request: Request<()>, hub: Arc<HubState>) {
+async fn sse(tcp: TcpStream, request: Request<()>, peer: SocketAddr, hub: Arc<HubState>) {
+    if let Some(response) = check_sse_connection_rate(&hub, peer.ip()) {
+        return refuse(tcp, &response.encode(false, false)).await;
+    }
     let stream = match crate::sse::open(&hub, &request).await {
         Ok(stream) => stream,
         Err(refused) => {

@@ -63,7 +63,7 @@ pub(crate) enum Reason {
     HttpPublishRate,
     /// Subscribe or unsubscribe over the per-connection rate.
     SubscribeRate,
-    /// A new connection (`/ws`) over the per-address rate.
+    /// A new connection (`/ws` or `/sse`) over the per-address rate.
     ConnectionRate,
     /// A rate-limited request from a new address while the limiter's table was full of
     /// active ones.

@@ -46,7 +46,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::head::{FramingError, MAX_HEAD, body_framing, wants_keep_alive};
 use crate::http::{
-    IDLE_TIMEOUT, Response, WebSocketSlot, admit, check_connection_rate, over_limit, route,
+    IDLE_TIMEOUT, Response, WebSocketSlot, admit, check_connection_rate, check_sse_connection_rate,
+    over_limit, route,
 };
 use crate::metrics::Transport;
 use crate::outbox::OutboxStream;
@@ -536,6 +537,9 @@ async fn run(
 /// refusal. The stream runs in a task of its own (counted as the connection's, for the hub's
 /// graceful wait) until it ends (shutdown, slow consumer) or hyper drops the body.
 async fn sse(request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hyper::Response<Body> {
+    if let Some(response) = check_sse_connection_rate(&conn.hub, conn.peer.ip()) {
+        return into_hyper(response, false, h2);
+    }
     let (parts, _) = request.into_parts();
     let request = Request::from_parts(parts, ());
     let stream = match crate::sse::open(&conn.hub, &request).await {

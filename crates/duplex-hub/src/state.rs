@@ -36,7 +36,7 @@ pub(crate) struct HubState {
     pub(crate) deflate: Option<DeflateConfig>,
     /// `POST /api/publish` per client address or API key (`None`: no limit).
     pub(crate) http_publish_limit: Option<AddressLimiter>,
-    /// New `/ws` connections per client address (`None`: no limit).
+    /// New `/ws` and `/sse` connections per client address (`None`: no limit).
     pub(crate) connection_limit: Option<AddressLimiter>,
 }
 

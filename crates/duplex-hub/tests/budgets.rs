@@ -474,13 +474,22 @@ async fn new_connections_are_rate_limited_per_address_before_the_upgrade() {
             assert_eq!(status(&head), 429, "{server:?}: {head}");
             assert!(header(&head, "retry-after").is_some(), "{head}");
             assert_eq!(refusals(&hub, "connection_rate"), 1, "{server:?}");
+            // An /sse stream is a new connection too.
+            let mut sse = connect_from(Ipv4Addr::LOCALHOST, addr).await;
+            sse.write_all(b"GET /sse?channel=x HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let head = read_head(&mut sse).await;
+            assert_eq!(status(&head), 429, "{server:?}: {head}");
+            assert!(header(&head, "retry-after").is_some(), "{head}");
+            assert_eq!(refusals(&hub, "connection_rate"), 2, "{server:?}");
             // Another address connects; the open connections stay.
             let (tcp, head) = upgrade_from(OTHER, addr).await;
             assert_eq!(status(&head), 101, "{server:?}: {head}");
             open.push(tcp);
             let text = metrics_text(&hub).await;
             assert!(
-                text.contains("duplex_hub_refusals_total{reason=\"connection_rate\"} 1\n"),
+                text.contains("duplex_hub_refusals_total{reason=\"connection_rate\"} 2\n"),
                 "{text}"
             );
             // The sessions start once the 101 is out: wait for all three.
