@@ -77,7 +77,10 @@ impl Default for MemoryLimits {
 /// epoch of a new channel is the broker's, unless a channel hashing to the same one of
 /// 1,024 slots was removed with publications before: then the broker's epoch with
 /// that slot's generation (`EPOCH-N`). Removing a channel that never had a publication
-/// changes nothing: its offsets restart at 1, as they would have.
+/// bumps nothing: it comes back in its slot's current generation, usually the epoch it had
+/// (if another channel of its slot was removed with publications meanwhile, a client of the
+/// old epoch is told it cannot recover although nothing was lost: a reload, never a wrong
+/// recovery).
 pub struct MemoryBroker {
     epoch: Arc<str>,
     limits: MemoryLimits,
@@ -988,6 +991,15 @@ mod tests {
         }
         assert_eq!(broker.channel_count(), 0);
         assert_eq!(broker.metrics.channels(), 0);
+        // Node subscriptions are counted: calls for one channel may overlap (a subscriber
+        // arriving while the last one leaves).
+        broker.subscribe_now("o").unwrap();
+        broker.subscribe_now("o").unwrap();
+        broker.unsubscribe_now("o");
+        assert_eq!(broker.channel_count(), 1, "one subscription left");
+        broker.unsubscribe_now("o");
+        broker.unsubscribe_now("o");
+        assert_eq!(broker.channel_count(), 0);
         assert!(lock(&broker.channels).map.capacity() <= 1024 * 4);
         // A channel without publications comes back as it was: same epoch, offsets from 1.
         broker.subscribe_now("x").unwrap();
