@@ -1059,6 +1059,52 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_publishers_keep_the_accounting_exact_under_the_budget() {
+        let each = 100 + PER_PUBLICATION;
+        let broker = Arc::new(MemoryBroker::with_limits(limits(50, 40 * each, 1000)));
+        let publishers: Vec<_> = (0..4)
+            .map(|t| {
+                let broker = broker.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let channel = format!("t{t}-{}", i % 8);
+                        broker
+                            .publish_now(&channel, Bytes::from(vec![b'x'; 100]))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            publisher.join().unwrap();
+        }
+        // What the rings hold is exactly what is charged, and within the budget.
+        let (mut entries, mut bytes) = (0, 0);
+        for slot in lock(&broker.channels).map.values() {
+            let channel = lock(&slot.state);
+            let held = channel.history.query(HistoryQuery {
+                since: Some(0),
+                limit: usize::MAX,
+            });
+            // Consecutive up to the top: eviction only ever takes the oldest.
+            if let Some(last) = held.last() {
+                assert_eq!(last.offset, channel.top);
+                assert_eq!(held[0].offset + held.len() as u64 - 1, channel.top);
+            }
+            assert_eq!(
+                slot.earliest.load(Relaxed),
+                channel.history.earliest(channel.top)
+            );
+            entries += held.len();
+            bytes += held.iter().map(charge).sum::<usize>();
+        }
+        assert_eq!(broker.live.load(Relaxed), entries);
+        assert_eq!(broker.history_bytes(), bytes);
+        assert!(bytes <= 40 * each, "{bytes}");
+        assert_eq!(broker.metrics.history_bytes(), bytes as i64);
+    }
+
+    #[test]
     fn epochs_differ_between_brokers() {
         assert_ne!(
             MemoryBroker::new(1, None).epoch(),
