@@ -609,3 +609,36 @@ async fn partly_received_messages_share_one_budget() {
     })
     .await;
 }
+
+/// The issue's flood at scale, as a measurement of the process (run with `--ignored`; a few
+/// seconds in release, about a minute in a debug build): 120 MB of publications to 2,000
+/// channels against a 32 MiB history budget. The resident set grows by the budget plus what
+/// the allocator keeps around, not by what was published.
+#[tokio::test]
+#[ignore = "a measurement: cargo test -p duplex-hub --test budgets -- --ignored --nocapture"]
+async fn history_flood_resident_set() {
+    const BUDGET: usize = 32 << 20;
+    let hub = hub(HubConfig {
+        history_bytes: BUDGET,
+        ..config()
+    })
+    .await;
+    let mut flooder = Client::connect(hub.local_addr(), "").await;
+    let big = json!("x".repeat(60_000));
+    // Warm up the connection and allocator before the baseline.
+    flooder.publish("warm", big.clone()).await;
+    let before = rss_bytes();
+    for i in 0..2_000 {
+        flooder.publish(&format!("flood-{i}"), big.clone()).await;
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let held = hub.metrics().history_bytes();
+    eprintln!(
+        "published 2,000 x 60 KB (120 MB): history holds {held} bytes (budget {BUDGET}), \
+         {} channels, the process grew by {} KiB",
+        hub.metrics().channels(),
+        grown / 1024
+    );
+    assert!(held <= BUDGET as i64);
+    assert!(grown < (BUDGET as u64) * 2, "grew by {grown} bytes");
+}
