@@ -334,15 +334,10 @@ impl Session {
         if config.subscribe_rate <= 0.0 {
             return Ok(());
         }
-        let now = Instant::now();
-        let wait =
-            match self
-                .subscribe_bucket
-                .take(config.subscribe_rate, config.subscribe_burst, now)
-            {
-                Ok(()) => return Ok(()),
-                Err(wait) => wait,
-            };
+        let rate = (config.subscribe_rate, config.subscribe_burst);
+        let Err(wait) = self.subscribe_bucket.take(rate.0, rate.1, Instant::now()) else {
+            return Ok(());
+        };
         self.hub.metrics.refused(Reason::SubscribeRate);
         Err(Refusal::new(
             ErrorCode::RateLimited,
