@@ -29,7 +29,7 @@ use crate::json;
 use crate::limit::{Key, Limited};
 use crate::metrics::{Reason, Transport};
 use crate::outbox::OutboxStream;
-use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
+use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
@@ -75,9 +75,14 @@ impl Response {
         Response::new(status, "application/json", json::error_body(message))
     }
 
-    /// A refusal of the API: its code's HTTP status, its message in the body.
+    /// A refusal of the API: its code's HTTP status, its message in the body (and, for the
+    /// channel cap, when to try again: channels free themselves as clients leave).
     fn refusal(refusal: &Refusal) -> Response {
-        Response::error(refusal.code.http_status(), &refusal.message)
+        let response = Response::error(refusal.code.http_status(), &refusal.message);
+        if refusal.code == ErrorCode::ChannelLimit {
+            return response.header(http::header::RETRY_AFTER, "5");
+        }
+        response
     }
 
     fn header(mut self, name: HeaderName, value: &'static str) -> Response {

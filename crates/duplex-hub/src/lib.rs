@@ -24,7 +24,7 @@
 //! head      HTTP/1.1 request heads, pure: parsed request, keep-alive, body framing
 //! protocol  typed commands (Command::parse), HTTP API inputs, ErrorCode, Refusal, replies
 //! redis     RedisBroker: channels over sharded Redis servers (streams, pub/sub, presence)
-//! memory    MemoryBroker: offsets, epochs, history and presence in one process
+//! memory    MemoryBroker: offsets, epochs, history and presence in one process, budgeted
 //! json      hand-written JSON envelopes that embed publication data as it was published
 //! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
 //! auth      HS256 tokens, grants (channel patterns), constant-time comparison

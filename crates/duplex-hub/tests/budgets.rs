@@ -322,6 +322,7 @@ async fn the_channel_cap_refuses_new_channels_and_nothing_else() {
         let body = br#"{"channel":"c5","data":1}"#;
         let refused = http(addr, "POST", "/api/publish", &[], Some(body)).await;
         assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.header("retry-after"), Some("5"));
         assert!(
             refused.json()["error"]
                 .as_str()
