@@ -39,7 +39,7 @@ pub struct HubArgs {
     /// Seconds a publication stays in history (0: no expiry) [default: 0].
     #[arg(long, env = "DUPLEX_HISTORY_TTL")]
     pub history_ttl: Option<u64>,
-    /// Memory broker: bytes all channels' history may hold together (data plus 96 bytes per
+    /// Memory broker: bytes all channels' history may hold together (data plus 128 bytes per
     /// publication); past it the oldest publications of any channel go first [default:
     /// 268435456, 256 MiB].
     #[arg(long, env = "DUPLEX_HISTORY_BYTES")]

@@ -163,8 +163,9 @@ fn slot_of(name: &str) -> usize {
 
 impl MemoryBroker {
     /// Bytes of bookkeeping charged per stored publication on top of its data: its ring entry
-    /// (time, offset, `Bytes` handle), its entry in the store order, the data's allocation.
-    pub const PER_PUBLICATION: usize = 96;
+    /// (time, offset, `Bytes` handle: 56), its entry in the store order (32, twice that while
+    /// stale entries wait for compaction), the data's allocation header (about 16).
+    pub const PER_PUBLICATION: usize = 128;
 
     /// A broker keeping the last `history_size` publications per channel, each for at most
     /// `history_ttl`, under the default budgets of [`MemoryLimits`].

@@ -416,6 +416,9 @@ fn raw_data(body: &[u8]) -> Result<Bytes, Refusal> {
     let data = publish
         .data
         .ok_or_else(|| Refusal::bad_request("missing \"data\""))?;
+    // Copied, not a slice of `body`: a publication is kept in history, and a slice would keep
+    // the whole request (or a read buffer shared with it) alive past what the history byte
+    // budget charges for it.
     Ok(Bytes::copy_from_slice(data.get().as_bytes()))
 }
 
