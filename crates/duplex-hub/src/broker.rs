@@ -45,7 +45,8 @@
 //!   the one thread has nothing else to run meanwhile.
 //! - Errors say who is to blame: [`BrokerError::Unavailable`] when the backend cannot be
 //!   reached (the client should retry: `broker_unavailable`, HTTP 503),
-//!   [`BrokerError::Failed`] for anything else (`internal`, HTTP 500).
+//!   [`BrokerError::Full`] when a budget of the broker refuses to grow (`channel_limit`,
+//!   HTTP 503), [`BrokerError::Failed`] for anything else (`internal`, HTTP 500).
 //!   [`Broker::is_available`] tells `/healthz` whether a started broker still reaches its
 //!   backend.
 //! - Presence refresh and expiry (a dead node's clients leaving presence by themselves) are
@@ -117,6 +118,10 @@ pub enum BrokerError {
     Unavailable(String),
     /// Anything else the broker did wrong. Wire code `internal`, HTTP 500.
     Failed(String),
+    /// The request would grow the broker past one of its budgets (a new channel over the
+    /// channel cap): refused, nothing changed; it may succeed once channels are freed. Wire
+    /// code `channel_limit`, HTTP 503.
+    Full(String),
 }
 
 impl fmt::Display for BrokerError {
@@ -124,6 +129,7 @@ impl fmt::Display for BrokerError {
         match self {
             BrokerError::Unavailable(why) => write!(f, "broker unavailable: {why}"),
             BrokerError::Failed(why) => write!(f, "broker: {why}"),
+            BrokerError::Full(why) => write!(f, "broker full: {why}"),
         }
     }
 }

@@ -39,6 +39,45 @@ pub struct HubArgs {
     /// Seconds a publication stays in history (0: no expiry) [default: 0].
     #[arg(long, env = "DUPLEX_HISTORY_TTL")]
     pub history_ttl: Option<u64>,
+    /// Memory broker: bytes all channels' history may hold together (data plus 128 bytes per
+    /// publication); past it the oldest publications of any channel go first [default:
+    /// 268435456, 256 MiB].
+    #[arg(long, env = "DUPLEX_HISTORY_BYTES")]
+    pub history_bytes: Option<usize>,
+    /// Memory broker: most channels in memory; a new one past it is refused
+    /// (`channel_limit`, HTTP 503) [default: 100000].
+    #[arg(long, env = "DUPLEX_MAX_CHANNELS")]
+    pub max_channels: Option<usize>,
+    /// `POST /api/publish` per second, per client address (per API key when the hub has
+    /// one); over it: 429 with Retry-After (0: no limit) [default: 100].
+    #[arg(long, env = "DUPLEX_HTTP_PUBLISH_RATE")]
+    pub http_publish_rate: Option<f64>,
+    /// `POST /api/publish` burst per client address or API key [default: 200].
+    #[arg(long, env = "DUPLEX_HTTP_PUBLISH_BURST")]
+    pub http_publish_burst: Option<u32>,
+    /// Subscribes and unsubscribes per second one connection may make, sustained; over it:
+    /// `rate_limited` (0: no limit) [default: 20].
+    #[arg(long, env = "DUPLEX_SUBSCRIBE_RATE")]
+    pub subscribe_rate: Option<f64>,
+    /// Subscribes and unsubscribes one connection may make in a burst [default: 200].
+    #[arg(long, env = "DUPLEX_SUBSCRIBE_BURST")]
+    pub subscribe_burst: Option<u32>,
+    /// New connections (`/ws`, `/sse`) per second per client address; over it: 429 with
+    /// Retry-After before the upgrade or the stream (0: no limit) [default: 20].
+    #[arg(long, env = "DUPLEX_CONNECTION_RATE")]
+    pub connection_rate: Option<f64>,
+    /// New connections per client address in a burst [default: 100].
+    #[arg(long, env = "DUPLEX_CONNECTION_BURST")]
+    pub connection_burst: Option<u32>,
+    /// Apply the per-address limits to loopback clients too (off: a reverse proxy on the same
+    /// host gives every client its own address, 127.0.0.1) [default: false].
+    #[arg(long, env = "DUPLEX_RATE_LIMIT_LOOPBACK")]
+    pub rate_limit_loopback: Option<bool>,
+    /// Bytes all partly received and inflating WebSocket messages may hold together; a
+    /// connection whose message does not fit is closed with 1009 or 1013 (0: no budget)
+    /// [default: 268435456, 256 MiB].
+    #[arg(long, env = "DUPLEX_MESSAGE_BUDGET")]
+    pub message_budget: Option<usize>,
     /// Most WebSocket connections at once; more get 503 [default: 10000].
     #[arg(long, env = "DUPLEX_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -236,6 +275,26 @@ pub struct FileConfig {
     pub history_size: Option<usize>,
     /// See [`HubArgs::history_ttl`] (seconds).
     pub history_ttl: Option<u64>,
+    /// See [`HubArgs::history_bytes`].
+    pub history_bytes: Option<usize>,
+    /// See [`HubArgs::max_channels`].
+    pub max_channels: Option<usize>,
+    /// See [`HubArgs::http_publish_rate`].
+    pub http_publish_rate: Option<f64>,
+    /// See [`HubArgs::http_publish_burst`].
+    pub http_publish_burst: Option<u32>,
+    /// See [`HubArgs::subscribe_rate`].
+    pub subscribe_rate: Option<f64>,
+    /// See [`HubArgs::subscribe_burst`].
+    pub subscribe_burst: Option<u32>,
+    /// See [`HubArgs::connection_rate`].
+    pub connection_rate: Option<f64>,
+    /// See [`HubArgs::connection_burst`].
+    pub connection_burst: Option<u32>,
+    /// See [`HubArgs::rate_limit_loopback`].
+    pub rate_limit_loopback: Option<bool>,
+    /// See [`HubArgs::message_budget`].
+    pub message_budget: Option<usize>,
     /// See [`HubArgs::max_connections`].
     pub max_connections: Option<usize>,
     /// See [`HubArgs::max_subscriptions`].
@@ -303,6 +362,26 @@ pub struct HubConfig {
     pub history_size: usize,
     /// How long a publication stays in history; `None`: until pushed out by newer ones.
     pub history_ttl: Option<Duration>,
+    /// Memory broker: bytes of history all channels may hold together.
+    pub history_bytes: usize,
+    /// Memory broker: most channels in memory.
+    pub max_channels: usize,
+    /// HTTP publishes per second per client address or API key; 0: no limit.
+    pub http_publish_rate: f64,
+    /// Burst of HTTP publishes per client address or API key.
+    pub http_publish_burst: u32,
+    /// Subscribes and unsubscribes per second per connection; 0: no limit.
+    pub subscribe_rate: f64,
+    /// Burst of subscribes and unsubscribes per connection.
+    pub subscribe_burst: u32,
+    /// New connections per second per client address; 0: no limit.
+    pub connection_rate: f64,
+    /// Burst of new connections per client address.
+    pub connection_burst: u32,
+    /// Whether the per-address limits apply to loopback clients.
+    pub rate_limit_loopback: bool,
+    /// Bytes partly received WebSocket messages of all connections may hold; 0: no budget.
+    pub message_budget: usize,
     /// Most WebSocket connections at once.
     pub max_connections: usize,
     /// Most subscriptions per connection.
@@ -360,6 +439,16 @@ impl Default for HubConfig {
             allowed_origins: Vec::new(),
             history_size: 100,
             history_ttl: None,
+            history_bytes: 256 << 20,
+            max_channels: 100_000,
+            http_publish_rate: 100.0,
+            http_publish_burst: 200,
+            subscribe_rate: 20.0,
+            subscribe_burst: 200,
+            connection_rate: 20.0,
+            connection_burst: 100,
+            rate_limit_loopback: false,
+            message_budget: 256 << 20,
             max_connections: 10_000,
             max_subscriptions: 100,
             max_message_size: 64 * 1024,
@@ -449,6 +538,46 @@ impl HubConfig {
                 Some(s) => secs(Some(s)),
                 None => d.history_ttl,
             },
+            history_bytes: args
+                .history_bytes
+                .or(file.history_bytes)
+                .unwrap_or(d.history_bytes),
+            max_channels: args
+                .max_channels
+                .or(file.max_channels)
+                .unwrap_or(d.max_channels),
+            http_publish_rate: args
+                .http_publish_rate
+                .or(file.http_publish_rate)
+                .unwrap_or(d.http_publish_rate),
+            http_publish_burst: args
+                .http_publish_burst
+                .or(file.http_publish_burst)
+                .unwrap_or(d.http_publish_burst),
+            subscribe_rate: args
+                .subscribe_rate
+                .or(file.subscribe_rate)
+                .unwrap_or(d.subscribe_rate),
+            subscribe_burst: args
+                .subscribe_burst
+                .or(file.subscribe_burst)
+                .unwrap_or(d.subscribe_burst),
+            connection_rate: args
+                .connection_rate
+                .or(file.connection_rate)
+                .unwrap_or(d.connection_rate),
+            connection_burst: args
+                .connection_burst
+                .or(file.connection_burst)
+                .unwrap_or(d.connection_burst),
+            rate_limit_loopback: args
+                .rate_limit_loopback
+                .or(file.rate_limit_loopback)
+                .unwrap_or(d.rate_limit_loopback),
+            message_budget: args
+                .message_budget
+                .or(file.message_budget)
+                .unwrap_or(d.message_budget),
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -554,6 +683,45 @@ impl HubConfig {
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");
+        }
+        if self.max_channels == 0 {
+            return fail("max_channels must be at least 1");
+        }
+        if self.history_bytes < 2 * self.max_message_size {
+            return fail(
+                "history_bytes must be at least twice max_message_size (the largest \
+                 publication must fit in history)",
+            );
+        }
+        for (name, rate, burst) in [
+            (
+                "http_publish_rate",
+                self.http_publish_rate,
+                self.http_publish_burst,
+            ),
+            ("subscribe_rate", self.subscribe_rate, self.subscribe_burst),
+            (
+                "connection_rate",
+                self.connection_rate,
+                self.connection_burst,
+            ),
+        ] {
+            if !(rate >= 0.0 && rate.is_finite()) {
+                return Err(ConfigError(format!(
+                    "{name} must be a number, 0 or more (0: no limit)"
+                )));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(ConfigError(format!(
+                    "the burst of {name} must be at least 1"
+                )));
+            }
+        }
+        if self.message_budget != 0 && self.message_budget < self.max_message_size {
+            return fail(
+                "message_budget must be 0 (none) or at least max_message_size (else no large \
+                 message could ever be received)",
+            );
         }
         if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
             return fail("presence_refresh must be above zero and below presence_ttl");
@@ -750,6 +918,68 @@ mod tests {
         assert_eq!(config.sse_retry, Duration::from_millis(750));
         let config = HubConfig::merge(&HubArgs::default(), &file);
         assert_eq!(config.sse_heartbeat, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn budgets_and_rate_limits() {
+        let config = HubConfig::default();
+        assert_eq!(config.history_bytes, 256 << 20);
+        assert_eq!(config.max_channels, 100_000);
+        assert_eq!(config.message_budget, 256 << 20);
+        assert!(config.http_publish_rate > 0.0 && config.subscribe_rate > 0.0);
+        assert!(config.connection_rate > 0.0 && !config.rate_limit_loopback);
+        let args = parse(&[
+            "--history-bytes",
+            "1000000",
+            "--max-channels",
+            "7",
+            "--subscribe-rate",
+            "0",
+            "--rate-limit-loopback",
+            "true",
+            "--message-budget",
+            "0",
+        ]);
+        let file: FileConfig = toml::from_str(
+            "max_channels = 9\nhttp_publish_rate = 5.5\nhttp_publish_burst = 6\n\
+             connection_rate = 2\nconnection_burst = 3\nsubscribe_burst = 4",
+        )
+        .unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(config.history_bytes, 1_000_000);
+        assert_eq!(config.max_channels, 7, "flag beats file");
+        assert_eq!(config.subscribe_rate, 0.0);
+        assert_eq!(config.subscribe_burst, 4);
+        assert_eq!(config.http_publish_rate, 5.5);
+        assert_eq!(config.http_publish_burst, 6);
+        assert_eq!((config.connection_rate, config.connection_burst), (2.0, 3));
+        assert!(config.rate_limit_loopback);
+        assert_eq!(config.message_budget, 0);
+        config.validate().unwrap();
+        for bad in [
+            HubConfig {
+                history_bytes: 1000,
+                ..HubConfig::default()
+            },
+            HubConfig {
+                max_channels: 0,
+                ..HubConfig::default()
+            },
+            HubConfig {
+                connection_rate: -1.0,
+                ..HubConfig::default()
+            },
+            HubConfig {
+                http_publish_burst: 0,
+                ..HubConfig::default()
+            },
+            HubConfig {
+                message_budget: 100,
+                ..HubConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

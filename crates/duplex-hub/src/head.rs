@@ -121,11 +121,7 @@ pub(crate) fn body_framing(
             return Err(FramingError::LengthRequired);
         }
         (None, _) => 0,
-        (Some(value), None) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or(FramingError::InvalidLength)?,
+        (Some(value), None) => digits(value.as_bytes()).ok_or(FramingError::InvalidLength)?,
         (Some(_), Some(_)) => return Err(FramingError::TwoLengths),
     };
     if length > max_body as u64 {
@@ -140,6 +136,22 @@ pub(crate) fn body_framing(
     Ok(BodyFraming {
         length: length as usize,
         expects_continue,
+    })
+}
+
+/// A `Content-Length` value: decimal digits only (RFC 9110 section 8.6: `1*DIGIT`), without
+/// sign, inner space, radix prefix or overflow. `str::parse` would take `+30`, and a proxy in
+/// front that reads the header differently could then be fed a smuggled request. Whitespace
+/// around the value is not part of it (RFC 9110 section 5.5): httparse strips it.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
 }
 
@@ -237,6 +249,32 @@ mod tests {
             });
             assert_eq!(head(text).body, expected, "{text:?}");
         }
+        // Digits only: no sign, no inner space, no radix, no overflow, nothing empty.
+        for value in [
+            "+30",
+            "-0",
+            "3 0",
+            "0x1e",
+            "1e2",
+            "30,30",
+            "\u{b}30",
+            "\u{c}30",
+            "99999999999999999999",
+            "18446744073709551616",
+        ] {
+            let text = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            match parse_head(text.as_bytes(), 100) {
+                Ok(Some(parsed)) => {
+                    assert_eq!(parsed.body, Err(FramingError::InvalidLength), "{value:?}")
+                }
+                // httparse refusing the head outright is a refusal too (400).
+                Ok(None) => panic!("{value:?}: incomplete"),
+                Err(_) => {}
+            }
+        }
+        assert_eq!(digits(b"030"), Some(30));
+        assert_eq!(digits(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(digits(b""), None);
         let statuses = [
             (FramingError::Chunked, 411),
             (FramingError::LengthRequired, 411),

@@ -4,10 +4,10 @@
 //! `TcpStream` (`--http-server builtin`): request heads (parsed and judged in `head.rs`),
 //! `Content-Length` bodies, keep-alive, and the upgrade to WebSocket on `/ws`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use duplex::WebSocket;
@@ -26,9 +26,10 @@ use crate::auth::{Grants, constant_time_eq, verify_hs256};
 use crate::broker::HistoryQuery;
 use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
-use crate::metrics::Transport;
+use crate::limit::{Key, Limited};
+use crate::metrics::{Reason, Transport};
 use crate::outbox::OutboxStream;
-use crate::protocol::{HistoryParams, Publish, Refusal, channel_param, query_param};
+use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
@@ -74,9 +75,14 @@ impl Response {
         Response::new(status, "application/json", json::error_body(message))
     }
 
-    /// A refusal of the API: its code's HTTP status, its message in the body.
+    /// A refusal of the API: its code's HTTP status, its message in the body (and, for the
+    /// channel cap, when to try again: channels free themselves as clients leave).
     fn refusal(refusal: &Refusal) -> Response {
-        Response::error(refusal.code.http_status(), &refusal.message)
+        let response = Response::error(refusal.code.http_status(), &refusal.message);
+        if refusal.code == ErrorCode::ChannelLimit {
+            return response.header(http::header::RETRY_AFTER, "5");
+        }
+        response
     }
 
     fn header(mut self, name: HeaderName, value: &'static str) -> Response {
@@ -138,7 +144,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
             return;
         }
         if request.uri().path() == "/sse" {
-            return sse(tcp, request, hub).await;
+            return sse(tcp, request, peer, hub).await;
         }
         hub.metrics.http_requests.fetch_add(1, Relaxed);
         let head_only = request.method() == Method::HEAD;
@@ -154,7 +160,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
         let Some(body) = read_body(&mut tcp, &mut buf, framing).await else {
             return;
         };
-        let response = route(&hub, &request, body).await;
+        let response = route(&hub, &request, body, peer.ip()).await;
         if *shutdown.borrow() {
             keep_alive = false;
         }
@@ -217,8 +223,13 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut BytesMut, framing: BodyFraming
     }
 }
 
-/// Answers one request (not `/ws`) whose `body` was read.
-pub(crate) async fn route(hub: &HubState, request: &Request<()>, body: Bytes) -> Response {
+/// Answers one request (not `/ws`) whose `body` was read, from a client at `peer`.
+pub(crate) async fn route(
+    hub: &HubState,
+    request: &Request<()>,
+    body: Bytes,
+    peer: IpAddr,
+) -> Response {
     let path = request.uri().path();
     let method = request.method();
     let get = method == Method::GET || method == Method::HEAD;
@@ -244,6 +255,11 @@ pub(crate) async fn route(hub: &HubState, request: &Request<()>, body: Bytes) ->
         }
         if let Some(refusal) = check_api_key(hub, request) {
             return refusal;
+        }
+        if api == "publish" {
+            if let Some(refusal) = check_publish_rate(hub, peer) {
+                return refusal;
+            }
         }
         return match api {
             "publish" => api_publish(hub, body).await,
@@ -298,6 +314,76 @@ fn check_api_key(hub: &HubState, request: &Request<()>) -> Option<Response> {
         Response::error(StatusCode::UNAUTHORIZED, message)
             .header(http::header::WWW_AUTHENTICATE, "Bearer"),
     )
+}
+
+/// The HTTP publish rate: per API key when the hub has one (the request passed
+/// [`check_api_key`]), else per client address. Over it: 429 with `Retry-After`.
+fn check_publish_rate(hub: &HubState, peer: IpAddr) -> Option<Response> {
+    let limiter = hub.http_publish_limit.as_ref()?;
+    let key = if hub.config.api_key.is_some() {
+        Key::ApiKey
+    } else {
+        Key::address(peer)
+    };
+    let limited = limiter.check(key, Instant::now()).err()?;
+    let message = match limited {
+        Limited::Wait(_) => {
+            hub.metrics.refused(Reason::HttpPublishRate);
+            format!(
+                "publish rate limit: {} per second, bursts of {}; retry after {} s",
+                hub.config.http_publish_rate,
+                hub.config.http_publish_burst,
+                limited.retry_after()
+            )
+        }
+        Limited::Full => {
+            hub.metrics.refused(Reason::LimiterFull);
+            "too many clients publishing at once; retry later".to_owned()
+        }
+    };
+    let mut response = Response::error(StatusCode::TOO_MANY_REQUESTS, &message);
+    response.headers.push((
+        http::header::RETRY_AFTER,
+        HeaderValue::from(limited.retry_after()),
+    ));
+    Some(response)
+}
+
+/// [`check_connection_rate`] for an `/sse` stream: the refusal as a response.
+pub(crate) fn check_sse_connection_rate(hub: &HubState, peer: IpAddr) -> Option<Response> {
+    let reject = check_connection_rate(hub, peer).err()?;
+    let mut response = Response::error(reject.status, &reject.reason);
+    response.headers = reject.headers;
+    Some(response)
+}
+
+/// The new-connection rate of the client at `peer` (`/ws` before the upgrade, `/sse` before
+/// the stream): over it, 429 with `Retry-After`.
+pub(crate) fn check_connection_rate(hub: &HubState, peer: IpAddr) -> Result<(), Reject> {
+    let Some(limiter) = &hub.connection_limit else {
+        return Ok(());
+    };
+    let Err(limited) = limiter.check(Key::address(peer), Instant::now()) else {
+        return Ok(());
+    };
+    hub.metrics.connections_refused.fetch_add(1, Relaxed);
+    let reason = match limited {
+        Limited::Wait(_) => {
+            hub.metrics.refused(Reason::ConnectionRate);
+            format!(
+                "too many new connections from {peer} ({} per second, bursts of {}); retry later",
+                hub.config.connection_rate, hub.config.connection_burst
+            )
+        }
+        Limited::Full => {
+            hub.metrics.refused(Reason::LimiterFull);
+            "too many clients connecting at once; retry later".to_owned()
+        }
+    };
+    Err(Reject::new(StatusCode::TOO_MANY_REQUESTS, reason).header(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(limited.retry_after()),
+    ))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -433,6 +519,9 @@ async fn upgrade(
         Ok(offer) => offer,
         Err(e) => return refuse(tcp, &e.response()).await,
     };
+    if let Err(reject) = check_connection_rate(&hub, peer.ip()) {
+        return refuse(tcp, &Refused::from(reject).encode_http11()).await;
+    }
     let grants = match admit(&hub, &request, &offer) {
         Ok(grants) => grants,
         Err(reject) => {
@@ -482,7 +571,10 @@ async fn upgrade(
 
 /// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.
 /// The connection is the response: its body ends when the stream does.
-async fn sse(tcp: TcpStream, request: Request<()>, hub: Arc<HubState>) {
+async fn sse(tcp: TcpStream, request: Request<()>, peer: SocketAddr, hub: Arc<HubState>) {
+    if let Some(response) = check_sse_connection_rate(&hub, peer.ip()) {
+        return refuse(tcp, &response.encode(false, false)).await;
+    }
     let stream = match crate::sse::open(&hub, &request).await {
         Ok(stream) => stream,
         Err(refused) => {

@@ -24,12 +24,12 @@
 //! head      HTTP/1.1 request heads, pure: parsed request, keep-alive, body framing
 //! protocol  typed commands (Command::parse), HTTP API inputs, ErrorCode, Refusal, replies
 //! redis     RedisBroker: channels over sharded Redis servers (streams, pub/sub, presence)
-//! memory    MemoryBroker: offsets, epochs, history and presence in one process
+//! memory    MemoryBroker: offsets, epochs, history and presence in one process, budgeted
 //! json      hand-written JSON envelopes that embed publication data as it was published
 //! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
 //! auth      HS256 tokens, grants (channel patterns), constant-time comparison
 //! metrics   counters and histograms, rendered for Prometheus
-//! limit     TokenBucket: the per-connection publish rate limit
+//! limit     TokenBucket and Bucket (rates per connection), AddressLimiter (per address or key)
 //! ids       random stream epochs and client ids
 //! broker    the Broker trait and what it speaks (publications, positions, history, presence)
 //! ```
@@ -100,7 +100,7 @@ pub use crate::config::{
     BrokerConfig, Compression, ConfigError, FileConfig, HttpServer, HubArgs, HubConfig, TlsFiles,
     load_file,
 };
-pub use crate::memory::MemoryBroker;
+pub use crate::memory::{MemoryBroker, MemoryLimits};
 pub use crate::metrics::Metrics;
 pub use crate::redis::RedisBroker;
 pub use crate::server::{Hub, HubHandle};

@@ -4,8 +4,11 @@
 //! cache lines are not bounced for every message sent.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use duplex_proto::MessageBudget;
 
 /// Upper bounds (seconds) of the fan-out latency histogram buckets.
 const BUCKETS: [f64; 12] = [
@@ -47,6 +50,62 @@ impl Transport {
     }
 }
 
+/// Why the hub refused (or, for history, dropped early) what a client asked for: the `reason`
+/// label of `duplex_hub_refusals_total`. The message budget's refusals are counted by the
+/// budget itself ([`MessageBudget::refusals`]) and shown under `message_budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A new channel over `max_channels` (publish or subscribe).
+    ChannelLimit,
+    /// Publications dropped from history before their time by the `history_bytes` budget.
+    HistoryBudget,
+    /// `POST /api/publish` over the per-address (or per-API-key) rate.
+    HttpPublishRate,
+    /// Subscribe or unsubscribe over the per-connection rate.
+    SubscribeRate,
+    /// A new connection (`/ws` or `/sse`) over the per-address rate.
+    ConnectionRate,
+    /// A rate-limited request from a new address while the limiter's table was full of
+    /// active ones.
+    LimiterFull,
+}
+
+impl Reason {
+    /// Every reason counted here, in the order `/metrics` lists them.
+    const ALL: [Reason; 6] = [
+        Reason::ChannelLimit,
+        Reason::HistoryBudget,
+        Reason::HttpPublishRate,
+        Reason::SubscribeRate,
+        Reason::ConnectionRate,
+        Reason::LimiterFull,
+    ];
+
+    /// The `reason` label value.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::ChannelLimit => "channel_limit",
+            Reason::HistoryBudget => "history_budget",
+            Reason::HttpPublishRate => "http_publish_rate",
+            Reason::SubscribeRate => "subscribe_rate",
+            Reason::ConnectionRate => "connection_rate",
+            Reason::LimiterFull => "limiter_full",
+        }
+    }
+
+    /// The index of its counter in [`Metrics::refusals`].
+    fn index(self) -> usize {
+        match self {
+            Reason::ChannelLimit => 0,
+            Reason::HistoryBudget => 1,
+            Reason::HttpPublishRate => 2,
+            Reason::SubscribeRate => 3,
+            Reason::ConnectionRate => 4,
+            Reason::LimiterFull => 5,
+        }
+    }
+}
+
 /// The hub's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -70,6 +129,14 @@ pub struct Metrics {
     /// Events queued for the fan-out threads and not yet fanned out.
     pub(crate) fanout_queued: AtomicI64,
     fanout: Histogram,
+    /// Channels the memory broker holds.
+    pub(crate) channels: AtomicI64,
+    /// Bytes charged for the memory broker's history.
+    pub(crate) history_bytes: AtomicI64,
+    /// By [`Reason::index`] (`refusals_total{reason}`).
+    refusals: [AtomicU64; Reason::ALL.len()],
+    /// The WebSocket message budget every hub connection shares, once the hub made it.
+    pub(crate) message_budget: OnceLock<MessageBudget>,
     // --- Broker (RedisBroker; MemoryBroker leaves them at zero) ---
     /// Broker commands that failed (connection errors, timeouts, server errors).
     pub(crate) broker_errors: AtomicU64,
@@ -128,6 +195,89 @@ impl Metrics {
     /// Pushes dropped because their queue overflowed.
     pub fn dropped_messages(&self) -> u64 {
         self.dropped.load(Relaxed)
+    }
+
+    /// Counts one refusal for `reason`.
+    pub(crate) fn refused(&self, reason: Reason) {
+        self.refused_n(reason, 1);
+    }
+
+    /// Counts `n` refusals for `reason`.
+    pub(crate) fn refused_n(&self, reason: Reason, n: u64) {
+        self.refusals[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// Refusals counted under the `reason` label of `duplex_hub_refusals_total`
+    /// (`channel_limit`, `history_budget`, `http_publish_rate`, `subscribe_rate`,
+    /// `connection_rate`, `limiter_full`, `message_budget`); `None` for another label.
+    pub fn refusals(&self, reason: &str) -> Option<u64> {
+        if reason == "message_budget" {
+            return Some(self.message_budget.get().map_or(0, MessageBudget::refusals));
+        }
+        Reason::ALL
+            .iter()
+            .find(|r| r.label() == reason)
+            .map(|r| self.refusals[r.index()].load(Relaxed))
+    }
+
+    /// Channels the memory broker holds (0 with another broker).
+    pub fn channels(&self) -> i64 {
+        self.channels.load(Relaxed)
+    }
+
+    /// Bytes charged for the memory broker's history: publication data plus
+    /// [`MemoryBroker::PER_PUBLICATION`](crate::MemoryBroker::PER_PUBLICATION) each (0 with another broker).
+    pub fn history_bytes(&self) -> i64 {
+        self.history_bytes.load(Relaxed)
+    }
+
+    /// Bytes partly received WebSocket messages hold now against the message budget.
+    pub fn message_budget_held(&self) -> usize {
+        self.message_budget.get().map_or(0, MessageBudget::held)
+    }
+
+    /// The budgets' gauges and the refusal counters, in the Prometheus text format.
+    fn render_budgets(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP duplex_hub_refusals_total Requests refused by a budget or rate limit, by reason (history_budget: publications dropped from history early by the byte budget; message_budget: connections closed with 1009/1013).\n# TYPE duplex_hub_refusals_total counter"
+        );
+        for reason in Reason::ALL {
+            let _ = writeln!(
+                out,
+                "duplex_hub_refusals_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.refusals[reason.index()].load(Relaxed)
+            );
+        }
+        let budget = self.message_budget.get();
+        let _ = writeln!(
+            out,
+            "duplex_hub_refusals_total{{reason=\"message_budget\"}} {}",
+            budget.map_or(0, MessageBudget::refusals)
+        );
+        for (name, help, value) in [
+            (
+                "channels",
+                "Channels the memory broker holds (offsets, history, presence).",
+                self.channels.load(Relaxed),
+            ),
+            (
+                "history_bytes",
+                "Bytes charged for the memory broker's history (data plus bookkeeping per publication).",
+                self.history_bytes.load(Relaxed),
+            ),
+            (
+                "message_budget_bytes",
+                "Bytes partly received WebSocket messages hold against the message budget.",
+                budget.map_or(0, |b| b.held() as i64),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP duplex_hub_{name} {help}\n# TYPE duplex_hub_{name} gauge\nduplex_hub_{name} {value}"
+            );
+        }
     }
 
     /// Records how long queueing one publication to every local subscriber took.
@@ -340,6 +490,7 @@ impl Metrics {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
+        self.render_budgets(&mut out);
         self.render_broker(&mut out);
         out
     }
@@ -389,6 +540,25 @@ mod tests {
         assert!(text.contains("duplex_hub_deliveries_total 30\n"));
         m.fanout_queued.fetch_add(2, Relaxed);
         assert!(m.render().contains("duplex_hub_fanout_queued 2\n"));
+    }
+
+    #[test]
+    fn refusals_are_rendered_by_reason() {
+        let m = Metrics::default();
+        m.refused(Reason::SubscribeRate);
+        m.refused_n(Reason::HistoryBudget, 3);
+        m.channels.fetch_add(2, Relaxed);
+        let text = m.render();
+        assert!(text.contains("duplex_hub_refusals_total{reason=\"subscribe_rate\"} 1\n"));
+        assert!(text.contains("duplex_hub_refusals_total{reason=\"history_budget\"} 3\n"));
+        assert!(text.contains("duplex_hub_refusals_total{reason=\"message_budget\"} 0\n"));
+        assert!(text.contains("duplex_hub_channels 2\n"));
+        assert_eq!(m.refusals("subscribe_rate"), Some(1));
+        assert_eq!(m.refusals("message_budget"), Some(0));
+        assert_eq!(m.refusals("nonsense"), None);
+        for reason in Reason::ALL {
+            assert_eq!(Reason::ALL[reason.index()], reason);
+        }
     }
 
     #[test]

@@ -36,12 +36,14 @@ pub(crate) enum ErrorCode {
     Internal,
     /// The broker's backend cannot be reached ([`BrokerError::Unavailable`]): retry later.
     BrokerUnavailable,
+    /// A new channel over the hub's channel cap ([`BrokerError::Full`]): retry later.
+    ChannelLimit,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
     #[cfg(test)]
-    pub(crate) const ALL: [ErrorCode; 9] = [
+    pub(crate) const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::Forbidden,
@@ -51,6 +53,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Internal,
         ErrorCode::BrokerUnavailable,
+        ErrorCode::ChannelLimit,
     ];
 
     /// The code as written on the wire.
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
+            ErrorCode::ChannelLimit => "channel_limit",
         }
     }
 
@@ -79,7 +83,10 @@ impl ErrorCode {
             ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed => StatusCode::CONFLICT,
             ErrorCode::LimitExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // The hub's capacity, not the client's rate: 503, as a full connection table.
+            ErrorCode::BrokerUnavailable | ErrorCode::ChannelLimit => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -111,6 +118,7 @@ impl Refusal {
         let code = match error {
             BrokerError::Unavailable(_) => ErrorCode::BrokerUnavailable,
             BrokerError::Failed(_) => ErrorCode::Internal,
+            BrokerError::Full(_) => ErrorCode::ChannelLimit,
         };
         Refusal::new(code, error.to_string())
     }
@@ -408,6 +416,9 @@ fn raw_data(body: &[u8]) -> Result<Bytes, Refusal> {
     let data = publish
         .data
         .ok_or_else(|| Refusal::bad_request("missing \"data\""))?;
+    // Copied, not a slice of `body`: a publication is kept in history, and a slice would keep
+    // the whole request (or a read buffer shared with it) alive past what the history byte
+    // budget charges for it.
     Ok(Bytes::copy_from_slice(data.get().as_bytes()))
 }
 
@@ -427,6 +438,7 @@ mod tests {
             ErrorCode::RateLimited => 6,
             ErrorCode::Internal => 7,
             ErrorCode::BrokerUnavailable => 8,
+            ErrorCode::ChannelLimit => 9,
         }
     }
 
@@ -442,6 +454,7 @@ mod tests {
             (ErrorCode::RateLimited, "rate_limited", 429),
             (ErrorCode::Internal, "internal", 500),
             (ErrorCode::BrokerUnavailable, "broker_unavailable", 503),
+            (ErrorCode::ChannelLimit, "channel_limit", 503),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (i, (code, wire, status)) in table.into_iter().enumerate() {

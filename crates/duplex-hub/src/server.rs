@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use crate::broker::{Broker, BrokerError, BrokerHandler};
 use crate::config::{BrokerConfig, Compression, HttpServer, HubConfig};
 use crate::fanout::{Fanout, FanoutOptions};
-use crate::memory::MemoryBroker;
+use crate::limit::AddressLimiter;
+use crate::memory::{MemoryBroker, MemoryLimits};
 use crate::metrics::Metrics;
 use crate::outbox::{Closing, Outbox};
 use crate::state::HubState;
@@ -110,9 +111,16 @@ impl Hub {
             max_frame_size: config.max_message_size,
             max_message_size: config.max_message_size,
             streaming_receive: false,
+            // One budget for every connection of the hub: partly received and inflating
+            // messages cannot hold more than this together (1009/1013 past it).
+            message_budget: (config.message_budget > 0)
+                .then(|| duplex_proto::MessageBudget::new(config.message_budget)),
             // Timers come from `ws_options` below.
             ..duplex::Config::default()
         };
+        if let Some(budget) = &ws_config.message_budget {
+            let _ = metrics.message_budget.set(budget.clone());
+        }
         let ws_options = WebSocketOptions {
             ping_interval: config.ping_interval,
             idle_timeout: config.ping_interval.map(|p| p * 3),
@@ -138,7 +146,6 @@ impl Hub {
              HTTP API {http}://{addr}/api/ , metrics {http}://{addr}/metrics"
         );
         let hub = Arc::new(HubState {
-            config,
             broker,
             broker_started: AtomicBool::new(false),
             fanout: fanout.clone(),
@@ -150,6 +157,17 @@ impl Hub {
             ws_config,
             ws_options,
             deflate,
+            http_publish_limit: AddressLimiter::new(
+                config.http_publish_rate,
+                config.http_publish_burst,
+                config.rate_limit_loopback,
+            ),
+            connection_limit: AddressLimiter::new(
+                config.connection_rate,
+                config.connection_burst,
+                config.rate_limit_loopback,
+            ),
+            config,
         });
         if let Some(certificate) = &certificate {
             reload_on_sighup(certificate.clone(), hub.shutdown.clone())?;
@@ -186,10 +204,15 @@ fn fanout_threads(configured: usize) -> usize {
 /// The broker `config` names, not started yet.
 fn build_broker(config: &HubConfig, metrics: &Arc<Metrics>) -> io::Result<Arc<dyn Broker>> {
     match &config.broker {
-        BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new(
-            config.history_size,
-            config.history_ttl,
-        ))),
+        BrokerConfig::Memory => Ok(Arc::new(
+            MemoryBroker::with_limits(MemoryLimits {
+                history_size: config.history_size,
+                history_ttl: config.history_ttl,
+                history_bytes: config.history_bytes,
+                max_channels: config.max_channels,
+            })
+            .with_metrics(metrics.clone()),
+        )),
         BrokerConfig::Redis { shards } => {
             crate::redis::RedisBroker::new(shards, config, metrics.clone())
                 .map(|broker| Arc::new(broker) as Arc<dyn Broker>)

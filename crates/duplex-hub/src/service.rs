@@ -45,7 +45,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::head::{FramingError, MAX_HEAD, body_framing, wants_keep_alive};
-use crate::http::{IDLE_TIMEOUT, Response, WebSocketSlot, admit, over_limit, route};
+use crate::http::{
+    IDLE_TIMEOUT, Response, WebSocketSlot, admit, check_connection_rate, check_sse_connection_rate,
+    over_limit, route,
+};
 use crate::metrics::Transport;
 use crate::outbox::OutboxStream;
 use crate::state::HubState;
@@ -397,7 +400,7 @@ async fn handle(
         },
         Err(_) => return Err(NoResponse::BodyTimeout),
     };
-    let response = route(hub, &request, body).await;
+    let response = route(hub, &request, body, conn.peer.ip()).await;
     if *hub.shutdown.borrow() {
         keep_alive = false;
     }
@@ -451,6 +454,9 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
         Ok(offer) => offer,
         Err(refused) => return refusal(&refused, h2),
     };
+    if let Err(reject) = check_connection_rate(hub, conn.peer.ip()) {
+        return refusal(&Refused::from(reject), h2);
+    }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let request = Request::from_parts(parts, ());
@@ -531,6 +537,9 @@ async fn run(
 /// refusal. The stream runs in a task of its own (counted as the connection's, for the hub's
 /// graceful wait) until it ends (shutdown, slow consumer) or hyper drops the body.
 async fn sse(request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hyper::Response<Body> {
+    if let Some(response) = check_sse_connection_rate(&conn.hub, conn.peer.ip()) {
+        return into_hyper(response, false, h2);
+    }
     let (parts, _) = request.into_parts();
     let request = Request::from_parts(parts, ());
     let stream = match crate::sse::open(&conn.hub, &request).await {

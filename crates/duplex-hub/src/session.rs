@@ -27,8 +27,8 @@ use crate::broker::{ClientInfo, HistoryQuery};
 use crate::fanout::Subscriber;
 use crate::ids;
 use crate::json;
-use crate::limit::TokenBucket;
-use crate::metrics::Transport;
+use crate::limit::{Bucket, TokenBucket};
+use crate::metrics::{Reason, Transport};
 use crate::outbox::{Closing, Delivery, Outbox, OutboxEvent, OutboxStream};
 use crate::protocol::{Command, ErrorCode, Id, Publish, Refusal, Since};
 use crate::state::HubState;
@@ -46,6 +46,8 @@ struct Session {
     /// The value is the channel's `LocalChannel::id` once registered (0 before).
     subscriptions: HashMap<String, u64>,
     bucket: TokenBucket,
+    /// Subscribes and unsubscribes (rate and burst from the config).
+    subscribe_bucket: Bucket,
     hub: Arc<HubState>,
     batch: VecDeque<Arc<Delivery>>,
 }
@@ -92,6 +94,7 @@ pub(crate) async fn run(
             hub.config.publish_burst,
             Instant::now(),
         ),
+        subscribe_bucket: Bucket::full(hub.config.subscribe_burst, Instant::now()),
         hub: hub.clone(),
         batch: VecDeque::new(),
     };
@@ -303,6 +306,13 @@ impl Session {
     /// Runs one command; `Ok` and `Err` are both the reply to send.
     async fn command(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
         let (id, command) = Command::parse(bytes).map_err(|(id, refusal)| id.refuse(&refusal))?;
+        if matches!(
+            command,
+            Command::Subscribe { .. } | Command::Unsubscribe { .. }
+        ) {
+            self.take_subscribe_token()
+                .map_err(|refusal| id.refuse(&refusal))?;
+        }
         let reply = match command {
             Command::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&id, &channel).await,
@@ -315,6 +325,30 @@ impl Session {
             }
         };
         reply.map_err(|refusal| id.refuse(&refusal))
+    }
+
+    /// The per-connection subscribe/unsubscribe rate (each joins or leaves presence and may
+    /// make the broker create or free a channel: issue 12's churn case).
+    fn take_subscribe_token(&mut self) -> Result<(), Refusal> {
+        let config = &self.hub.config;
+        if config.subscribe_rate <= 0.0 {
+            return Ok(());
+        }
+        let rate = (config.subscribe_rate, config.subscribe_burst);
+        let Err(wait) = self.subscribe_bucket.take(rate.0, rate.1, Instant::now()) else {
+            return Ok(());
+        };
+        self.hub.metrics.refused(Reason::SubscribeRate);
+        Err(Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "subscribe rate limit: {} subscribes and unsubscribes per second, bursts of {}; \
+                 retry in {} ms",
+                config.subscribe_rate,
+                config.subscribe_burst,
+                wait.as_millis().max(1)
+            ),
+        ))
     }
 
     async fn subscribe(

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::broker::{Broker, BrokerError};
 use crate::config::HubConfig;
 use crate::fanout::Fanout;
+use crate::limit::AddressLimiter;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
@@ -33,6 +34,10 @@ pub(crate) struct HubState {
     pub(crate) ws_config: duplex::Config,
     pub(crate) ws_options: WebSocketOptions,
     pub(crate) deflate: Option<DeflateConfig>,
+    /// `POST /api/publish` per client address or API key (`None`: no limit).
+    pub(crate) http_publish_limit: Option<AddressLimiter>,
+    /// New `/ws` and `/sse` connections per client address (`None`: no limit).
+    pub(crate) connection_limit: Option<AddressLimiter>,
 }
 
 impl HubState {

@@ -123,7 +123,9 @@ impl CmdConn {
                     }),
             };
             if let Err(e) = written {
-                let (BrokerError::Unavailable(why) | BrokerError::Failed(why)) = e;
+                let (BrokerError::Unavailable(why)
+                | BrokerError::Failed(why)
+                | BrokerError::Full(why)) = e;
                 return Err(CmdError::Lost(why));
             }
         }
