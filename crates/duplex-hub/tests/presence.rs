@@ -217,13 +217,24 @@ async fn above_the_limit_presence_pushes_stop_and_queries_still_answer() {
 
 #[tokio::test]
 async fn subscribing_2000_clients_with_join_leave_on_takes_under_3_s() {
+    // The defaults: 100 ms windows, no presence pushes above 1,000 subscribers.
+    subscribe_2000(HubConfig::default().join_leave_max_subscribers).await;
+}
+
+#[tokio::test]
+async fn subscribing_2000_clients_takes_under_3_s_by_batching_alone() {
+    // No subscriber limit: every window goes to every subscriber.
+    subscribe_2000(0).await;
+}
+
+/// Subscribes 2,000 clients to one channel, one after another, with join/leave on and the
+/// default window; checks the time and what the first subscriber heard.
+async fn subscribe_2000(max_subscribers: usize) {
     let _one = ONE_AT_A_TIME.lock().await;
     within(async {
-        // The defaults: 100 ms windows, no presence pushes above 1,000 subscribers.
-        let defaults = HubConfig::default();
         let hub = hub(batched(
-            defaults.presence_batch,
-            defaults.join_leave_max_subscribers,
+            HubConfig::default().presence_batch,
+            max_subscribers,
         ))
         .await;
         let addr = hub.local_addr();
@@ -239,16 +250,17 @@ async fn subscribing_2000_clients_with_join_leave_on_takes_under_3_s() {
         }
         let subscribed = start.elapsed();
         println!(
-            "2,000 clients: connected in {connected:?}, subscribed (join/leave on) in {subscribed:?}"
+            "2,000 clients (join_leave_max_subscribers {max_subscribers}): connected in \
+             {connected:?}, subscribed (join/leave on) in {subscribed:?}"
         );
         assert!(
             subscribed < Duration::from_secs(3),
             "subscribing 2,000 clients took {subscribed:?}"
         );
 
-        // What the first subscriber heard: joins in few pushes, and none of a window handled
-        // above 1,000 subscribers. The last window closes 100 ms after the last subscribe: a
-        // second of silence means nothing more comes.
+        // What the first subscriber heard: joins in few pushes, and (with a limit) none of a
+        // window handled above the limit. The last window closes 100 ms after the last
+        // subscribe: a second of silence means nothing more comes.
         let first = &mut clients[0];
         let mut joined = HashSet::new();
         let mut pushes = 0;
@@ -268,8 +280,19 @@ async fn subscribing_2000_clients_with_join_leave_on_takes_under_3_s() {
             "the first subscriber heard {} joins in {pushes} presence pushes",
             joined.len()
         );
-        assert!(joined.len() <= 1000, "no pushes above 1,000 subscribers");
-        assert!(joined.len() >= 100, "pushes below 1,000 ({})", joined.len());
+        if max_subscribers == 0 {
+            assert_eq!(joined.len(), 2000, "every join, no limit");
+        } else {
+            assert!(
+                joined.len() <= max_subscribers,
+                "no pushes above {max_subscribers} subscribers"
+            );
+            assert!(
+                joined.len() >= 100,
+                "pushes below the limit ({})",
+                joined.len()
+            );
+        }
         assert!(pushes * 5 <= joined.len(), "batched: {pushes} pushes");
         let reply = first
             .call(json!({"op": "presence", "channel": "big"}))
