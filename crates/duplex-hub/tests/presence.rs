@@ -287,13 +287,14 @@ async fn subscribe_2000(max_subscribers: usize) {
                 joined.len() <= max_subscribers,
                 "no pushes above {max_subscribers} subscribers"
             );
-            assert!(
-                joined.len() >= 100,
-                "pushes below the limit ({})",
-                joined.len()
-            );
         }
-        assert!(pushes * 5 <= joined.len(), "batched: {pushes} pushes");
+        // (With a limit, a machine fast enough to subscribe all 2,000 in one window would
+        // hear nothing at all: no lower bound on what is heard.)
+        assert!(
+            pushes <= 1 + joined.len() / 5,
+            "batched: {} joins in {pushes} pushes",
+            joined.len()
+        );
         let reply = first
             .call(json!({"op": "presence", "channel": "big"}))
             .await;
