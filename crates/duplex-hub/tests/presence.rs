@@ -46,6 +46,14 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// [`within`] for the tests with thousands of connections: connecting them takes seconds of
+/// its own on a busy machine.
+async fn big<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), fut)
+        .await
+        .expect("test timed out after 120 s")
+}
+
 /// The joins and leaves of one `presence` push, as client ids.
 fn ids(push: &Value, list: &str) -> Vec<String> {
     push[list]
@@ -216,13 +224,13 @@ async fn above_the_limit_presence_pushes_stop_and_queries_still_answer() {
 }
 
 #[tokio::test]
-async fn subscribing_2000_clients_with_join_leave_on_takes_under_3_s() {
+async fn subscribing_2000_clients_with_join_leave_on_costs_under_3_s() {
     // The defaults: 100 ms windows, no presence pushes above 1,000 subscribers.
     subscribe_2000(HubConfig::default().join_leave_max_subscribers).await;
 }
 
 #[tokio::test]
-async fn subscribing_2000_clients_takes_under_3_s_by_batching_alone() {
+async fn subscribing_2000_clients_costs_under_3_s_by_batching_alone() {
     // No subscriber limit: every window goes to every subscriber.
     subscribe_2000(0).await;
 }
@@ -231,7 +239,7 @@ async fn subscribing_2000_clients_takes_under_3_s_by_batching_alone() {
 /// default window; checks the time and what the first subscriber heard.
 async fn subscribe_2000(max_subscribers: usize) {
     let _one = ONE_AT_A_TIME.lock().await;
-    within(async {
+    big(async {
         let hub = hub(batched(
             HubConfig::default().presence_batch,
             max_subscribers,
@@ -244,17 +252,27 @@ async fn subscribe_2000(max_subscribers: usize) {
             clients.push(Client::connect_with(addr, "", plain()).await.unwrap());
         }
         let connected = start.elapsed();
+        let cpu = process_cpu();
         let start = Instant::now();
         for client in &mut clients {
             client.subscribe("big").await;
         }
         let subscribed = start.elapsed();
+        let cpu = process_cpu() - cpu;
         println!(
             "2,000 clients (join_leave_max_subscribers {max_subscribers}): connected in \
-             {connected:?}, subscribed (join/leave on) in {subscribed:?}"
+             {connected:?}, subscribed (join/leave on) in {subscribed:?}, process CPU {cpu:?} \
+             (hub and clients)"
+        );
+        // Under 3 s of CPU for hub and clients together (measured: 0.2-0.3 s; the unbatched
+        // hub took 42.5 s). The time on the clock (0.3-0.9 s on an idle machine, one round
+        // trip per subscribe) gets room for a machine busy with other work (builds).
+        assert!(
+            cpu < Duration::from_secs(3),
+            "subscribing 2,000 clients cost {cpu:?} of CPU"
         );
         assert!(
-            subscribed < Duration::from_secs(3),
+            subscribed < Duration::from_secs(10),
             "subscribing 2,000 clients took {subscribed:?}"
         );
 
@@ -306,7 +324,7 @@ async fn subscribe_2000(max_subscribers: usize) {
 #[tokio::test]
 async fn one_connection_churning_on_a_channel_of_1000_costs_under_1_s_of_cpu() {
     let _one = ONE_AT_A_TIME.lock().await;
-    within(async {
+    big(async {
         // No subscriber limit: the batching alone must bound the cost (with the default
         // limit of 1,000 this channel, 1,001 with the churner, would get no pushes at all).
         let hub = hub(batched(HubConfig::default().presence_batch, 0)).await;
