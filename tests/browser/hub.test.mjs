@@ -449,7 +449,7 @@ test('hub restart: the page reconnects, says history was lost, then receives new
   await page.close();
 });
 
-test('duplex.js: presence pushes (a window's joins and leaves) fire onJoin/onLeave once per client', T, async () => {
+test('duplex.js: presence pushes (joins and leaves of a window) fire onJoin/onLeave once per client', T, async () => {
   const context = await browser.newContext();
   contexts.push(context);
   const page = await context.newPage();
