@@ -60,8 +60,10 @@
  * - `hub.subscribe(channel, handlers)` → `Subscription` ({channel, epoch, offset, state,
  *   unsubscribe(), presence()}). Handlers (all optional):
  *     onPublication(data, {channel, offset, epoch, recovered})   recovered: came in a reply
- *     onJoin({client, user}), onLeave({client, user})
- *     onPresence(clients)     the full list, kept current from presence + join/leave
+ *     onJoin({client, user}), onLeave({client, user})   once per client of a `presence` push
+ *     onPresence(clients)     the full list, kept current from presence + join/leave (once
+ *                             per push; no pushes on channels above the hub's
+ *                             --join-leave-max-subscribers: call sub.presence() there)
  *     onSubscribed({epoch, offset, recovered, reason, resubscribed})  after every (re)subscribe
  *     onRecovery({recovered, reason, epoch, previousEpoch, count})   after every resubscribe
  *     onError(DuplexError)    the hub refused the subscription (forbidden: it is dropped)
@@ -754,7 +756,7 @@ export class Hub {
       if (recovered) sub._recovering--;
       this._deliver(sub, msg, recovered);
     });
-    for (const name of ['join', 'leave', 'reset', 'gap']) on(name, (msg) => this._onMessage(JSON.stringify(msg)));
+    for (const name of ['presence', 'reset', 'gap']) on(name, (msg) => this._onMessage(JSON.stringify(msg)));
     on('close', (msg) => { this._sseClose = msg; });
   }
 
@@ -866,14 +868,20 @@ export class Hub {
         if (sub._buffer) sub._buffer.push(msg);
         else if (sub.state === 'subscribed') this._deliver(sub, msg, false);
         break;
-      case 'join':
-      case 'leave': {
-        const client = { client: msg.client, user: msg.user };
-        if (sub._presence) {
-          if (msg.op === 'join') sub._presence.set(msg.client, client);
-          else sub._presence.delete(msg.client);
+      case 'presence': {
+        // One window's joins and leaves (docs/hub.md, "Presence events"): the two lists never
+        // name the same client, so their order does not matter. Callbacks fire per client;
+        // onPresence once per push.
+        for (const c of msg.leave || []) {
+          const client = { client: c.client, user: c.user };
+          if (sub._presence) sub._presence.delete(c.client);
+          sub._call('onLeave', client);
         }
-        sub._call(msg.op === 'join' ? 'onJoin' : 'onLeave', client);
+        for (const c of msg.join || []) {
+          const client = { client: c.client, user: c.user };
+          if (sub._presence) sub._presence.set(c.client, client);
+          sub._call('onJoin', client);
+        }
         if (sub._presence) sub._call('onPresence', [...sub._presence.values()]);
         break;
       }

@@ -449,6 +449,58 @@ test('hub restart: the page reconnects, says history was lost, then receives new
   await page.close();
 });
 
+test('duplex.js: presence pushes (joins and leaves of a window) fire onJoin/onLeave once per client', T, async () => {
+  const context = await browser.newContext();
+  contexts.push(context);
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  await page.goto(`${hub.base}duplex.js`); // any page of the hub's origin; the script imports the module
+  const channel = `room-${tag()}`;
+  const result = await page.evaluate(async ({ url, channel }) => {
+    const { Hub } = await import('/duplex.js');
+    const until = async (fn, what) => {
+      const deadline = Date.now() + 10_000;
+      while (!fn()) {
+        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const joins = [];
+    const leaves = [];
+    let presence = [];
+    const watcher = new Hub(url, { user: 'watcher' });
+    const sub = watcher.subscribe(channel, {
+      onJoin: (c) => joins.push(c.user),
+      onLeave: (c) => leaves.push(c.user),
+      onPresence: (clients) => { presence = clients.map((c) => c.user).sort(); },
+    });
+    watcher.connect();
+    await until(() => sub.state === 'subscribed' && presence.includes('watcher'), 'the watcher is subscribed and present');
+    // Three clients subscribe at once: their joins share a window (default 100 ms).
+    const others = ['ann', 'ben', 'cy'].map((user) => new Hub(url, { user }));
+    for (const other of others) {
+      other.subscribe(channel, {});
+      other.connect();
+    }
+    await until(() => ['ann', 'ben', 'cy'].every((u) => joins.includes(u)), 'three joins');
+    const joinedList = presence.slice();
+    others[0].close();
+    others[1].close();
+    await until(() => leaves.length >= 2, 'two leaves');
+    await until(() => presence.length === 2, 'two present');
+    others[2].close();
+    watcher.close();
+    return { joins, leaves, joinedList, presence };
+  }, { url: `ws://127.0.0.1:${hub.port}/ws`, channel });
+  assert.deepEqual(result.joins.filter((u) => u !== 'watcher').sort(), ['ann', 'ben', 'cy'], 'onJoin once per client');
+  assert.deepEqual(result.joinedList, ['ann', 'ben', 'cy', 'watcher']);
+  assert.deepEqual(result.leaves.sort(), ['ann', 'ben'], 'onLeave once per client');
+  assert.deepEqual(result.presence, ['cy', 'watcher']);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 // ---- many nodes: two hubs behind one Redis ------------------------------------------------
 
 test('many nodes: two pages on two hub nodes behind one Redis chat and see each other\'s presence', T, async () => {

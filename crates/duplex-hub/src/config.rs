@@ -109,6 +109,14 @@ pub struct HubArgs {
     /// [default: true].
     #[arg(long, env = "DUPLEX_JOIN_LEAVE")]
     pub join_leave: Option<bool>,
+    /// Milliseconds a channel's joins and leaves are collected before they go out as one
+    /// `presence` push (0: each at once, still as a `presence` push) [default: 100].
+    #[arg(long, env = "DUPLEX_PRESENCE_BATCH_MS")]
+    pub presence_batch_ms: Option<u64>,
+    /// A channel with more subscribers than this (on this node) gets no join/leave pushes;
+    /// presence queries still answer (0: no limit) [default: 1000].
+    #[arg(long, env = "DUPLEX_JOIN_LEAVE_MAX_SUBSCRIBERS")]
+    pub join_leave_max_subscribers: Option<usize>,
     /// Seconds between server pings on idle-looking connections (0: none) [default: 25].
     #[arg(long, env = "DUPLEX_PING_INTERVAL")]
     pub ping_interval: Option<u64>,
@@ -313,6 +321,10 @@ pub struct FileConfig {
     pub compression_threshold: Option<usize>,
     /// See [`HubArgs::join_leave`].
     pub join_leave: Option<bool>,
+    /// See [`HubArgs::presence_batch_ms`].
+    pub presence_batch_ms: Option<u64>,
+    /// See [`HubArgs::join_leave_max_subscribers`].
+    pub join_leave_max_subscribers: Option<usize>,
     /// See [`HubArgs::ping_interval`] (seconds).
     pub ping_interval: Option<u64>,
     /// See [`HubArgs::broker`].
@@ -400,6 +412,12 @@ pub struct HubConfig {
     pub compression_threshold: usize,
     /// Push join/leave events.
     pub join_leave: bool,
+    /// How long a channel's joins and leaves are collected into one `presence` push; zero:
+    /// each goes out at once [default: 100 ms].
+    pub presence_batch: Duration,
+    /// Channels with more subscribers than this (on this node) get no join/leave pushes;
+    /// 0: no limit [default: 1000].
+    pub join_leave_max_subscribers: usize,
     /// Server ping interval; `None`: no pings.
     pub ping_interval: Option<Duration>,
     /// How long closing a WebSocket may take (close handshake) before the socket is dropped.
@@ -458,6 +476,8 @@ impl Default for HubConfig {
             compression: Compression::Shared,
             compression_threshold: 256,
             join_leave: true,
+            presence_batch: Duration::from_millis(100),
+            join_leave_max_subscribers: 1000,
             ping_interval: Some(Duration::from_secs(25)),
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
@@ -611,6 +631,14 @@ impl HubConfig {
                 .or(file.compression_threshold)
                 .unwrap_or(d.compression_threshold),
             join_leave: args.join_leave.or(file.join_leave).unwrap_or(d.join_leave),
+            presence_batch: args
+                .presence_batch_ms
+                .or(file.presence_batch_ms)
+                .map_or(d.presence_batch, Duration::from_millis),
+            join_leave_max_subscribers: args
+                .join_leave_max_subscribers
+                .or(file.join_leave_max_subscribers)
+                .unwrap_or(d.join_leave_max_subscribers),
             ping_interval: match args.ping_interval.or(file.ping_interval) {
                 Some(s) => secs(Some(s)),
                 None => d.ping_interval,
@@ -980,6 +1008,25 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn presence_batching_and_the_join_leave_limit() {
+        let config = HubConfig::merge(&HubArgs::default(), &FileConfig::default());
+        assert_eq!(config.presence_batch, Duration::from_millis(100));
+        assert_eq!(config.join_leave_max_subscribers, 1000);
+        let args = parse(&["--presence-batch-ms", "0"]);
+        let file: FileConfig =
+            toml::from_str("presence_batch_ms = 250\njoin_leave_max_subscribers = 50").unwrap();
+        let config = HubConfig::merge(&args, &file);
+        assert_eq!(config.presence_batch, Duration::ZERO, "the flag wins");
+        assert_eq!(config.join_leave_max_subscribers, 50, "the file");
+        let config = HubConfig::merge(
+            &parse(&["--join-leave-max-subscribers", "0"]),
+            &FileConfig::default(),
+        );
+        assert_eq!(config.join_leave_max_subscribers, 0, "0: no limit");
+        config.validate().unwrap();
     }
 
     #[test]

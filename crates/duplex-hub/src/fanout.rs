@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duplex::{Message, PreparedMessage, Utf8Bytes};
 use tokio::sync::OnceCell;
@@ -41,6 +41,7 @@ use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication,
 use crate::json;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Kind, Outbox, Tally};
+use crate::presence_batch::{Batcher, PresenceBatch};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
@@ -108,6 +109,12 @@ pub(crate) struct FanoutOptions {
     pub(crate) deflate_level: Option<u32>,
     /// Push join/leave events.
     pub(crate) join_leave: bool,
+    /// Join/leave events of a channel wait this long and go out as one `presence` push
+    /// (zero: each at once, still as a `presence` push). See `presence_batch.rs`.
+    pub(crate) presence_batch: Duration,
+    /// A channel with more local subscribers than this gets no presence pushes (0: no
+    /// limit); presence queries work whatever the size.
+    pub(crate) join_leave_max_subscribers: usize,
     /// Fan-out threads; 0: none, the handler fans out on the caller's thread (a hub on a
     /// single-threaded runtime, see the module docs).
     pub(crate) threads: usize,
@@ -117,8 +124,8 @@ pub(crate) struct FanoutOptions {
 #[derive(Debug)]
 enum Job {
     Publication(Box<str>, Publication),
-    Join(Box<str>, ClientInfo),
-    Leave(Box<str>, ClientInfo),
+    /// A window's joins and leaves of the channel.
+    Presence(Box<str>, PresenceBatch),
     Reset(Box<str>, StreamPosition),
     Gap(Box<str>, u64, u64),
     /// Answered once every job queued before it ran (tests).
@@ -130,11 +137,7 @@ impl Job {
     /// Whether it counts in the `fanout_queued` gauge (an event, not a test's barrier).
     fn counted(&self) -> bool {
         match self {
-            Job::Publication(..)
-            | Job::Join(..)
-            | Job::Leave(..)
-            | Job::Reset(..)
-            | Job::Gap(..) => true,
+            Job::Publication(..) | Job::Presence(..) | Job::Reset(..) | Job::Gap(..) => true,
             #[cfg(test)]
             Job::Barrier(_) => false,
         }
@@ -157,6 +160,8 @@ pub(crate) struct Fanout {
     registry: Arc<Registry>,
     /// One queue per fan-out thread; empty: fan out inline.
     threads: Vec<mpsc::Sender<Job>>,
+    /// Join/leave events wait here for their window, then come back through [`Fanout::send`].
+    presence: Batcher,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -168,9 +173,13 @@ fn channel_hash(channel: &str) -> u64 {
 }
 
 impl Fanout {
-    /// A fan-out with `options.threads` threads (none: inline). Fails only if the operating
-    /// system refuses a thread.
-    pub(crate) fn new(options: FanoutOptions, metrics: Arc<Metrics>) -> std::io::Result<Fanout> {
+    /// A fan-out with `options.threads` threads (none: inline) and, on a tokio runtime, the
+    /// task that flushes presence windows (it holds the fan-out weakly: hence the `Arc`).
+    /// Fails only if the operating system refuses a thread.
+    pub(crate) fn new(
+        options: FanoutOptions,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Fanout>> {
         let registry = Arc::new(Registry {
             channels: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -195,11 +204,22 @@ impl Fanout {
                 })?;
             threads.push(tx);
         }
-        Ok(Fanout {
-            registry,
-            threads,
-            metrics,
-        })
+        Ok(Arc::new_cyclic(|fanout: &std::sync::Weak<Fanout>| {
+            let fanout = fanout.clone();
+            let presence = Batcher::new(options.presence_batch, move |channel, batch| {
+                let Some(fanout) = fanout.upgrade() else {
+                    return false;
+                };
+                fanout.send(&channel, || Job::Presence(channel.clone(), batch));
+                true
+            });
+            Fanout {
+                registry,
+                threads,
+                presence,
+                metrics,
+            }
+        }))
     }
 
     /// Queues the job `make` builds for `channel`'s fan-out thread, if the channel has local
@@ -353,15 +373,18 @@ impl Registry {
                     json::push_publication(out, &channel, &publication)
                 });
             }
-            Job::Join(channel, client) => {
-                self.fan_out(&channel, Kind::Presence { join: true }, |out| {
-                    json::push_presence(out, "join", &channel, &client)
-                });
-            }
-            Job::Leave(channel, client) => {
-                self.fan_out(&channel, Kind::Presence { join: false }, |out| {
-                    json::push_presence(out, "leave", &channel, &client)
-                });
+            Job::Presence(channel, batch) => {
+                let max = self.options.join_leave_max_subscribers;
+                let count = self
+                    .get(&channel)
+                    .map_or(0, |local| lock(&local.subscribers).list.len());
+                // A large channel gets no join/leave pushes (each would go to every one of
+                // its subscribers); presence queries still answer.
+                if max == 0 || count <= max {
+                    self.fan_out(&channel, Kind::Presence, |out| {
+                        json::push_presence(out, &channel, &batch)
+                    });
+                }
             }
             Job::Reset(channel, position) => {
                 if let Some(local) = self.get(&channel) {
@@ -461,7 +484,21 @@ impl Registry {
     }
 }
 
-/// Every method only queues a job for the channel's fan-out thread.
+impl Fanout {
+    /// A join (`true`) or leave: into the channel's presence window, or pushed at once
+    /// without batching. Channels without local subscribers keep no window.
+    fn presence_event(&self, channel: &str, client: &ClientInfo, join: bool) {
+        if !self.registry.options.join_leave || self.registry.get(channel).is_none() {
+            return;
+        }
+        if let Some(batch) = self.presence.add(channel, client, join) {
+            self.send(channel, || Job::Presence(channel.into(), batch));
+        }
+    }
+}
+
+/// Every method only queues a job for the channel's fan-out thread (presence events after
+/// their window).
 impl BrokerHandler for Fanout {
     fn on_publication(&self, channel: &str, publication: &Publication) {
         self.send(channel, || {
@@ -470,15 +507,11 @@ impl BrokerHandler for Fanout {
     }
 
     fn on_join(&self, channel: &str, client: &ClientInfo) {
-        if self.registry.options.join_leave {
-            self.send(channel, || Job::Join(channel.into(), client.clone()));
-        }
+        self.presence_event(channel, client, true);
     }
 
     fn on_leave(&self, channel: &str, client: &ClientInfo) {
-        if self.registry.options.join_leave {
-            self.send(channel, || Job::Leave(channel.into(), client.clone()));
-        }
+        self.presence_event(channel, client, false);
     }
 
     fn on_reset(&self, channel: &str, position: &StreamPosition) {
@@ -496,16 +529,40 @@ mod tests {
     use bytes::Bytes;
     use std::collections::VecDeque;
 
-    fn fanout(threads: usize) -> Fanout {
+    fn fanout(threads: usize) -> Arc<Fanout> {
+        fanout_with(threads, 1000)
+    }
+
+    /// Presence windows of an hour: tests flush them with [`Fanout::flush_presence`].
+    fn fanout_with(threads: usize, join_leave_max_subscribers: usize) -> Arc<Fanout> {
         Fanout::new(
             FanoutOptions {
                 deflate_level: None,
                 join_leave: true,
+                presence_batch: Duration::from_secs(3600),
+                join_leave_max_subscribers,
                 threads,
             },
             Arc::new(Metrics::default()),
         )
         .expect("threads")
+    }
+
+    impl Fanout {
+        /// Flushes every presence window now, and waits until the pushes are queued.
+        fn flush_presence(&self) {
+            for (channel, batch) in self.presence.take_now() {
+                self.send(&channel, || Job::Presence(channel.clone(), batch));
+            }
+            self.barrier();
+        }
+    }
+
+    fn client(id: &str) -> ClientInfo {
+        ClientInfo {
+            client: id.into(),
+            user: "u".into(),
+        }
     }
 
     fn publication(offset: u64, data: &'static [u8]) -> Publication {
@@ -582,7 +639,7 @@ mod tests {
         }
     }
 
-    async fn each_channel_keeps_its_order(fanout: Fanout) {
+    async fn each_channel_keeps_its_order(fanout: Arc<Fanout>) {
         let channels: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
         let mut outboxes = Vec::new();
         for channel in &channels {
@@ -643,6 +700,72 @@ mod tests {
                 publication(13)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_presence_window_is_one_push_shared_by_every_subscriber() {
+        let fanout = fanout(2);
+        let outboxes = subscribers(&fanout, "room", 3).await;
+        for id in ["a", "b", "c"] {
+            fanout.on_join("room", &client(id));
+        }
+        fanout.on_leave("room", &client("c"));
+        fanout.on_leave("room", &client("z"));
+        // No local subscriber: no window kept for it.
+        fanout.on_join("elsewhere", &client("a"));
+        fanout.barrier();
+        assert!(
+            texts(&outboxes[0]).is_empty(),
+            "nothing before the window ends"
+        );
+        fanout.flush_presence();
+        let mut batches = Vec::new();
+        for outbox in &outboxes {
+            let mut batch = VecDeque::new();
+            let taken = outbox.take(&mut batch);
+            outbox.release(taken);
+            assert_eq!(batch.len(), 1, "one push for the whole window");
+            batches.push(batch);
+        }
+        assert_eq!(
+            batches[0][0].prepared.message().as_bytes(),
+            br#"{"op":"presence","channel":"room","join":[{"client":"a","user":"u"},{"client":"b","user":"u"}],"leave":[{"client":"z","user":"u"}]}"#
+        );
+        for batch in &batches {
+            assert!(Arc::ptr_eq(&batches[0][0], &batch[0]), "encoded once");
+        }
+        assert!(
+            fanout.presence.take_now().is_empty(),
+            "the window was emptied"
+        );
+    }
+
+    #[tokio::test]
+    async fn channels_above_the_limit_get_no_presence_pushes() {
+        for threads in [1, 0] {
+            let fanout = fanout_with(threads, 2);
+            let outboxes = subscribers(&fanout, "small", 2).await;
+            let big = subscribers(&fanout, "big", 3).await;
+            fanout.on_join("small", &client("a"));
+            fanout.on_join("big", &client("a"));
+            fanout.flush_presence();
+            assert_eq!(texts(&outboxes[0]).len(), 1, "2 subscribers: at the limit");
+            assert!(texts(&big[0]).is_empty(), "3 subscribers: above the limit");
+            // Publications are not affected.
+            fanout.on_publication("big", &publication(1, b"1"));
+            fanout.barrier();
+            assert_eq!(texts(&big[0]).len(), 1);
+            // Back at the limit, the pushes resume.
+            fanout.unsubscribe("big", 0);
+            fanout.on_leave("big", &client("a"));
+            fanout.flush_presence();
+            let got = texts(&big[1]);
+            assert_eq!(got.len(), 2, "the publication, then presence: {got:?}");
+            assert!(
+                got[1].starts_with(r#"{"op":"presence""#),
+                "2 subscribers again"
+            );
+        }
     }
 
     #[test]

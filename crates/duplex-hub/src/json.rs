@@ -4,6 +4,7 @@
 use std::io::Write as _;
 
 use crate::broker::{ClientInfo, Publication, StreamPosition};
+use crate::presence_batch::PresenceBatch;
 
 /// Appends `s` as a JSON string.
 pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
@@ -27,16 +28,16 @@ pub(crate) fn push_publication(out: &mut Vec<u8>, channel: &str, publication: &P
     out.push(b'}');
 }
 
-/// `{"op":"join"|"leave","channel":C,"client":ID,"user":U}`
-pub(crate) fn push_presence(out: &mut Vec<u8>, op: &str, channel: &str, client: &ClientInfo) {
-    out.extend_from_slice(br#"{"op":"#);
-    string(out, op);
-    out.extend_from_slice(br#","channel":"#);
+/// `{"op":"presence","channel":C,"join":[{"client":ID,"user":U},...],"leave":[...]}`: one
+/// window's joins and leaves (see `presence_batch.rs`); both lists are always there, possibly
+/// empty, and never name the same client.
+pub(crate) fn push_presence(out: &mut Vec<u8>, channel: &str, batch: &PresenceBatch) {
+    out.extend_from_slice(br#"{"op":"presence","channel":"#);
     string(out, channel);
-    out.extend_from_slice(br#","client":"#);
-    string(out, &client.client);
-    out.extend_from_slice(br#","user":"#);
-    string(out, &client.user);
+    out.extend_from_slice(br#","join":"#);
+    clients(out, &batch.joins);
+    out.extend_from_slice(br#","leave":"#);
+    clients(out, &batch.leaves);
     out.push(b'}');
 }
 
@@ -143,11 +144,31 @@ mod tests {
             user: "u".into(),
         };
         let mut out = Vec::new();
-        push_presence(&mut out, "join", "room", &client);
+        let batch = PresenceBatch {
+            joins: vec![client.clone()],
+            leaves: Vec::new(),
+        };
+        push_presence(&mut out, "room", &batch);
         assert_eq!(
             out,
-            br#"{"op":"join","channel":"room","client":"c","user":"u"}"#
+            br#"{"op":"presence","channel":"room","join":[{"client":"c","user":"u"}],"leave":[]}"#
         );
+        let other = ClientInfo {
+            client: "d\"".into(),
+            user: "v".into(),
+        };
+        let batch = PresenceBatch {
+            joins: vec![client.clone(), other.clone()],
+            leaves: vec![ClientInfo {
+                client: "e".into(),
+                ..other
+            }],
+        };
+        let mut out = Vec::new();
+        push_presence(&mut out, "room", &batch);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["join"][1]["client"], "d\"");
+        assert_eq!(v["leave"][0]["client"], "e");
         let mut out = Vec::new();
         let position = StreamPosition {
             epoch: "e2".into(),

@@ -26,6 +26,7 @@
 //! redis     RedisBroker: channels over sharded Redis servers (streams, pub/sub, presence)
 //! memory    MemoryBroker: offsets, epochs, history and presence in one process, budgeted
 //! json      hand-written JSON envelopes that embed publication data as it was published
+//! presence_batch  join/leave events folded per channel, flushed as one push per window
 //! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
 //! auth      HS256 tokens, grants (channel patterns), constant-time comparison
 //! metrics   counters and histograms, rendered for Prometheus
@@ -80,6 +81,7 @@ mod limit;
 mod memory;
 mod metrics;
 mod outbox;
+mod presence_batch;
 mod protocol;
 mod redis;
 mod server;

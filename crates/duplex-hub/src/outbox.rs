@@ -81,9 +81,8 @@ pub(crate) struct Delivery {
 pub(crate) enum Kind {
     /// The publication at this offset: dropped at or below the filter's mark.
     Publication(u64),
-    /// A join (`true`) or a leave: never filtered. Which one matters only to an SSE
-    /// subscriber, which names its events (`join`, `leave`).
-    Presence { join: bool },
+    /// A `presence` push (a window's joins and leaves): never filtered.
+    Presence,
     /// The stream restarted in `epoch`, continuing after `offset` (a `reset` push): dropped
     /// when the subscribe reply was already in that epoch at or past `offset`; otherwise the
     /// filter moves there.
@@ -182,7 +181,7 @@ impl OutboxState {
     /// a reset or gap moves it to where the stream continues. Without a filter (the first
     /// publication after the reply passed) everything is news to the subscriber.
     fn filtered(&mut self, delivery: &Delivery) -> bool {
-        if matches!(delivery.kind, Kind::Presence { .. }) {
+        if matches!(delivery.kind, Kind::Presence) {
             return false;
         }
         let Some(i) = self
@@ -202,7 +201,7 @@ impl OutboxState {
                 self.filters.swap_remove(i);
                 false
             }
-            Kind::Presence { .. } => false,
+            Kind::Presence => false,
             Kind::Reset { epoch, offset } => {
                 if filter.epoch == *epoch && filter.upto >= *offset {
                     // The reply was read from the new stream, at or past the reset point.
@@ -677,14 +676,14 @@ mod tests {
             Kind::Publication(9),
             Kind::Gap { last: 12 },
             Kind::Publication(13),
-            Kind::Presence { join: true },
+            Kind::Presence,
         ];
         assert_eq!(
             passing(&outbox, &kinds),
             [
                 Kind::Gap { last: 12 },
                 Kind::Publication(13),
-                Kind::Presence { join: true }
+                Kind::Presence
             ]
         );
         // The reply stopped at 3, inside the lost range: the gap is news; the filter moves to

@@ -98,14 +98,16 @@ impl Hub {
                 ..DeflateConfig::default()
             }),
         };
-        let fanout = Arc::new(Fanout::new(
+        let fanout = Fanout::new(
             FanoutOptions {
                 deflate_level: deflate.as_ref().map(|d| d.level),
                 join_leave: config.join_leave,
+                presence_batch: config.presence_batch,
+                join_leave_max_subscribers: config.join_leave_max_subscribers,
                 threads: fanout_threads(config.fanout_threads),
             },
             metrics.clone(),
-        )?);
+        )?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ws_config = duplex::Config {
             max_frame_size: config.max_message_size,

@@ -9,7 +9,7 @@
 //!  retry: 2000                    the browser's reconnection delay
 //!  event: subscribed / id / data  one per channel: {"op":"subscribed",...,"recovered":...}
 //!  event: pub / id / data         recovered publications, then live ones
-//!  event: join | leave | reset | gap
+//!  event: presence | reset | gap
 //!  : heartbeat                    a comment when the stream was idle for a while
 //!  event: close                   shutdown (1001) or slow consumer (1013), then the end
 //! ```
@@ -27,7 +27,7 @@
 //! separate) and `epoch` is left empty when it equals the entry before it (one hub process has
 //! one epoch for all its channels): `3f2a9c0d1e4b5a67:chat:15,:news:3`. A reconnect resumes
 //! every channel after its offset, exactly: the recovered publications, then live ones, each
-//! once. Events that move no position (`join`, `leave`, `close`) carry no id: the browser keeps
+//! once. Events that move no position (`presence`, `close`) carry no id: the browser keeps
 //! the one before. `?lastEventId=` does the same for a client that opens a new stream itself
 //! (the header wins: it is newer).
 //!
@@ -439,8 +439,7 @@ impl Stream {
                 position.offset = *offset;
                 ("pub", true)
             }
-            Kind::Presence { join: true } => ("join", false),
-            Kind::Presence { join: false } => ("leave", false),
+            Kind::Presence => ("presence", false),
             Kind::Reset { epoch, offset } => {
                 position.epoch = epoch.clone();
                 position.offset = *offset;

@@ -381,7 +381,7 @@ impl Follower {
                     stream.offset = last;
                 }
             }
-            Some("join" | "leave") => {}
+            Some("presence") => {}
             _ => self.problems.push(format!("unexpected push {push}")),
         }
     }

@@ -38,6 +38,9 @@ pub fn config() -> HubConfig {
         publish_burst: 100_000,
         ping_interval: None,
         close_timeout: Duration::from_secs(2),
+        // Each join/leave pushed at once, in the order of events: tests that count pushes
+        // stay exact (tests/presence.rs covers the batching windows).
+        presence_batch: Duration::ZERO,
         ..HubConfig::default()
     }
 }
@@ -125,7 +128,7 @@ impl Client {
         }
     }
 
-    /// The next push (publication, join, leave).
+    /// The next push (publication, presence, reset, gap).
     pub async fn push(&mut self) -> Value {
         if let Some(push) = self.pushes.pop_front() {
             return push;
