@@ -126,7 +126,7 @@ pub(crate) struct LocalChannel {
 /// - `order`: held by a fan-out for its whole delivery loop over the shard, so that the
 ///   shard's pushes reach every subscriber in the same order even if two fan-outs of it
 ///   overlap (one thread runs a shard's jobs one at a time; the lock keeps that promise local
-///   to this type, and orders a broker calling the inline handler from several threads).
+///   to this type, and keeps two overlapping inline fan-outs from interleaving).
 ///   Nothing else takes it.
 #[derive(Debug, Default)]
 struct Shard {
