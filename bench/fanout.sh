@@ -3,6 +3,7 @@
 #
 #   bench/fanout.sh            # full run, about 3 minutes on 2 cores (build not counted)
 #   bench/fanout.sh --quick    # smoke run, about 1 minute
+#   bench/fanout.sh --quick --hub-threads 2 --subscribers 10000   # the hub on both cores
 #
 # For each subscriber count, with `duplex bench fanout` (N WebSocket subscribers on one
 # channel, lock-stepped publications of 100 B of JSON data through POST /api/publish):
@@ -21,6 +22,11 @@
 # (and `--threads 1` where the build has it):
 # plain fan-out, no presence pushes (with them every subscribe is pushed to every earlier
 # subscriber: N^2/2 pushes while subscribing), no pings inside the window.
+# With --hub-threads N (N > 1) the hub runs with `--threads N` instead (its default fan-out
+# threads: one per core) on CPUs 0..N-1, the generator still on CPU 1, and a second table gives
+# the CPU time each hub thread spent over the publish window of the plain runs (from
+# /proc/PID/task/*/stat; threads of the same name summed), so it shows which threads wrote the
+# deliveries.
 # The table goes to bench/results/fanout-latest.md (and stdout); logs, callgrind dumps and
 # per-function costs stay in bench/results/fanout-*/.
 #
@@ -30,6 +36,9 @@
 #   --subscribers "A B"  subscriber counts (default "1000 10000")
 #   --size BYTES         published data bytes (default 100)
 #   --instr MODE         auto (default), perf, callgrind, none
+#   --hub-threads N      the hub's --threads (default 1; see above)
+#   --duplex PATH        measure this duplex binary (implies --no-build), e.g. a copy of the
+#                        build before a change, for back-to-back comparisons
 #   --no-build           use target/release/duplex as it is
 set -euo pipefail
 ARGS="$*"
@@ -44,6 +53,8 @@ SIZE=${SIZE:-100}
 REPS=${REPS:-3}
 INSTR=${INSTR:-auto}
 BUILD=${BUILD:-1}
+HUB_THREADS=${HUB_THREADS:-1}
+DUPLEX_BIN=${DUPLEX_BIN:-}
 QUICK=0
 # Measured publications per subscriber count: plain runs, perf, callgrind (callgrind runs the
 # hub ~30x slower; a publication to 10,000 subscribers is ~30 M user-space instructions).
@@ -67,6 +78,8 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift ;;
     --instr) INSTR=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --hub-threads) HUB_THREADS=$2; shift ;;
+    --duplex) DUPLEX_BIN=$2; BUILD=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -108,15 +121,21 @@ fi
 INSTR=$(choose_instr "$INSTR") || exit 1
 log "instructions: $INSTR; subscribers: $SUBSCRIBERS; data: $SIZE B; ulimit -n $(ulimit -n)"
 
+[[ "$HUB_THREADS" =~ ^[1-9][0-9]*$ ]] || die "--hub-threads wants a positive number"
+[ "$HUB_THREADS" -le "$(nproc)" ] || die "--hub-threads $HUB_THREADS: only $(nproc) CPUs"
 if [ "$BUILD" = 1 ]; then
     log "building duplex (release)"
     (cd "$ROOT" && cargo build --release -q -p duplex-cli) || die "duplex build failed"
 fi
-target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-[ -n "$target" ] || target="$ROOT/target"
+if [ -z "$DUPLEX_BIN" ]; then
+    target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [ -n "$target" ] || target="$ROOT/target"
+    DUPLEX_BIN=$target/release/duplex
+fi
+[ -x "$DUPLEX_BIN" ] || die "no duplex binary at $DUPLEX_BIN"
 # A copy, so that a rebuild elsewhere cannot swap the binary mid-run.
-cp "$target/release/duplex" "$RUN/bin/duplex"
+cp "$DUPLEX_BIN" "$RUN/bin/duplex"
 DUPLEX=$RUN/bin/duplex
 BUILD_SECS=$((SECONDS - START))
 
@@ -127,17 +146,33 @@ CLK_TCK=$(getconf CLK_TCK)
 NO_REP=glibc.cpu.x86_rep_movsb_threshold=1099511627776:glibc.cpu.x86_rep_stosb_threshold=1099511627776
 new_sync() { SYNC=$RUN/sync/$1; rm -rf "$SYNC"; mkdir -p "$SYNC"; }
 HUB_FLAGS=(--compression off --join-leave false --ping-interval 0 --max-connections 30000)
-# One thread for a hub pinned to one core, when this build has the flag.
+# One thread for a hub pinned to one core, when this build has the flag; --hub-threads N: N
+# threads on CPUs 0..N-1.
+HUB_CPUS=$SERVER_CPU
 if "$DUPLEX" hub --help 2>/dev/null | grep -q -- '--threads'; then
-    HUB_FLAGS+=(--threads 1)
+    HUB_FLAGS+=(--threads "$HUB_THREADS")
+    if [ "$HUB_THREADS" -gt 1 ]; then HUB_CPUS="0-$((HUB_THREADS - 1))"; fi
+elif [ "$HUB_THREADS" != 1 ]; then
+    die "this duplex has no hub --threads flag"
 fi
+
+# thread_ticks PID: "NAME TICKS" per thread name of the process (utime+stime in clock ticks,
+# threads of the same name summed, spaces in names as underscores).
+thread_ticks() {
+    local task name
+    for task in /proc/"$1"/task/*; do
+        name=$(tr ' ' _ <"$task/comm" 2>/dev/null) || continue
+        # Fields after the "(comm)" one: utime and stime are the 12th and 13th.
+        sed 's/^.*) //' "$task/stat" 2>/dev/null | awk -v n="$name" '{ print n, $12 + $13 }'
+    done | awk '{ t[$1] += $2 } END { for (n in t) print n, t[n] }'
+}
 
 # start_hub PORT LOG [WRAPPER...]: the hub pinned to SERVER_CPU; sets SERVER_PID (the hub
 # itself: taskset and valgrind exec).
 start_hub() {
     local port=$1 logfile=$2
     shift 2
-    DUPLEX_LOG=warn taskset -c "$SERVER_CPU" "$@" "$DUPLEX" hub --listen "127.0.0.1:$port" \
+    DUPLEX_LOG=warn taskset -c "$HUB_CPUS" "$@" "$DUPLEX" hub --listen "127.0.0.1:$port" \
         "${HUB_FLAGS[@]}" >"$logfile" 2>&1 &
     SERVER_PID=$!
     if ! wait_port "$port" "$SERVER_PID"; then
@@ -157,16 +192,16 @@ fanout_gen() {
 
 # --- 1. plain ------------------------------------------------------------------------------
 measure_plain() {
-    local n=$1 m id="plain.$1.$2" result t0="" t1="" c0="" c1=""
+    local n=$1 m id="plain.$1.$2" result t0="" t1="" c0="" c1="" th0="" th1=""
     m=$(pubs plain "$n")
     next_port
     start_hub "$PORT" "$RUN/logs/$id.hub.log"
     fanout_gen "$id" "$n" "$m"
     if sync_wait "$SYNC/warm.ready"; then
-        t0=$(cpu_ticks "$SERVER_PID") c0=$(cpu_busy "$SERVER_CPU")
+        t0=$(cpu_ticks "$SERVER_PID") c0=$(cpu_busy "$SERVER_CPU") th0=$(thread_ticks "$SERVER_PID")
         touch "$SYNC/warm.go"
         if sync_wait "$SYNC/done.ready"; then
-            t1=$(cpu_ticks "$SERVER_PID") c1=$(cpu_busy "$SERVER_CPU")
+            t1=$(cpu_ticks "$SERVER_PID") c1=$(cpu_busy "$SERVER_CPU") th1=$(thread_ticks "$SERVER_PID")
             touch "$SYNC/done.go"
         fi
     fi
@@ -190,6 +225,12 @@ measure_plain() {
             "$(awk -v t=$((a1 - a0)) -v s="$secs" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t / hz / s * 100 }')"
         record "$n" cpu0_softirq_pct \
             "$(awk -v q=$((q1 - q0)) -v s="$secs" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", q / hz / s * 100 }')"
+        # CPU time per hub thread (name) over the window, in ms.
+        local name ticks
+        while read -r name ticks; do
+            record "$n" "thread:$name" \
+                "$(awk -v n="$name" -v t="$ticks" -v hz="$CLK_TCK" '$1 == n { printf "%.0f", (t - $2) / hz * 1000; f = 1 } END { if (!f) printf "%.0f", t / hz * 1000 }' <<<"$th0")"
+        done <<<"$th1"
     fi
     GEN_PID=""
     stop_pid "$SERVER_PID"
@@ -339,9 +380,9 @@ def f(n, key, fmt="{:,.0f}", scale=1.0):
 def ratio(n, key, base):
     v = vals.get(n, {}).get(key)
     return "n/a" if v in (None, "") else f"{float(v) / base:.2f}"
-print(f"Hub fan-out, {size} B of data per publication (pushes with the JSON envelope: "
+print(f"Hub fan-out (--threads $HUB_THREADS), {size} B of data per publication (pushes with the JSON envelope: "
       f"{float(vals[min(vals)].get('push_bytes', 0)):.0f} B), lock-step publications via POST /api/publish; "
-      f"hub on CPU $SERVER_CPU, generator on CPU $CLIENT_CPU; instructions: {instr}"
+      f"hub on CPU $HUB_CPUS, generator on CPU $CLIENT_CPU; instructions: {instr}"
       + (" (user space only: total n/a)" if instr == "callgrind" else "") + ".")
 print()
 print("| subscribers | publishes | deliveries/s | time to first p50 / p99 | time to last p50 / p99 "
@@ -364,6 +405,17 @@ print("Publishes: per plain run / instrumented run; plain figures are medians of
 print("Hub CPU: utime+stime of the hub process over the plain publish phase (loopback receive processing of its "
       "writes included), per delivery.")
 print()
+threads = sorted({k[len("thread:"):] for v in vals.values() for k in v if k.startswith("thread:")})
+if $HUB_THREADS > 1 and threads:
+    print(f"Hub with --threads $HUB_THREADS on CPUs $HUB_CPUS: CPU time per thread over the publish window of the "
+          "plain runs (utime+stime, ms, median of the runs; threads of the same name summed); "
+          "duplex-fanout-* write the deliveries.")
+    print()
+    print("| subscribers | " + " | ".join(threads) + " |")
+    print("|---:|" + "---:|" * len(threads))
+    for n in sorted(vals):
+        print(f"| {n:,} | " + " | ".join(f(n, "thread:" + t) for t in threads) + " |")
+    print()
 print("run: bench/fanout.sh${ARGS:+ $ARGS}, $ELAPSED s (build $BUILD_SECS s), duplex $REV, "
       "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r), "
       "load average at start $LOADAVG_START")

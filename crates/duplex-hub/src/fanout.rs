@@ -1,11 +1,14 @@
 //! Fan-out: the node's local subscribers per channel, and the node's fan-out threads.
 //!
 //! ```text
-//!  broker ──on_publication──▶ Fanout: a Job to the channel's fan-out thread (no waiting)
-//!                                 │ (channel ─ stable hash ─▶ thread: the channel's order holds)
+//!  broker ──on_publication──▶ Fanout: a Job to the channel's home thread (no waiting)
+//!                                 │ (channel ─ stable hash ─▶ home thread: the channel's order holds)
 //!                                 ▼
-//!  fan-out thread: encode once (PreparedMessage) ──▶ Arc<Delivery>
-//!                                 │ for each local subscriber: Outbox::deliver (no await)
+//!  home thread: encode once (PreparedMessage) ──▶ Arc<Delivery>
+//!      │ a Share (the same Arc) to each other thread that holds subscribers of the channel
+//!      │ (a queue push, no waiting), then its own share      │
+//!      ▼                                                     ▼
+//!  each thread, for each subscriber of its share of the channel: Outbox::deliver (no await)
 //!                                 ▼
 //!   Outbox (per connection, see outbox.rs): nothing queued ahead? one non-blocking writev of
 //!   the shared frame straight to the socket; otherwise (or on WouldBlock / a partial write)
@@ -18,18 +21,29 @@
 //!
 //! The handler methods only queue a [`Job`]: a fan-out to 10,000 sockets takes tens of
 //! milliseconds, which must not run on a tokio worker nor under a broker's lock. The fan-out
-//! threads are plain threads of the node (`fanout_threads` of them); every event of a channel
-//! goes to the same one, in the order the broker called the handler, so a channel's pushes
-//! keep the broker's order.
+//! threads are plain threads of the node (`fanout_threads` of them). Every event of a channel
+//! goes to the channel's *home* thread, in the order the broker called the handler.
+//!
+//! **Every core writes a large fan-out.** A channel's subscribers are kept in *shards*, one per
+//! fan-out thread. While the channel has fewer than [`SPREAD_FROM`] subscribers a new one joins
+//! the home shard (a small channel costs one job per event, as before it was spread); from
+//! there on, shard `connection id % threads`. The home thread encodes each event once, hands
+//! the same `Arc<Delivery>` to every other thread whose shard of the channel is not empty, and
+//! writes its own shard; the other threads write theirs in parallel. No thread waits for
+//! another: a share is a push onto the thread's job queue. A subscription never changes shard,
+//! and the home thread hands out shares in the broker's order, so each subscriber gets the
+//! channel's pushes from one thread, in the broker's order (see [`Registry::deliver_share`]
+//! for why recovery stays exact).
 //!
 //! The one exception is a hub on a single-threaded runtime (`--threads 1`) without an explicit
-//! `fanout_threads`: it promises one thread, so the handler fans out itself, on that thread.
-//! There is nothing else it could run meanwhile, and a process with a single thread is also
-//! the cheapest per delivery (glibc skips its cancellation bookkeeping around every `writev`
-//! only while the process has one thread: ~45 user-space instructions per delivery).
+//! `fanout_threads`: it promises one thread, so the handler fans out itself, on that thread
+//! (one shard per channel, nothing handed over). There is nothing else it could run meanwhile,
+//! and a process with a single thread is also the cheapest per delivery (glibc skips its
+//! cancellation bookkeeping around every `writev` only while the process has one thread: ~45
+//! user-space instructions per delivery).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::Release};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -42,6 +56,15 @@ use crate::json;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Kind, Outbox, Tally};
 use crate::presence_batch::{Batcher, PresenceBatch};
+
+/// From this many subscribers of a channel on, new ones are spread over the fan-out threads
+/// (by connection id); below it they join the channel's home shard. Handing a share to another
+/// thread costs a queue push and, when that thread sleeps, a wake-up (a futex call on each
+/// side): measured with two threads (docs/performance.md), ~1,300-1,600 more user-space
+/// instructions per publication, with no gain in latency at 16 or 48 subscribers. For a few
+/// subscribers one thread writing them all is cheaper; for many, the shares run in parallel
+/// and the hand-over is noise (a delivery costs ~5,500 ns of CPU here, mostly the `writev`).
+pub(crate) const SPREAD_FROM: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent between statements; a panic elsewhere must not wedge
@@ -74,21 +97,20 @@ impl Subscriber {
     }
 }
 
-/// The node's subscribers of one channel.
-///
-/// Two locks, so that joining and leaving never wait for a fan-out in progress:
-/// - `subscribers`: the current subscriber set, an `Arc` copied on write. Held only to clone
-///   the `Arc` (fan-out), to add or remove one entry (subscribe, unsubscribe; the list is
-///   copied when a fan-out still holds the previous version), or to count.
-/// - `order`: held by a fan-out for its whole delivery loop, so that the channel's pushes
-///   reach every subscriber in the same order even if two fan-outs of the channel overlap
-///   (one fan-out thread per channel runs them one at a time; the lock keeps that promise
-///   local to this type). Nothing else takes it.
+/// The node's subscribers of one channel, in one [`Shard`] per fan-out thread.
 #[derive(Debug)]
 pub(crate) struct LocalChannel {
     pub(crate) id: u64,
-    subscribers: Mutex<Subscribers>,
-    order: Mutex<()>,
+    /// The shard (and fan-out thread) that runs the channel's events: it encodes each once,
+    /// hands the other shards their share, and holds the channel's first subscribers.
+    home: usize,
+    /// One per fan-out thread (one when the handler fans out inline).
+    shards: Box<[Shard]>,
+    /// Subscribers in all shards. Changed only under the registry's write lock.
+    members: AtomicUsize,
+    /// Of those, the ones taking the shared compressed frame. Changed only under the
+    /// registry's write lock.
+    shared_deflate: AtomicUsize,
     /// Set once the broker confirmed the node's subscription.
     broker_subscribed: OnceCell<()>,
     /// The stream's epoch as far as this node knows (the first subscriber's history read, then
@@ -96,10 +118,27 @@ pub(crate) struct LocalChannel {
     epoch: Mutex<Option<Arc<str>>>,
 }
 
+/// One fan-out thread's subscribers of a channel.
+///
+/// Two locks, so that joining and leaving never wait for a fan-out in progress:
+/// - `subscribers`: the current list, an `Arc` copied on write. Held only to clone the `Arc`
+///   (a fan-out's snapshot), to add or remove one entry (subscribe, unsubscribe; the list is
+///   copied when a fan-out still holds the previous version), or to look at its length.
+/// - `order`: held by a fan-out for its whole delivery loop over the shard, so that the
+///   shard's pushes reach every subscriber in the same order even if two fan-outs of it
+///   overlap (one thread runs a shard's jobs one at a time; the lock keeps that promise local
+///   to this type, and keeps two overlapping inline fan-outs from interleaving).
+///   Nothing else takes it.
 #[derive(Debug, Default)]
-struct Subscribers {
-    list: Arc<Vec<Subscriber>>,
-    shared_deflate: usize,
+struct Shard {
+    subscribers: Mutex<Arc<Vec<Subscriber>>>,
+    order: Mutex<()>,
+}
+
+impl Shard {
+    fn is_empty(&self) -> bool {
+        lock(&self.subscribers).is_empty()
+    }
 }
 
 /// How publications are compressed for fan-out.
@@ -128,16 +167,26 @@ enum Job {
     Presence(Box<str>, PresenceBatch),
     Reset(Box<str>, StreamPosition),
     Gap(Box<str>, u64, u64),
+    /// A push the channel's home thread encoded: for this thread's shard of the channel.
+    Share(Arc<LocalChannel>, Arc<Delivery>),
+    /// The [`Fanout`] is gone: the thread ends.
+    Stop,
     /// Answered once every job queued before it ran (tests).
     #[cfg(test)]
     Barrier(mpsc::Sender<()>),
 }
 
 impl Job {
-    /// Whether it counts in the `fanout_queued` gauge (an event, not a test's barrier).
+    /// Whether it counts in the `fanout_queued` gauge (an event or a share of one, not a
+    /// thread's stop or a test's barrier).
     fn counted(&self) -> bool {
         match self {
-            Job::Publication(..) | Job::Presence(..) | Job::Reset(..) | Job::Gap(..) => true,
+            Job::Publication(..)
+            | Job::Presence(..)
+            | Job::Reset(..)
+            | Job::Gap(..)
+            | Job::Share(..) => true,
+            Job::Stop => false,
             #[cfg(test)]
             Job::Barrier(_) => false,
         }
@@ -151,6 +200,10 @@ struct Registry {
     next_id: AtomicU64,
     options: FanoutOptions,
     metrics: Arc<Metrics>,
+    /// One queue per fan-out thread, thread `i` writing shard `i`; empty: fan out inline.
+    threads: Vec<mpsc::Sender<Job>>,
+    /// Set when the [`Fanout`] is dropped: a thread that is gone is no error then.
+    stopping: AtomicBool,
 }
 
 /// The node's registry of local subscriptions and the [`BrokerHandler`] that fans out (on the
@@ -158,8 +211,6 @@ struct Registry {
 #[derive(Debug)]
 pub(crate) struct Fanout {
     registry: Arc<Registry>,
-    /// One queue per fan-out thread; empty: fan out inline.
-    threads: Vec<mpsc::Sender<Job>>,
     /// Join/leave events wait here for their window, then come back through [`Fanout::send`].
     presence: Batcher,
     pub(crate) metrics: Arc<Metrics>,
@@ -180,31 +231,17 @@ impl Fanout {
         options: FanoutOptions,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Arc<Fanout>> {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..options.threads).map(|_| mpsc::channel::<Job>()).unzip();
         let registry = Arc::new(Registry {
             channels: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             options,
             metrics: metrics.clone(),
+            threads: senders,
+            stopping: AtomicBool::new(false),
         });
-        let mut threads = Vec::new();
-        for i in 0..options.threads {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let registry = registry.clone();
-            std::thread::Builder::new()
-                .name(format!("duplex-fanout-{i}"))
-                .spawn(move || {
-                    // Ends when the Fanout (every sender) is gone.
-                    while let Ok(job) = rx.recv() {
-                        let counted = job.counted();
-                        registry.run(job);
-                        if counted {
-                            registry.metrics.fanout_queued.fetch_sub(1, Relaxed);
-                        }
-                    }
-                })?;
-            threads.push(tx);
-        }
-        Ok(Arc::new_cyclic(|fanout: &std::sync::Weak<Fanout>| {
+        let fanout = Arc::new_cyclic(|fanout: &std::sync::Weak<Fanout>| {
             let fanout = fanout.clone();
             let presence = Batcher::new(options.presence_batch, move |channel, batch| {
                 let Some(fanout) = fanout.upgrade() else {
@@ -215,54 +252,70 @@ impl Fanout {
             });
             Fanout {
                 registry,
-                threads,
                 presence,
                 metrics,
             }
-        }))
+        });
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let registry = fanout.registry.clone();
+            // On an error the threads started so far get their Stop from `fanout`'s drop.
+            std::thread::Builder::new()
+                .name(format!("duplex-fanout-{i}"))
+                .spawn(move || {
+                    // Every thread holds the registry, and with it every queue's sender: the
+                    // Fanout's drop ends them with a Stop.
+                    while let Ok(job) = rx.recv() {
+                        if matches!(job, Job::Stop) {
+                            break;
+                        }
+                        let counted = job.counted();
+                        registry.run(i, job);
+                        if counted {
+                            registry.metrics.fanout_queued.fetch_sub(1, Relaxed);
+                        }
+                    }
+                })?;
+        }
+        Ok(fanout)
     }
 
-    /// Queues the job `make` builds for `channel`'s fan-out thread, if the channel has local
+    /// Queues the job `make` builds for `channel`'s home thread, if the channel has local
     /// subscribers. Skipping the others is safe: a subscriber registering after this check
     /// reads history after the broker stored what this event is about.
     fn send(&self, channel: &str, make: impl FnOnce() -> Job) {
-        if self.registry.get(channel).is_none() {
+        let Some(local) = self.registry.get(channel) else {
             return;
-        }
+        };
         let job = make();
-        if self.threads.is_empty() {
+        if self.registry.threads.is_empty() {
             // A single-threaded hub: this thread is the fan-out thread.
-            self.registry.run(job);
+            self.registry.run(0, job);
             return;
         }
-        // `threads` is not empty, and the index is below its length.
-        let i = (channel_hash(channel) % self.threads.len() as u64) as usize;
-        // Counted before the send: the thread may run the job (and count it down) at once.
-        self.metrics.fanout_queued.fetch_add(1, Relaxed);
-        if self.threads[i].send(job).is_err() {
-            self.metrics.fanout_queued.fetch_sub(1, Relaxed);
-            // Only if the thread panicked: its channels get no more pushes.
-            tracing::error!("fan-out thread {i} is gone; dropping an event of {channel:?}");
-        }
+        self.registry.hand_over(local.home, job, channel);
     }
 
-    /// Waits until every job queued so far ran.
+    /// Waits until every job queued so far ran, and the shares they handed out.
     #[cfg(test)]
     pub(crate) fn barrier(&self) {
-        let (tx, rx) = mpsc::channel();
-        for thread in &self.threads {
-            let _ = thread.send(Job::Barrier(tx.clone()));
-        }
-        drop(tx);
-        for _ in &self.threads {
-            let _ = rx.recv();
+        // Twice: after the first round every home thread has handed out the shares of what was
+        // queued before it; after the second every thread has written them.
+        for _ in 0..2 {
+            let (tx, rx) = mpsc::channel();
+            for thread in &self.registry.threads {
+                let _ = thread.send(Job::Barrier(tx.clone()));
+            }
+            drop(tx);
+            for _ in &self.registry.threads {
+                let _ = rx.recv();
+            }
         }
     }
 
     /// Adds `subscriber` to `channel` and makes sure the broker delivers the channel to this
     /// node (`subscribe` is awaited by the first subscriber; later ones wait for it too).
     /// From the return on, every publication the broker delivers reaches the subscriber's
-    /// outbox.
+    /// outbox, always from the same fan-out thread (its shard, see the module docs).
     pub(crate) async fn subscribe(
         &self,
         channel: &str,
@@ -275,19 +328,31 @@ impl Fanout {
                 .channels
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
+            let shards = self.registry.shards();
             let local = channels.entry(channel.into()).or_insert_with(|| {
                 Arc::new(LocalChannel {
                     id: self.registry.next_id.fetch_add(1, Relaxed),
-                    subscribers: Mutex::new(Subscribers::default()),
-                    order: Mutex::new(()),
+                    home: shard_of(channel_hash(channel), shards),
+                    shards: (0..shards).map(|_| Shard::default()).collect(),
+                    members: AtomicUsize::new(0),
+                    shared_deflate: AtomicUsize::new(0),
                     broker_subscribed: OnceCell::new(),
                     epoch: Mutex::new(None),
                 })
             });
-            let mut subs = lock(&local.subscribers);
-            subs.shared_deflate += usize::from(subscriber.shared_deflate);
+            // Under the write lock: the counts and the shard lists change together.
+            let members = local.members.load(Relaxed);
+            let shard = if members < SPREAD_FROM {
+                local.home
+            } else {
+                shard_of(subscriber.conn, shards)
+            };
+            local.members.store(members + 1, Relaxed);
+            if subscriber.shared_deflate {
+                local.shared_deflate.fetch_add(1, Relaxed);
+            }
             // Copies the list if a fan-out is still delivering the previous version.
-            Arc::make_mut(&mut subs.list).push(subscriber.clone());
+            Arc::make_mut(&mut lock(&local.shards[shard].subscribers)).push(subscriber.clone());
             local.clone()
         };
         let confirmed = local
@@ -321,18 +386,24 @@ impl Fanout {
         let Some(local) = channels.get(channel) else {
             return false;
         };
-        let mut subs = lock(&local.subscribers);
-        let Some(i) = subs.list.iter().position(|s| s.conn == conn) else {
+        // A subscriber joined the home shard or its connection's (see `subscribe`).
+        let candidates = [local.home, shard_of(conn, local.shards.len())];
+        let removed = candidates.iter().find_map(|&shard| {
+            let mut subs = lock(&local.shards[shard].subscribers);
+            let i = subs.iter().position(|s| s.conn == conn)?;
+            Some(Arc::make_mut(&mut subs).swap_remove(i))
+        });
+        let Some(removed) = removed else {
             return false;
         };
-        let removed = Arc::make_mut(&mut subs.list).swap_remove(i);
         removed.left.store(true, Release);
-        subs.shared_deflate -= usize::from(removed.shared_deflate);
+        if removed.shared_deflate {
+            local.shared_deflate.fetch_sub(1, Relaxed);
+        }
         if local.broker_subscribed.initialized() {
             self.metrics.subscriptions.fetch_sub(1, Relaxed);
         }
-        let last = subs.list.is_empty();
-        drop(subs);
+        let last = local.members.fetch_sub(1, Relaxed) == 1;
         if last {
             channels.remove(channel);
         }
@@ -348,12 +419,28 @@ impl Fanout {
             .unwrap_or_else(PoisonError::into_inner);
         let mut counts: Vec<(String, usize)> = channels
             .iter()
-            .map(|(name, local)| (name.to_string(), lock(&local.subscribers).list.len()))
+            .map(|(name, local)| (name.to_string(), local.members.load(Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect();
         counts.sort();
         counts
     }
+}
+
+/// The fan-out threads end once they have run what was queued before.
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        self.registry.stopping.store(true, Relaxed);
+        for thread in &self.registry.threads {
+            let _ = thread.send(Job::Stop);
+        }
+    }
+}
+
+/// The shard `key` (a channel's hash, a connection id) maps to among `shards` (at least one).
+fn shard_of(key: u64, shards: usize) -> usize {
+    // The remainder is below `shards`, a usize.
+    (key % shards.max(1) as u64) as usize
 }
 
 impl Registry {
@@ -365,8 +452,28 @@ impl Registry {
             .cloned()
     }
 
-    /// Runs one job on a fan-out thread.
-    fn run(&self, job: Job) {
+    /// Shards per channel: one per fan-out thread, one when fanning out inline.
+    fn shards(&self) -> usize {
+        self.threads.len().max(1)
+    }
+
+    /// Queues `job` for fan-out thread `i` (never waits).
+    fn hand_over(&self, i: usize, job: Job, channel: &str) {
+        // Counted before the send: the thread may run the job (and count it down) at once.
+        self.metrics.fanout_queued.fetch_add(1, Relaxed);
+        if self.threads[i].send(job).is_err() {
+            self.metrics.fanout_queued.fetch_sub(1, Relaxed);
+            // Only if the thread panicked (or the hub is stopping): its shards get no more
+            // pushes.
+            if !self.stopping.load(Relaxed) {
+                tracing::error!("fan-out thread {i} is gone; dropping an event of {channel:?}");
+            }
+        }
+    }
+
+    /// Runs one job on fan-out thread `thread` (0 inline): an event on the channel's home
+    /// thread, a share on the thread of its shard.
+    fn run(&self, thread: usize, job: Job) {
         match job {
             Job::Publication(channel, publication) => {
                 self.fan_out(&channel, Kind::Publication(publication.offset), |out| {
@@ -377,7 +484,7 @@ impl Registry {
                 let max = self.options.join_leave_max_subscribers;
                 let count = self
                     .get(&channel)
-                    .map_or(0, |local| lock(&local.subscribers).list.len());
+                    .map_or(0, |local| local.members.load(Relaxed));
                 // A large channel gets no join/leave pushes (each would go to every one of
                 // its subscribers); presence queries still answer.
                 if max == 0 || count <= max {
@@ -406,6 +513,11 @@ impl Registry {
                     json::push_gap(out, &channel, epoch.as_deref(), first, last)
                 });
             }
+            Job::Share(local, delivery) => {
+                self.deliver_share(&local, thread, &delivery, Instant::now());
+            }
+            // The thread loop ends on it before running it.
+            Job::Stop => {}
             #[cfg(test)]
             Job::Barrier(done) => {
                 let _ = done.send(());
@@ -413,32 +525,13 @@ impl Registry {
         }
     }
 
-    /// Encodes one push for `channel` and queues it to every local subscriber.
+    /// On `channel`'s home thread: encodes one push, hands it to every other shard of the
+    /// channel that has subscribers, and delivers it to the home shard's.
     fn fan_out(&self, channel: &str, kind: Kind, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(local) = self.get(channel) else {
             return;
         };
-        // The channel's fan-outs one at a time, each to every subscriber: all of them see the
-        // channel's pushes in the same order. Subscribes and unsubscribes do not take this
-        // lock, only `subscribers` for a moment.
-        let order = lock(&local.order);
-        // The snapshot: who gets this push. Taken after the publication reached history (the
-        // broker stores before it calls `on_publication`, which queued this job) and in the
-        // broker's offset order (one thread per channel, jobs in the order queued), so for a
-        // subscribe (register, then read history, then filter offsets <= the top read):
-        // - registered after this snapshot: it read history after this publication was stored,
-        //   so the publication is in what it read (offset <= top), not a gap;
-        // - registered before (it is in the snapshot): delivered live; if its history read came
-        //   after the store too, the live copy has offset <= top and the filter drops it (not a
-        //   duplicate), else it is past top, the first live one after the reply.
-        // Every later publication is stored, then snapshotted, after this one, so a subscriber
-        // in this snapshot is in all later ones until it unsubscribes. An unsubscribe during
-        // the loop below is honoured through the subscriber's `left` flag.
-        let (subs, shared_deflate) = {
-            let subs = lock(&local.subscribers);
-            (subs.list.clone(), subs.shared_deflate)
-        };
-        if subs.is_empty() {
+        if local.members.load(Relaxed) == 0 {
             return;
         }
         let start = Instant::now();
@@ -450,7 +543,9 @@ impl Registry {
         };
         let message = Message::text(text);
         let prepared = match self.options.deflate_level {
-            Some(level) if shared_deflate > 0 => PreparedMessage::with_deflate(message, level),
+            Some(level) if local.shared_deflate.load(Relaxed) > 0 => {
+                PreparedMessage::with_deflate(message, level)
+            }
             _ => PreparedMessage::new(message),
         };
         let delivery = Arc::new(Delivery {
@@ -458,12 +553,56 @@ impl Registry {
             kind,
             prepared,
         });
+        // The other shards first, so that their threads write while this one writes its own.
+        // Handed out in the order of the channel's events (this thread runs them in order), so
+        // each thread's queue holds the channel's shares in the broker's order.
+        for (i, shard) in local.shards.iter().enumerate() {
+            if i != local.home && !shard.is_empty() {
+                self.hand_over(i, Job::Share(local.clone(), delivery.clone()), channel);
+            }
+        }
+        self.deliver_share(&local, local.home, &delivery, start);
+    }
+
+    /// Writes or queues `delivery` to every subscriber in shard `i` of `local`.
+    fn deliver_share(
+        &self,
+        local: &LocalChannel,
+        i: usize,
+        delivery: &Arc<Delivery>,
+        start: Instant,
+    ) {
+        let shard = &local.shards[i];
+        // The shard's fan-outs one at a time, each to every subscriber: all of them see the
+        // channel's pushes in the same order. Subscribes and unsubscribes do not take this
+        // lock, only `subscribers` for a moment.
+        let order = lock(&shard.order);
+        // The snapshot: who in this shard gets this push. Taken after the publication reached
+        // history (the broker stores before it calls `on_publication`), and the home thread
+        // looked at this shard (to hand it the push, or not) after that too. A subscriber's
+        // shard gets the channel's pushes in the broker's offset order (one home thread hands
+        // them out in the order queued; one thread writes a shard, in the order handed), so
+        // for a subscribe (register, then read history, then filter offsets <= the top read):
+        // - registered after the home thread looked at its shard, or after this snapshot: it
+        //   read history after this publication was stored, so the publication is in what it
+        //   read (offset <= top), not a gap;
+        // - registered before (it is in the snapshot): delivered live; if its history read came
+        //   after the store too, the live copy has offset <= top and the filter drops it (not a
+        //   duplicate), else it is past top, the first live one after the reply.
+        // Every later publication is stored, then looked at by the home thread, after this
+        // subscriber registered: its shard is not empty, so it gets the share, and the
+        // snapshot includes the subscriber until it unsubscribes. An unsubscribe during the
+        // loop below is honoured through the subscriber's `left` flag.
+        let subs = lock(&shard.subscribers).clone();
+        if subs.is_empty() {
+            return;
+        }
         // Each delivery is one non-blocking write or one queue push.
         let mut tally = Tally::default();
         for subscriber in subs.iter() {
             subscriber
                 .outbox
-                .deliver(&delivery, &subscriber.left, &mut tally);
+                .deliver(delivery, &subscriber.left, &mut tally);
         }
         let n = subs.len();
         drop(order);
@@ -497,8 +636,8 @@ impl Fanout {
     }
 }
 
-/// Every method only queues a job for the channel's fan-out thread (presence events after
-/// their window).
+/// Every method only queues a job for the channel's home fan-out thread (presence events
+/// after their window).
 impl BrokerHandler for Fanout {
     fn on_publication(&self, channel: &str, publication: &Publication) {
         self.send(channel, || {
@@ -700,6 +839,107 @@ mod tests {
                 publication(13)
             ]
         );
+    }
+
+    /// The outbox's publications' offsets, checking each delivery is the `Arc` in `first`
+    /// at the same position (one encoding per publication, shared by every subscriber).
+    fn offsets(outbox: &Outbox, first: &mut Vec<Arc<Delivery>>) -> Vec<u64> {
+        let mut batch = VecDeque::new();
+        let taken = outbox.take(&mut batch);
+        outbox.release(taken);
+        for (i, delivery) in batch.iter().enumerate() {
+            match first.get(i) {
+                Some(seen) => assert!(Arc::ptr_eq(seen, delivery), "one encoding, not a copy"),
+                None => first.push(delivery.clone()),
+            }
+        }
+        batch
+            .iter()
+            .map(|d| match d.kind {
+                Kind::Publication(offset) => offset,
+                ref other => panic!("not a publication: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_large_channel_is_spread_over_every_thread_each_in_order() {
+        let fanout = fanout(3);
+        let n = SPREAD_FROM + 300;
+        let outboxes = subscribers(&fanout, "big", n).await;
+        let local = fanout.registry.get("big").unwrap();
+        let sizes: Vec<usize> = local
+            .shards
+            .iter()
+            .map(|s| lock(&s.subscribers).len())
+            .collect();
+        // The first SPREAD_FROM at home, the rest by connection id: 100 more in each.
+        let mut expected = vec![100; 3];
+        expected[local.home] += SPREAD_FROM;
+        assert_eq!(sizes, expected);
+        for offset in 1..=100 {
+            fanout.on_publication("big", &publication(offset, b"0"));
+        }
+        fanout.barrier();
+        let mut first = Vec::new();
+        for outbox in &outboxes {
+            assert_eq!(offsets(outbox, &mut first), (1..=100).collect::<Vec<_>>());
+        }
+        assert_eq!(fanout.metrics.deliveries.load(Relaxed), 100 * n as u64);
+        assert_eq!(
+            fanout.metrics.fanout_queued.load(Relaxed),
+            0,
+            "shares counted down"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribe_leaves_whichever_shard_holds_it() {
+        let fanout = fanout(2);
+        let n = SPREAD_FROM + 100;
+        let outboxes = subscribers(&fanout, "big", n).await;
+        // One at home (among the first), one spread to each shard.
+        let gone = [3, SPREAD_FROM as u64 + 10, SPREAD_FROM as u64 + 11];
+        for conn in gone {
+            assert!(!fanout.unsubscribe("big", conn));
+            assert!(!fanout.unsubscribe("big", conn), "already gone");
+        }
+        assert_eq!(fanout.channel_counts(), [("big".to_owned(), n - 3)]);
+        fanout.on_publication("big", &publication(1, b"1"));
+        fanout.barrier();
+        let mut first = Vec::new();
+        for (conn, outbox) in outboxes.iter().enumerate() {
+            let expected = if gone.contains(&(conn as u64)) {
+                vec![]
+            } else {
+                vec![1]
+            };
+            assert_eq!(offsets(outbox, &mut first), expected, "connection {conn}");
+        }
+        for conn in 0..n as u64 {
+            let last = fanout.unsubscribe("big", conn);
+            assert_eq!(last, conn == n as u64 - 1, "connection {conn}");
+        }
+        assert!(
+            fanout.registry.get("big").is_none(),
+            "freed with its last subscriber"
+        );
+    }
+
+    #[test]
+    fn fan_out_threads_end_with_the_fanout() {
+        let fanout = fanout(2);
+        let registry = Arc::downgrade(&fanout.registry);
+        drop(fanout);
+        // Each thread holds the registry until it ran its Stop.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while registry.strong_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "fan-out threads still running after 10 s"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[tokio::test]

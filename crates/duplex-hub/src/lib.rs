@@ -19,7 +19,7 @@
 //! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume
 //! session   one WebSocket connection's driver: runs its commands, drains its outbox
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
-//! fanout    the node's local subscribers per channel and fan-out threads; encode once, deliver
+//! fanout    local subscribers per channel, sharded over the fan-out threads; encode once, all write
 //! outbox    one connection's outbound path: direct writes, the bounded queue, Delivery
 //! head      HTTP/1.1 request heads, pure: parsed request, keep-alive, body framing
 //! protocol  typed commands (Command::parse), HTTP API inputs, ErrorCode, Refusal, replies
@@ -41,10 +41,15 @@
 //!   HTTP/1.1, HTTP/2, TLS (hyper) ─ /api/publish ─▶ Broker ── offset + history ──┐
 //!   /ws ── WebSocket ── {"op":"publish"} ─────▶ (--broker: memory by default) │ on_publication
 //!                                                                             ▼ (in offset order)
-//!                                         Fanout: a job to the channel's fan-out thread
+//!                                    Fanout: a job to the channel's home fan-out thread
 //!                                                                             ▼
-//!   socket ◀── direct writev, or Outbox (bytes-bounded) ◀── fan-out thread: encode once,
-//!   connection task: drain all, feed frames, flush once      deliver the Arc to each subscriber
+//!                        home thread: encode once; the same Arc as a share to every other
+//!                        fan-out thread holding subscribers of the channel (no waiting)
+//!                                                                             ▼
+//!   socket ◀── direct writev, or Outbox (bytes-bounded) ◀── every such thread, in parallel:
+//!   connection task: drain all, feed frames, flush once      the Arc to each subscriber of its
+//!                                                            shard (a large channel's are spread
+//!                                                            by connection id)
 //! ```
 //!
 //! - [`Hub::bind`] starts a hub in the current runtime and returns a [`HubHandle`] (address,
