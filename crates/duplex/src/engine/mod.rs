@@ -367,6 +367,8 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod handoff_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(all(test, feature = "tls"))]
 mod tls_tests;
