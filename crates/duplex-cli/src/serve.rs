@@ -49,7 +49,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001", env = "DUPLEX_LISTEN")]
     listen: SocketAddr,
-    /// PEM certificate chain: serve wss:// (needs --tls-key). SIGHUP reads both files again:
+    /// PEM certificate chain: serve wss:// (needs --tls-key), ALPN h2 and http/1.1. SIGHUP
+    /// reads both files again:
     /// new TLS handshakes get the new certificate, open connections stay.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -93,7 +94,8 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
     /// Which server runs the connections: `engine` (one epoll loop per thread and no task per
     /// connection: the leanest), `tokio` (a task per connection, through `duplex::accept`), or
-    /// `auto`: the engine. Both serve ws:// and wss://.
+    /// `auto`: the engine. Both serve ws:// and wss://, over HTTP/1.1 and HTTP/2 (RFC 8441) on
+    /// the one port; the engine hands HTTP/2 connections to a tokio runtime thread.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     runtime: Runtime,
 }
