@@ -358,11 +358,18 @@ async fn serve_http<I>(io: I, echo: EchoHttp, permit: Arc<OwnedSemaphorePermit>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The request head's bounds, as the engine's: its deadline (HTTP/1.1) and its size
+    // (hyper's smallest read buffer is 8 KiB).
+    let max_head = echo.options.max_handshake_size;
     let mut builder = duplex::upgrade::builder();
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(echo.handshake_timeout);
+        .header_read_timeout(echo.handshake_timeout)
+        .max_buf_size(max_head.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let mut shutdown = echo.shutdown.listen();
     let service = hyper::service::service_fn(move |request| {
         let echo = echo.clone();

@@ -367,3 +367,28 @@ fn connect_http2_talks_rfc_8441_to_serve_and_over_tls_too() {
     assert_eq!(stdout, "plain\n");
     assert!(!stderr.contains("over HTTP/2"), "stderr: {stderr}");
 }
+
+#[test]
+fn the_tokio_runtime_bounds_the_request_head_and_answers_a_plain_get_with_its_page() {
+    use std::io::{Read, Write};
+    let server = Server::start("tokio", None);
+    let exchange = |request: &[u8]| {
+        let mut tcp = TcpStream::connect(server.addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // Over the 16 KiB a request head may have (the engine's bound too).
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = exchange(big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let answer = exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("text/html"), "{answer}");
+    assert!(answer.contains("duplex echo server"), "{answer}");
+}
