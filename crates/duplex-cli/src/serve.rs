@@ -367,9 +367,13 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(echo.handshake_timeout)
         .max_buf_size(max_head.max(8192));
+    // HTTP/2 PINGs at the WebSockets' ping interval: a vanished peer's connection (with
+    // no WebSocket to notice) is dropped when one goes unanswered (hyper's 20 s).
     builder
         .http2()
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new())
+        .keep_alive_interval(echo.options.websocket.ping_interval);
     let mut shutdown = echo.shutdown.listen();
     let service = hyper::service::service_fn(move |request| {
         let echo = echo.clone();
