@@ -76,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("websocket")),
         "accepted :protocol {protocol:?}"
     );
-    assert!(request.uri().authority().is_some(), "accepted without :authority");
+    assert!(
+        request.uri().authority().is_some(),
+        "accepted without :authority"
+    );
     let versions: Vec<_> = request
         .headers()
         .get_all("sec-websocket-version")
@@ -87,7 +90,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(offer.extended_connect);
     assert!(offer.key.is_empty(), "no key over HTTP/2");
     for p in &offer.protocols {
-        assert!(!p.is_empty(), "an empty subprotocol in {:?}", offer.protocols);
+        assert!(
+            !p.is_empty(),
+            "an empty subprotocol in {:?}",
+            offer.protocols
+        );
     }
 
     // The application's choice, from the input: the first offered subprotocol, one that was
