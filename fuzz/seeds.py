@@ -186,3 +186,31 @@ for name, head in {
     "healthz": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
 }.items():
     write("hub_http_head", name, head)
+
+# ---- extended_connect: the requests of the extended CONNECT unit tests (connect/tests.rs),
+# in the target's layout: method, version, URI, :protocol ("-": none), then headers
+H2_CONNECT_HEADERS = (
+    b"sec-websocket-version: 13\n"
+    b"sec-websocket-protocol: chat, superchat\n"
+    b"sec-websocket-extensions: permessage-deflate; client_max_window_bits\n"
+    b"origin: http://example.com\n"
+)
+
+
+def connect(method=b"CONNECT", version=b"2", uri=b"http://example.com/chat", protocol=b"websocket",
+            headers=H2_CONNECT_HEADERS):
+    return b"\n".join([method, version, uri, protocol]) + b"\n" + headers
+
+
+for name, data in {
+    "valid": connect(),
+    "mixed-case-protocol": connect(protocol=b"WebSocket"),
+    "no-protocol": connect(protocol=b"-"),
+    "connect-udp": connect(protocol=b"connect-udp"),
+    "get": connect(method=b"GET"),
+    "http11": connect(version=b"1.1"),
+    "version-8": connect(headers=H2_CONNECT_HEADERS.replace(b"version: 13", b"version: 8")),
+    "no-authority": connect(uri=b"/chat"),
+    "no-extensions": connect(headers=b"sec-websocket-version: 13\n"),
+}.items():
+    write("extended_connect", name, data)

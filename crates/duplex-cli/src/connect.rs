@@ -8,7 +8,7 @@ use bytes::Bytes;
 use clap::Args;
 use duplex::proxy::ProxyChoice;
 use duplex::{ClientOptions, CloseCode, Event, Message};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::{CliError, Context};
 
@@ -43,6 +43,10 @@ pub struct ConnectArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = duplex_proto::config::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
+    /// Open the WebSocket over HTTP/2 (RFC 8441: h2c by prior knowledge for ws://, ALPN h2 for
+    /// wss://) when the server allows it, else over HTTP/1.1; stderr says which.
+    #[arg(long)]
+    http2: bool,
 }
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
@@ -77,9 +81,36 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
     } else if args.no_proxy {
         options.proxy = ProxyChoice::Direct;
     }
+    if args.http2 {
+        options.http2 = true;
+        let (ws, response) = duplex::connect_auto(&args.url, options)
+            .await
+            .context(|| format!("connecting to {}", args.url))?;
+        if ws.get_ref().is_http2() {
+            tracing::info!(status = %response.status, "connected over HTTP/2 (RFC 8441)");
+        } else {
+            tracing::info!(
+                status = %response.status,
+                "connected over HTTP/1.1 (the server does not allow WebSockets over HTTP/2)"
+            );
+        }
+        return session(ws, &response, &args).await;
+    }
     let (ws, response) = duplex::connect_with(&args.url, options)
         .await
         .context(|| format!("connecting to {}", args.url))?;
+    session(ws, &response, &args).await
+}
+
+/// Stdin lines out, messages in, until EOF on stdin or the end of the connection.
+async fn session<S>(
+    ws: duplex::WebSocket<S>,
+    response: &duplex::Response,
+    args: &ConnectArgs,
+) -> Result<ExitCode, CliError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tracing::debug!(protocol = ?response.protocol, extensions = ?response.extensions, "connected");
     let (mut sender, mut receiver) = ws.split();
 

@@ -1,4 +1,17 @@
 //! `duplex serve`: the echo server, for conformance runs and for people testing their clients.
+//!
+//! HTTP/1.1 and HTTP/2 on one port, under TLS or not, whichever runtime runs:
+//!
+//! - the engine (default) serves HTTP/1.1 upgrades itself and hands HTTP/2 connections (the
+//!   h2c preface, or ALPN `h2`) to this process's tokio runtime (`duplex::engine::Handoff`),
+//!   which continues them (`duplex::resume`) and serves them with [`serve_http`];
+//! - `--runtime tokio` serves every connection with [`serve_http`]: hyper-util's auto
+//!   connection (HTTP/1.1, h2c, ALPN `h2` under TLS, `SETTINGS_ENABLE_CONNECT_PROTOCOL`) and
+//!   duplex's upgrade API.
+//!
+//! A plain `GET` without an upgrade (a browser loading a page) gets [`PAGE`], a tiny HTML page,
+//! from [`serve_http`]: a browser only opens WebSockets over HTTP/2 (RFC 8441) on an HTTP/2
+//! connection it already holds to that origin, so there must be something to load over it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,12 +23,18 @@ use std::task::Poll;
 use std::time::Duration;
 
 use clap::Args;
-use duplex::engine::{Engine, EngineOptions, Handler, Socket};
-use duplex::{CloseCode, Config, Message, ServerOptions};
+use duplex::engine::{Engine, EngineOptions, HandedOff, Handler, Handoff, Socket};
+use duplex::resume::{Prefixed, ResumedTls};
+use duplex::upgrade::{WebSocketUpgrade, refusal};
+use duplex::{Accept, CloseCode, Config, Message, ServerOptions};
 use duplex_proto::MessageBudget;
 use futures_util::{Sink, Stream};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -30,7 +49,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001", env = "DUPLEX_LISTEN")]
     listen: SocketAddr,
-    /// PEM certificate chain: serve wss:// (needs --tls-key). SIGHUP reads both files again:
+    /// PEM certificate chain: serve wss:// (needs --tls-key), ALPN h2 and http/1.1. SIGHUP
+    /// reads both files again:
     /// new TLS handshakes get the new certificate, open connections stay.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -74,7 +94,8 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
     /// Which server runs the connections: `engine` (one epoll loop per thread and no task per
     /// connection: the leanest), `tokio` (a task per connection, through `duplex::accept`), or
-    /// `auto`: the engine. Both serve ws:// and wss://.
+    /// `auto`: the engine. Both serve ws:// and wss://, over HTTP/1.1 and HTTP/2 (RFC 8441) on
+    /// the one port; the engine hands HTTP/2 connections to a tokio runtime thread.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     runtime: Runtime,
 }
@@ -224,30 +245,28 @@ fn engine_options(args: &ServeArgs, config: Config, threads: usize) -> EngineOpt
     options
 }
 
-/// Echo on tokio: a task per connection, through `duplex::accept_with`.
+/// Echo on tokio: a task per connection, each served by [`serve_http`] (HTTP/1.1 and
+/// HTTP/2).
 async fn run_tokio(
     args: ServeArgs,
     config: Config,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<ExitCode, CliError> {
-    let options = server_options(&args, config);
     let tls = tls.map(duplex::tls::TlsAcceptor::from);
     let listener = TcpListener::bind(args.listen)
         .await
         .context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr().context(|| "local address".into())?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    tracing::info!("echo server on {scheme}://{local}");
+    tracing::info!("echo server on {scheme}://{local} (HTTP/1.1 and HTTP/2)");
 
-    let shutdown = Shutdown::new();
-    let max_connections = args.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let echo = EchoHttp::new(&args, config);
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         let permit = tokio::select! {
             _ = &mut signal => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            permit = echo.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
         };
         let (tcp, peer) = tokio::select! {
             _ = &mut signal => break,
@@ -261,37 +280,191 @@ async fn run_tokio(
                 }
             },
         };
-        let options = options.clone();
         let tls = tls.clone();
-        let listener = shutdown.listen();
-        // The handshake runs in a task of its own, which then hands the connection to a small
-        // echo task: an async fn's future is as large as its largest state, and the
-        // handshakes' would otherwise stay in the memory of every connection for its life.
+        let echo = echo.clone();
         tokio::spawn(async move {
-            if let Some(ws) = handshake(tcp, peer, tls, options).await {
-                tokio::spawn(EchoTask {
-                    ws,
-                    shutdown: listener,
-                    closing: false,
-                    pending: None,
-                    _permit: permit,
-                });
+            let _ = tcp.set_nodelay(true);
+            let permit = Arc::new(permit);
+            match tls {
+                Some(acceptor) => {
+                    match duplex::tls::accept(&acceptor, tcp, echo.handshake_timeout).await {
+                        Ok(stream) => serve_http(stream, echo, permit).await,
+                        Err(e) => tracing::debug!(%peer, "tls: {e}"),
+                    }
+                }
+                None => serve_http(tcp, echo, permit).await,
             }
         });
     }
-    let open = max_connections - slots.available_permits();
-    tracing::info!("shutting down: closing {open} connections with 1001");
     drop(listener);
-    shutdown.fire();
-    // Every connection holds a permit until its task ends.
-    let drained = tokio::time::timeout(
-        Duration::from_secs(10),
-        slots.acquire_many(max_connections as u32),
-    );
-    if drained.await.is_err() {
-        tracing::warn!("some connections did not close in time");
-    }
+    echo.drain().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What every HTTP connection of the echo server shares, whichever runtime accepted it.
+#[derive(Debug, Clone)]
+struct EchoHttp {
+    /// The WebSockets' limits, timers and budget.
+    options: ServerOptions,
+    handshake_timeout: Duration,
+    /// One permit per connection, held until it and its WebSockets are gone.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Fired at SIGINT/SIGTERM: WebSockets close with 1001, HTTP/2 connections send GOAWAY.
+    shutdown: Shutdown,
+}
+
+impl EchoHttp {
+    fn new(args: &ServeArgs, config: Config) -> EchoHttp {
+        let max_connections = args.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        EchoHttp {
+            options: server_options(args, config),
+            handshake_timeout: Duration::from_secs(args.handshake_timeout),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// Fires the shutdown and waits (10 s at most) until every connection is gone.
+    async fn drain(&self) {
+        let open = self.max_connections - self.slots.available_permits();
+        tracing::info!(
+            "shutting down: closing {open} connections served by hyper (WebSockets with 1001)"
+        );
+        self.shutdown.fire();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.slots.acquire_many(self.max_connections as u32),
+        );
+        if drained.await.is_err() {
+            tracing::warn!("some connections did not close in time");
+        }
+    }
+}
+
+/// The page a plain `GET` gets (any path): enough for a browser to load something over the
+/// connection it then opens its WebSockets on.
+pub const PAGE: &str = "<!doctype html><meta charset=\"utf-8\"><title>duplex serve</title>\n\
+    <p>duplex echo server: open a WebSocket to this address (HTTP/1.1 or HTTP/2).\n";
+
+/// Serves one connection of the echo server, HTTP/1.1 or HTTP/2 (for either runtime: the
+/// tokio runtime's connections and those the engine hands off): hyper-util's auto connection
+/// from `duplex::upgrade::builder` (extended CONNECT enabled), WebSockets through duplex's
+/// upgrade API, each echoed by an [`EchoTask`] with the server's options; a plain `GET` gets
+/// [`PAGE`]. At shutdown the connection ends gracefully (GOAWAY over HTTP/2) once its
+/// WebSockets closed.
+async fn serve_http<I>(io: I, echo: EchoHttp, permit: Arc<OwnedSemaphorePermit>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The request head's bounds, as the engine's: its deadline (HTTP/1.1) and its size
+    // (hyper's smallest read buffer is 8 KiB).
+    let max_head = echo.options.max_handshake_size;
+    let mut builder = duplex::upgrade::builder();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(echo.handshake_timeout)
+        .max_buf_size(max_head.max(8192));
+    // HTTP/2 PINGs at the WebSockets' ping interval: a vanished peer's connection (with
+    // no WebSocket to notice) is dropped when one goes unanswered (hyper's 20 s).
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new())
+        .keep_alive_interval(echo.options.websocket.ping_interval);
+    let mut shutdown = echo.shutdown.listen();
+    let service = hyper::service::service_fn(move |request| {
+        let echo = echo.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(request, &echo, permit)) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = &mut shutdown => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!("http connection: {e}");
+    }
+}
+
+/// One request: a WebSocket (HTTP/1.1 upgrade or extended CONNECT) is accepted and echoed; a
+/// plain `GET` or `HEAD` gets the page; anything else its refusal.
+fn respond(
+    mut request: Request<Incoming>,
+    echo: &EchoHttp,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> Response<String> {
+    let plain_get = matches!(*request.method(), Method::GET | Method::HEAD)
+        && !request.headers().contains_key(http::header::UPGRADE);
+    if plain_get {
+        let mut response = Response::new(PAGE.to_owned());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        return response;
+    }
+    let decided = WebSocketUpgrade::from_request(&mut request).and_then(|upgrade| {
+        upgrade
+            .options(echo.options.clone())
+            .decide(Ok(Accept::default()))
+    });
+    let (response, pending) = match decided {
+        Ok(decided) => decided,
+        Err(refused) => return refusal(&refused),
+    };
+    let shutdown = echo.shutdown.listen();
+    tokio::spawn(async move {
+        match pending.await {
+            Ok(ws) => {
+                EchoTask {
+                    ws,
+                    shutdown,
+                    closing: false,
+                    pending: None,
+                    _permit: permit,
+                }
+                .await;
+            }
+            Err(e) => tracing::debug!("upgrade: {e}"),
+        }
+    });
+    response.map(|()| String::new())
+}
+
+/// The engine's HTTP/2 hand-off: each connection continues on the tokio runtime `runtime`
+/// (TLS resumed where the engine left it, the bytes it read replayed) and is served by
+/// [`serve_http`], within the same connection limit. Spawning never blocks the engine's loop.
+fn http2_handoff(echo: &EchoHttp, runtime: tokio::runtime::Handle) -> Handoff {
+    let echo = echo.clone();
+    Handoff::new(move |handed: HandedOff| {
+        let echo = echo.clone();
+        runtime.spawn(async move {
+            let Ok(permit) = echo.slots.clone().try_acquire_owned() else {
+                tracing::warn!("HTTP/2 connection dropped: at --max-connections");
+                return;
+            };
+            let permit = Arc::new(permit);
+            let tcp = match TcpStream::from_std(handed.stream) {
+                Ok(tcp) => tcp,
+                Err(e) => return tracing::warn!("handed-off connection: {e}"),
+            };
+            match handed.tls {
+                Some(session) => {
+                    let io = Prefixed::new(handed.read, ResumedTls::new(tcp, session));
+                    serve_http(io, echo, permit).await;
+                }
+                None => serve_http(Prefixed::new(handed.read, tcp), echo, permit).await,
+            }
+        });
+    })
 }
 
 /// Echo on the engine: one event loop per thread (`--threads`, default one per core), no task
@@ -307,13 +480,17 @@ async fn run_engine(
             .map(usize::from)
             .unwrap_or(1)
     });
+    let echo = EchoHttp::new(&args, config.clone());
     let mut options = engine_options(&args, config, threads);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     options.tls = tls;
+    options.http2_handoff = Some(http2_handoff(&echo, tokio::runtime::Handle::current()));
     let listener = std::net::TcpListener::bind(args.listen)
         .context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr().context(|| "local address".into())?;
-    tracing::info!("echo server on {scheme}://{local} (engine, {threads} loops)");
+    tracing::info!(
+        "echo server on {scheme}://{local} (engine, {threads} loops; HTTP/2 handed to tokio)"
+    );
     let engine = Engine::new(options);
     let handle = engine.handle();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -331,7 +508,9 @@ async fn run_engine(
         _ = &mut signal => {
             tracing::info!("shutting down: closing {} connections with 1001", handle.connections());
             handle.shutdown();
-            done_rx.await
+            // The HTTP/2 connections the engine handed off, meanwhile.
+            let ((), result) = tokio::join!(echo.drain(), done_rx);
+            result
         }
     };
     match result {
@@ -375,7 +554,7 @@ impl ReloadableCert {
     }
 
     /// A server configuration presenting this certificate (ring, safe default versions,
-    /// ALPN http/1.1), for the engine and for tokio-rustls alike.
+    /// ALPN `h2` and `http/1.1`), for the engine and for tokio-rustls alike.
     fn server_config(self: Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CliError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -383,7 +562,7 @@ impl ReloadableCert {
             .context(|| "TLS configuration".into())?
             .with_no_client_auth()
             .with_cert_resolver(self);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }
@@ -432,48 +611,20 @@ impl Handler for EngineEcho {
     }
 }
 
-/// TLS (if configured) and the WebSocket handshake.
-async fn handshake(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    tls: Option<duplex::tls::TlsAcceptor>,
-    options: ServerOptions,
-) -> Option<duplex::WebSocket<duplex::MaybeTlsStream>> {
-    let _ = tcp.set_nodelay(true);
-    let stream = match tls {
-        Some(acceptor) => {
-            match duplex::tls::accept(&acceptor, tcp, options.handshake_timeout).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(%peer, "tls: {e}");
-                    return None;
-                }
-            }
-        }
-        None => duplex::MaybeTlsStream::from(tcp),
-    };
-    match duplex::accept_with(stream, options, |_, _| Ok(Default::default())).await {
-        Ok(ws) => Some(ws),
-        Err(e) => {
-            tracing::debug!(%peer, "handshake refused: {e}");
-            None
-        }
-    }
-}
-
 /// One echo connection: every message back as it came, until the peer closes or the server
 /// shuts down (then 1001). A hand-written future rather than an async fn so the task holds the
 /// connection and a few words, nothing more.
-struct EchoTask {
-    ws: duplex::WebSocket<duplex::MaybeTlsStream>,
+struct EchoTask<S> {
+    ws: duplex::WebSocket<S>,
     shutdown: Listener,
     closing: bool,
     /// A message received while the send queue was full.
     pending: Option<Message>,
-    _permit: OwnedSemaphorePermit,
+    /// The connection's permit: an HTTP/2 connection's WebSockets share it.
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
-impl Future for EchoTask {
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for EchoTask<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {

@@ -27,7 +27,8 @@
 //!   8441) that falls back to HTTP/1.1.
 //! - With feature `engine`: `engine`, a callback server without a task per connection (one
 //!   epoll loop per thread, the uWebSockets model): the least work per message and per idle
-//!   connection, for plain `ws://` servers.
+//!   connection, for `ws://` and `wss://` servers. It hands HTTP/2 connections off
+//!   (`engine::Handoff`) to a tokio server, which continues them through [`resume`].
 //!
 //! ```no_run
 //! use duplex::{CloseCode, Message};
@@ -64,6 +65,7 @@ mod core;
 pub mod engine;
 mod error;
 pub mod proxy;
+pub mod resume;
 mod rng;
 mod server;
 mod stream;

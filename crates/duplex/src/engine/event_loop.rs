@@ -25,6 +25,7 @@ use rustix::buffer::spare_capacity;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
+use super::handoff::{HandedOff, Preface, preface};
 use super::slot::{Open, Phase, Slot, Written};
 use super::tls::{Plaintext, Tls};
 use super::transport::Transport;
@@ -532,6 +533,10 @@ impl<H: Handler> EventLoop<'_, H> {
                     tracing::debug!("tls: {e}");
                     return Next::Drop;
                 }
+                if self.chose_h2(index) {
+                    let read = self.scratch[..filled].to_vec();
+                    return self.hand_off(index, read, rest);
+                }
                 loop {
                     if filled == self.scratch.len() {
                         // The scratch buffer is full: hand it on, continue in a fresh one.
@@ -585,6 +590,72 @@ impl<H: Handler> EventLoop<'_, H> {
                 return Next::Keep;
             }
         }
+    }
+
+    /// Connection `index` is still in its handshake phase, under TLS that completed with
+    /// ALPN `h2`, and HTTP/2 is handed off.
+    fn chose_h2(&self, index: usize) -> bool {
+        if self.options.http2_handoff.is_none() {
+            return false;
+        }
+        match self.entries[index].slot.as_ref() {
+            Some(Slot {
+                phase: Phase::Handshake(_),
+                transport: Transport { tls: Some(tls), .. },
+                ..
+            }) => tls.chose_h2(),
+            _ => false,
+        }
+    }
+
+    /// Hands connection `index` off as HTTP/2 (see `super::handoff`): frees its slot without
+    /// closing the socket, takes it out of the poll, and calls the hand-off with the socket,
+    /// `read` (plaintext read so far) and, for TLS, the session with `cipher` (ciphertext
+    /// read but not fed yet) fed in. Returns `Keep`: the slot is empty now, which callers
+    /// treat as gone (nothing in between accepts a connection that could take the slot).
+    #[cold]
+    fn hand_off(&mut self, index: usize, read: Vec<u8>, cipher: &[u8]) -> Next {
+        let entry = &mut self.entries[index];
+        let Some(slot) = entry.slot.take() else {
+            return Next::Drop;
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.live -= 1;
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        let Transport { stream, tls } = slot.transport;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&stream.as_raw_fd()))
+        {
+            // Still registered, the socket would wake this loop for a slot that is not its.
+            tracing::warn!("deregistering a connection to hand off: {e}");
+            return Next::Keep;
+        }
+        let Some(handoff) = &self.options.http2_handoff else {
+            return Next::Keep;
+        };
+        #[cfg(feature = "tls")]
+        let mut read = read;
+        #[cfg(feature = "tls")]
+        let tls = match tls.map(|tls| tls.into_session(cipher, &stream, &mut read)) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                tracing::debug!("tls, handing off: {e}");
+                return Next::Keep;
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = (tls, cipher);
+        handoff.call(HandedOff {
+            stream,
+            read,
+            #[cfg(feature = "tls")]
+            tls,
+        });
+        Next::Keep
     }
 
     /// Feeds the front of `cipher` to connection `index`'s session.
@@ -641,12 +712,27 @@ impl<H: Handler> EventLoop<'_, H> {
             return Next::Keep;
         };
         // The whole head in one read is the common case: parse it where it landed.
-        let parsed = if buf.is_empty() {
-            parse_request(&chunk, max)
-        } else {
+        if !buf.is_empty() {
             buf.extend_from_slice(&chunk);
-            parse_request(buf, max)
-        };
+        }
+        let data: &[u8] = if buf.is_empty() { &chunk } else { buf };
+        // HTTP/2 by prior knowledge (h2c): only plain connections (under TLS, ALPN says).
+        if self.options.http2_handoff.is_some() && slot.transport.tls.is_none() {
+            match preface(data) {
+                Preface::Full => {
+                    let read = data.to_vec();
+                    return self.hand_off(index, read, &[]);
+                }
+                Preface::Partial => {
+                    if buf.is_empty() {
+                        buf.extend_from_slice(&chunk);
+                    }
+                    return Next::Keep;
+                }
+                Preface::No => {}
+            }
+        }
+        let parsed = parse_request(data, max);
         let (request, consumed) = match parsed {
             Ok(Some(parsed)) => parsed,
             Ok(None) => {

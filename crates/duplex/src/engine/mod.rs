@@ -29,6 +29,9 @@
 //!   plaintext out into the same frame path, writes through the session. The handshake
 //!   deadline covers the TLS handshake; closing sends `close_notify`; a peer that sends
 //!   garbage or fails its handshake loses its own connection only.
+//! - HTTP/2 on the same port with [`EngineOptions::http2_handoff`]: the engine recognises an
+//!   HTTP/2 connection (the h2c preface, or ALPN `h2` under TLS) and hands it, with what it
+//!   read and its TLS session, to a server that speaks HTTP/2 ([`Handoff`]).
 //!
 //! ```no_run
 //! use duplex::engine::{Engine, EngineOptions, Handler, Socket};
@@ -53,6 +56,7 @@
 //! ```
 
 mod event_loop;
+mod handoff;
 mod slot;
 mod tls;
 mod transport;
@@ -68,6 +72,8 @@ use duplex_proto::{CloseCode, Config, Connection, Error, Message, PreparedMessag
 use http::Request;
 
 use crate::server::{Accept, Reject};
+
+pub use handoff::{HTTP2_PREFACE, HandedOff, Handoff};
 
 /// Settings of an [`Engine`]. Every limit has a safe default.
 ///
@@ -112,8 +118,9 @@ pub struct EngineOptions {
     /// Default 1 MiB.
     pub max_backpressure: usize,
     /// Serve `wss://` with this configuration (e.g. from [`crate::tls::server_config`]);
-    /// `None` (the default): plain `ws://`. The engine speaks HTTP/1.1 upgrades only, so it
-    /// advertises ALPN `http/1.1` whatever the configuration says. A configuration with a
+    /// `None` (the default): plain `ws://`. The engine speaks HTTP/1.1 upgrades itself, so it
+    /// advertises ALPN `http/1.1` whatever the configuration says, and `h2` before it when
+    /// [`http2_handoff`](Self::http2_handoff) is set. A configuration with a
     /// certificate resolver of its own (`ResolvesServerCert`) can change certificates while
     /// the engine runs: each handshake asks it.
     ///
@@ -128,6 +135,10 @@ pub struct EngineOptions {
     /// ```
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where HTTP/2 connections go: `None` (the default) refuses them as bad HTTP/1.1
+    /// requests (400); with a [`Handoff`], a plain connection that starts with the h2c preface
+    /// and a TLS connection that chose `h2` by ALPN are handed to it (see [`Handoff`]).
+    pub http2_handoff: Option<Handoff>,
 }
 
 impl Default for EngineOptions {
@@ -146,6 +157,7 @@ impl Default for EngineOptions {
             max_backpressure: 1 << 20,
             #[cfg(feature = "tls")]
             tls: None,
+            http2_handoff: None,
         }
     }
 }
@@ -316,7 +328,7 @@ impl Engine {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         #[cfg(feature = "tls")]
         if let Some(config) = &options.tls {
-            options.tls = Some(tls::http11_only(config));
+            options.tls = Some(tls::with_alpn(config, options.http2_handoff.is_some()));
         }
         options.threads = options.threads.max(1);
         options.max_connections = options.max_connections.max(1);
@@ -354,6 +366,8 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod handoff_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(all(test, feature = "tls"))]

@@ -191,23 +191,55 @@ mod imp {
             self.conn.send_close_notify();
             self.flush_records(stream)
         }
+
+        /// The handshake is complete and chose HTTP/2 by ALPN.
+        pub(in crate::engine) fn chose_h2(&self) -> bool {
+            !self.conn.is_handshaking() && self.conn.alpn_protocol() == Some(b"h2")
+        }
+
+        /// The session, for a hand-off: first the ciphertext read but not fed yet goes in,
+        /// and every byte of plaintext comes out into `plaintext`, so the session holds no
+        /// received data (records still to write stay in it).
+        pub(in crate::engine) fn into_session(
+            mut self,
+            mut cipher: &[u8],
+            stream: &TcpStream,
+            plaintext: &mut Vec<u8>,
+        ) -> io::Result<ServerConnection> {
+            loop {
+                let mut buf = [0; 4096];
+                // The end (close_notify, `Closed`) stays in the session for its reader to see.
+                while let Plaintext::Bytes(n) = self.take_plaintext(&mut buf) {
+                    plaintext.extend_from_slice(&buf[..n]);
+                }
+                if cipher.is_empty() {
+                    return Ok(self.conn);
+                }
+                self.feed(&mut cipher, stream)?;
+            }
+        }
     }
 
-    /// The configuration the engine serves with: `config`, advertising only `http/1.1` by
-    /// ALPN (the engine speaks HTTP/1.1 upgrades only; a client that negotiated `h2` would
-    /// send a preface it cannot parse).
-    pub(in crate::engine) fn http11_only(config: &Arc<ServerConfig>) -> Arc<ServerConfig> {
-        if config.alpn_protocols == [b"http/1.1".to_vec()] {
+    /// The configuration the engine serves with: `config`, advertising by ALPN `http/1.1`
+    /// (the engine speaks HTTP/1.1 upgrades itself; a client that negotiated `h2` sends a
+    /// preface it cannot parse), and `h2` before it when HTTP/2 connections are handed off.
+    pub(in crate::engine) fn with_alpn(config: &Arc<ServerConfig>, h2: bool) -> Arc<ServerConfig> {
+        let protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        if config.alpn_protocols == protocols {
             return config.clone();
         }
         let mut config = ServerConfig::clone(config);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = protocols;
         Arc::new(config)
     }
 }
 
 #[cfg(feature = "tls")]
-pub(super) use imp::http11_only;
+pub(super) use imp::with_alpn;
 
 #[cfg(not(feature = "tls"))]
 mod stub {
@@ -255,6 +287,10 @@ mod stub {
         }
 
         pub(in crate::engine) fn close(&mut self, _: &TcpStream) -> io::Result<Written> {
+            match *self {}
+        }
+
+        pub(in crate::engine) fn chose_h2(&self) -> bool {
             match *self {}
         }
     }
