@@ -285,6 +285,9 @@ where
         .header_read_timeout(IDLE_TIMEOUT)
         // A head that does not fit is answered 431 (hyper's smallest buffer is 8 KiB).
         .max_buf_size(MAX_HEAD)
+        // Responses are small: one copy into the head's buffer and one write is cheaper
+        // than hyper's queue of buffers for a vectored write.
+        .writev(false)
         .keep_alive(true);
     let connection = pin!(builder.serve_connection(io, service).with_upgrades());
     drive(connection, &mut shutdown).await;
@@ -292,10 +295,10 @@ where
 
 /// hyper's timer for one HTTP/1.1 connection, for its header-read timeout. hyper asks for a
 /// new sleep before every request head and drops it once the head is in; `TokioTimer` makes
-/// each a boxed tokio `Sleep` that enters the timer wheel (the request was not there yet)
-/// and leaves it again, for every request. Here every sleep of the connection drives the one
-/// `Sleep` the connection keeps: a new deadline only moves it (later is a store; the wheel is
-/// touched when the old deadline comes, and then finds the new one).
+/// each a boxed tokio `Sleep` that enters the timer wheel and leaves it again, for every
+/// request. Here every sleep of the connection drives the one `Sleep` the connection keeps,
+/// which is moved to the current deadline only when it fires: the wheel is touched once per
+/// timeout period, not once per request.
 #[derive(Clone, Default)]
 struct HeadTimer {
     sleep: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
@@ -329,10 +332,15 @@ impl std::future::Future for HeadSleep {
         // elsewhere cannot leave the Option half-written.
         let mut shared = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
         let sleep = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.deadline)));
-        if sleep.deadline() != self.deadline {
-            sleep.as_mut().reset(self.deadline);
+        // The shared sleep may still be set for an earlier head's deadline (never a later
+        // one: hyper's deadlines only move on). It is moved when it fires, not per head.
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if sleep.deadline() >= self.deadline => return Poll::Ready(()),
+                Poll::Ready(()) => sleep.as_mut().reset(self.deadline),
+            }
         }
-        sleep.as_mut().poll(cx)
     }
 }
 
@@ -520,8 +528,6 @@ fn into_hyper(response: Response, keep_alive: bool, h2: bool) -> hyper::Response
     } = response;
     let mut out = hyper::Response::new(full(body));
     *out.status_mut() = status;
-    // Room for every header at once: no growing on the second insert.
-    *out.headers_mut() = http::HeaderMap::with_capacity(3 + headers.len());
     let map = out.headers_mut();
     map.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -672,4 +678,37 @@ async fn sse(request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hyper::R
         stream.run(task_end, gone).await;
     });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Timer;
+    use std::time::{Duration, Instant};
+
+    /// hyper's pattern: a sleep per head, polled while the head is awaited and dropped once
+    /// it is in. The connection's one tokio sleep, armed for the first deadline, must end
+    /// the second sleep at the second deadline, not at the first.
+    #[tokio::test]
+    async fn head_timer_sleeps_end_at_their_own_deadline() {
+        let timer = HeadTimer::default();
+        let start = Instant::now();
+        let mut first = timer.sleep_until(start + Duration::from_millis(40));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the first deadline is still ahead");
+        drop(first);
+        let second = timer.sleep_until(start + Duration::from_millis(200));
+        timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second sleep ends within 10 s");
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "ended at {:?}, before its deadline",
+            start.elapsed()
+        );
+        // A sleep whose deadline has passed ends at once.
+        timeout(Duration::from_secs(10), timer.sleep_until(Instant::now()))
+            .await
+            .expect("a due sleep ends");
+    }
 }
