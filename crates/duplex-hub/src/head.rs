@@ -87,11 +87,22 @@ pub(crate) fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, Ha
     }))
 }
 
-pub(crate) fn wants_keep_alive(request: &Request<()>) -> bool {
-    let connection = request
+/// The headers' lines of `name`, found by walking the map: a request has a handful of lines,
+/// and comparing standard names is cheaper than hashing one per lookup (each lookup below
+/// was one on every request).
+fn lines<'a>(
+    request: &'a Request<()>,
+    name: &'a http::HeaderName,
+) -> impl Iterator<Item = &'a http::HeaderValue> + 'a {
+    request
         .headers()
-        .get_all(CONNECTION)
         .iter()
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+pub(crate) fn wants_keep_alive(request: &Request<()>) -> bool {
+    let connection = lines(request, &CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -111,11 +122,10 @@ pub(crate) fn body_framing(
     request: &Request<()>,
     max_body: usize,
 ) -> Result<BodyFraming, FramingError> {
-    let headers = request.headers();
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if lines(request, &TRANSFER_ENCODING).next().is_some() {
         return Err(FramingError::Chunked);
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let mut lengths = lines(request, &CONTENT_LENGTH);
     let length = match (lengths.next(), lengths.next()) {
         (None, _) if request.method() == Method::POST => {
             return Err(FramingError::LengthRequired);
@@ -130,8 +140,8 @@ pub(crate) fn body_framing(
             max: max_body,
         });
     }
-    let expects_continue = headers
-        .get(EXPECT)
+    let expects_continue = lines(request, &EXPECT)
+        .next()
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     Ok(BodyFraming {
         length: length as usize,

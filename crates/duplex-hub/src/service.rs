@@ -21,8 +21,8 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,7 +32,7 @@ use duplex_proto::Role;
 use duplex_proto::handshake::{Accept, Refused, ServerHandshake};
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -57,7 +57,10 @@ use crate::state::HubState;
 /// knowledge starts with it.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Most header lines in an HTTP/1.1 request head (431 above), as the builtin server.
+/// Most header lines in an HTTP/1.1 request head (431 above), as the builtin server. Checked
+/// in [`handle`], not by hyper's `max_headers`: with it set, hyper allocates two arrays of
+/// that many slots on the heap for every request head (its default of 100 sits on the stack),
+/// which cost a publication ~1,400 instructions.
 const MAX_HEADERS: usize = 64;
 
 /// What every request of one connection shares.
@@ -280,16 +283,71 @@ where
     let service = service_fn(move |request| handle(request, service_conn.clone(), false));
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::default())
         // Idle between requests and slow heads alike: the builtin server's 30 s.
         .header_read_timeout(IDLE_TIMEOUT)
-        .max_headers(MAX_HEADERS)
         // A head that does not fit is answered 431 (hyper's smallest buffer is 8 KiB).
         .max_buf_size(MAX_HEAD)
+        // Responses are small: one copy into the head's buffer and one write is cheaper
+        // than hyper's queue of buffers for a vectored write.
+        .writev(false)
         .keep_alive(true);
     let connection = pin!(builder.serve_connection(io, service).with_upgrades());
     drive(connection, &mut shutdown).await;
 }
+
+/// hyper's timer for one HTTP/1.1 connection, for its header-read timeout. hyper asks for a
+/// new sleep before every request head and drops it once the head is in; `TokioTimer` makes
+/// each a boxed tokio `Sleep` that enters the timer wheel and leaves it again, for every
+/// request. Here every sleep of the connection drives the one `Sleep` the connection keeps,
+/// which is moved to the current deadline only when it fires: the wheel is touched once per
+/// timeout period, not once per request.
+#[derive(Clone, Default)]
+struct HeadTimer {
+    sleep: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+/// A deadline of [`HeadTimer`]'s connection.
+struct HeadSleep {
+    sleep: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    deadline: tokio::time::Instant,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        // Not used by hyper's HTTP/1.1 server; a sleep of its own, as TokioTimer's.
+        hyper::rt::Timer::sleep(&TokioTimer::new(), duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadSleep {
+            sleep: self.sleep.clone(),
+            deadline: deadline.into(),
+        })
+    }
+}
+
+impl std::future::Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // One connection polls its sleeps from its one task: never contended; a panic
+        // elsewhere cannot leave the Option half-written.
+        let mut shared = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        let sleep = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.deadline)));
+        // The shared sleep may still be set for an earlier head's deadline (never a later
+        // one: hyper's deadlines only move on). It is moved when it fires, not per head.
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if sleep.deadline() >= self.deadline => return Poll::Ready(()),
+                Poll::Ready(()) => sleep.as_mut().reset(self.deadline),
+            }
+        }
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
 
 /// HTTP/2 on `io`: requests and WebSockets (extended CONNECT) as streams of it.
 async fn serve_h2<I>(io: TokioIo<I>, conn: Arc<Conn>)
@@ -359,6 +417,14 @@ async fn handle(
     conn: Arc<Conn>,
     h2: bool,
 ) -> Result<hyper::Response<Body>, NoResponse> {
+    if !h2 && request.headers().len() > MAX_HEADERS {
+        // hyper stops at 100 lines (431 too); one line is one entry of the map.
+        let response = Response::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("more than {MAX_HEADERS} header lines"),
+        );
+        return Ok(into_hyper(response, false, h2));
+    }
     if request.uri().path() == "/ws" {
         return Ok(websocket(request, &conn, h2));
     }
@@ -384,27 +450,73 @@ async fn handle(
     };
     // hyper answers `Expect: 100-continue` when the body is first polled.
     let limit = length.unwrap_or(max);
-    let read = timeout(IDLE_TIMEOUT, Limited::new(body, limit).collect()).await;
-    let body = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
-            Ok(e) => return Err(NoResponse::BodyFailed(*e)),
-            // Over the limit: only without a Content-Length (HTTP/2).
-            Err(_) => {
-                let response = Response::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body over the limit of {max} bytes"),
-                );
-                return Ok(into_hyper(response, false, h2));
-            }
-        },
-        Err(_) => return Err(NoResponse::BodyTimeout),
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(BodyError::Failed(e)) => return Err(NoResponse::BodyFailed(e)),
+        Err(BodyError::TimedOut) => return Err(NoResponse::BodyTimeout),
+        // Over the limit: only without a Content-Length (HTTP/2).
+        Err(BodyError::TooLarge) => {
+            let response = Response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body over the limit of {max} bytes"),
+            );
+            return Ok(into_hyper(response, false, h2));
+        }
     };
     let response = route(hub, &request, body, conn.peer.ip()).await;
     if *hub.shutdown.borrow() {
         keep_alive = false;
     }
     Ok(into_hyper(response, keep_alive, h2))
+}
+
+/// Why a request body was not read whole.
+#[derive(Debug)]
+enum BodyError {
+    /// The client went away or broke the framing.
+    Failed(hyper::Error),
+    /// More than the limit (HTTP/2 without `content-length`).
+    TooLarge,
+    /// Not all of it within [`IDLE_TIMEOUT`].
+    TimedOut,
+}
+
+/// Reads a request body of at most `limit` bytes. A body that came in one piece (a
+/// publication, as a rule: it arrives with its head) is that piece's `Bytes`, not a copy; and
+/// the timeout's timer is started only if the body is not all there at once.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let read = async move {
+        let mut whole = Bytes::new();
+        let mut joined: Option<BytesMut> = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(BodyError::Failed)?.into_data() else {
+                continue; // trailers
+            };
+            let so_far = joined.as_ref().map_or(whole.len(), BytesMut::len);
+            if so_far + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            match joined.as_mut() {
+                None if whole.is_empty() => whole = data,
+                None => {
+                    let mut both = BytesMut::with_capacity(whole.len() + data.len());
+                    both.extend_from_slice(&whole);
+                    both.extend_from_slice(&data);
+                    joined = Some(both);
+                }
+                Some(joined) => joined.extend_from_slice(&data),
+            }
+        }
+        Ok(joined.map_or(whole, BytesMut::freeze))
+    };
+    let mut read = pin!(read);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+    {
+        return done;
+    }
+    timeout(IDLE_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
 /// The hub's response for hyper: the builtin server's headers (`Content-Type`,
@@ -575,4 +687,37 @@ async fn sse(request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hyper::R
         stream.run(task_end, gone).await;
     });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Timer;
+    use std::time::{Duration, Instant};
+
+    /// hyper's pattern: a sleep per head, polled while the head is awaited and dropped once
+    /// it is in. The connection's one tokio sleep, armed for the first deadline, must end
+    /// the second sleep at the second deadline, not at the first.
+    #[tokio::test]
+    async fn head_timer_sleeps_end_at_their_own_deadline() {
+        let timer = HeadTimer::default();
+        let start = Instant::now();
+        let mut first = timer.sleep_until(start + Duration::from_millis(40));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the first deadline is still ahead");
+        drop(first);
+        let second = timer.sleep_until(start + Duration::from_millis(200));
+        timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second sleep ends within 10 s");
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "ended at {:?}, before its deadline",
+            start.elapsed()
+        );
+        // A sleep whose deadline has passed ends at once.
+        timeout(Duration::from_secs(10), timer.sleep_until(Instant::now()))
+            .await
+            .expect("a due sleep ends");
+    }
 }
