@@ -89,7 +89,10 @@ pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
         args.concurrency,
         args.hold,
         if args.hub_channels > 0 {
-            format!(", each subscribed to one of {} hub channels", args.hub_channels)
+            format!(
+                ", each subscribed to one of {} hub channels",
+                args.hub_channels
+            )
         } else {
             String::new()
         }
