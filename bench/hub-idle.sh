@@ -19,6 +19,7 @@
 #   --reps R           repetitions (default 3)
 #   --quick            N=2000, R=1
 #   --no-build         use target/release/duplex as it is
+#   --binary PATH      measure this duplex binary instead (another build, for before/after)
 set -euo pipefail
 ARGS="$*"
 
@@ -32,6 +33,7 @@ CHANNELS=${CHANNELS:-100}
 JOIN_LEAVE=${JOIN_LEAVE:-true}
 REPS=${REPS:-3}
 BUILD=${BUILD:-1}
+BINARY=${BINARY:-}
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift ;;
     --quick) CONNECTIONS=2000 REPS=1 ;;
     --no-build) BUILD=0 ;;
+    --binary) BINARY=$2; BUILD=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -61,7 +64,7 @@ if [ "$BUILD" = 1 ]; then
     log "building duplex (release)"
     (cd "$ROOT" && cargo build --release -q -p duplex-cli) || die "duplex build failed"
 fi
-cp "$ROOT/target/release/duplex" "$RUN/bin/duplex"
+cp "${BINARY:-$ROOT/target/release/duplex}" "$RUN/bin/duplex"
 DUPLEX=$RUN/bin/duplex
 
 PORT=${PORT_BASE:-19400}
@@ -100,5 +103,6 @@ done
 [ ${#figures[@]} -gt 0 ] || die "no repetition succeeded"
 median=$(printf '%s\n' "${figures[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
 rev="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet -- crates || echo '+dirty')"
+if [ -n "$BINARY" ]; then rev=$BINARY; fi
 echo "hub idle: $CONNECTIONS connections, channels $CHANNELS, join-leave $JOIN_LEAVE, duplex $rev:" \
     "${figures[*]} KiB per connection (median $median)" | tee "$RUN/result.txt"
