@@ -565,6 +565,7 @@ async fn upgrade(
         grants,
         shared_deflate,
         Transport::H1,
+        (),
     )
     .await;
 }

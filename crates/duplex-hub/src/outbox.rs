@@ -372,6 +372,11 @@ impl Outbox {
     pub(crate) fn set_filter(&self, channel: u64, epoch: Arc<str>, upto: u64) {
         let mut state = lock(&self.state);
         state.filters.retain(|f| f.channel != channel);
+        if state.filters.capacity() == 0 {
+            // Most connections subscribe to one channel: room for one filter (32 bytes), not
+            // the four a push reserves. It stays until a publication passes it.
+            state.filters.reserve_exact(1);
+        }
         state.filters.push(Filter {
             channel,
             epoch,

@@ -595,26 +595,31 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
     let connection = upgrade.connection;
     let (hub, peer, done) = (hub.clone(), conn.peer, conn.done.clone());
     tokio::spawn(async move {
-        let _slot = slot;
-        let _done = done;
         match on_upgrade.await {
-            Ok(upgraded) => run(upgraded, connection, hub, grants, peer, h2).await,
+            // A task of its own for the session, holding nothing of this one: the session's
+            // future is all an idle connection keeps (see docs/performance.md).
+            Ok(upgraded) => {
+                let session = start(upgraded, connection, hub, grants, peer, h2, (slot, done));
+                tokio::spawn(session);
+            }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
     });
     response
 }
 
-/// Runs the session of an upgraded connection: over plain HTTP/1.1 on the `TcpStream` itself
-/// (direct writes by the fan-out), otherwise on the upgraded stream (queued outbox).
-async fn run(
+/// The session of an upgraded connection: over plain HTTP/1.1 on the `TcpStream` itself
+/// (direct writes by the fan-out), otherwise on the upgraded stream (queued outbox). `guard`
+/// (the connection slot, the hub's wait) is held until it ends.
+fn start(
     upgraded: Upgraded,
     connection: Connection,
     hub: Arc<HubState>,
     grants: crate::auth::Grants,
     peer: SocketAddr,
     h2: bool,
-) {
+    guard: impl Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let negotiated = connection.deflate().copied();
     let limit = hub.config.queue_bytes;
     let mut direct = true;
@@ -642,7 +647,7 @@ async fn run(
     });
     tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct, "websocket accepted");
     let transport = if h2 { Transport::H2 } else { Transport::H1 };
-    crate::session::run(ws, outbox, hub, grants, shared_deflate, transport).await;
+    crate::session::run(ws, outbox, hub, grants, shared_deflate, transport, guard)
 }
 
 /// `/sse`: the stream ([`crate::sse`] decides and writes it) as this response's body, or its

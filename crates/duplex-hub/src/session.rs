@@ -10,7 +10,7 @@
 //! queue up, so a subscribe reply (with its recovered publications) always precedes the live
 //! publications after it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ struct Session {
     /// Subscribed channels. Inserted before the node registration is awaited, so that a
     /// cancelled subscribe is still cleaned up.
     /// The value is the channel's `LocalChannel::id` once registered (0 before).
-    subscriptions: HashMap<String, u64>,
+    subscriptions: Subscriptions,
     bucket: TokenBucket,
     /// Subscribes and unsubscribes (rate and burst from the config).
     subscribe_bucket: Bucket,
@@ -63,7 +63,8 @@ enum End {
 const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and recover with since";
 
 /// Runs the connection `ws`, whose stream writes through `outbox` (see [`OutboxStream::new`]
-/// and [`OutboxStream::queued`]), accepted over `transport`.
+/// and [`OutboxStream::queued`]), accepted over `transport`. `guard` is dropped when it ends
+/// (held here rather than by a wrapping future, which would store this one twice).
 pub(crate) async fn run(
     mut ws: Ws,
     outbox: Arc<Outbox>,
@@ -71,7 +72,9 @@ pub(crate) async fn run(
     grants: Grants,
     shared_deflate: bool,
     transport: Transport,
+    guard: impl Send,
 ) {
+    let _guard = guard;
     let metrics = hub.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.accepted(transport);
@@ -88,7 +91,7 @@ pub(crate) async fn run(
         grants,
         outbox: outbox.clone(),
         shared_deflate,
-        subscriptions: HashMap::new(),
+        subscriptions: Subscriptions::default(),
         bucket: TokenBucket::new(
             hub.config.publish_rate,
             hub.config.publish_burst,
@@ -99,16 +102,54 @@ pub(crate) async fn run(
         batch: VecDeque::new(),
     };
     let end = session.drive(&mut ws, &outbox).await;
-    // Whatever is written from here on (the Close frame) is the last.
-    outbox.hold();
-    session.cleanup().await;
-    if let End::Close(code, reason) = end {
-        tracing::debug!(client = %session.info.client, code = code.as_u16(), reason, "closing");
-        // Bounded by the close timeout.
-        let _ = ws.close(code, reason).await;
-    }
+    // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
+    // would otherwise be part of every idle connection's task.
+    Box::pin(session.finish(ws, end)).await;
     hub.unregister_session(conn);
     metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// A connection's subscriptions: channel name and `LocalChannel::id`. A vector searched in
+/// order rather than a map: most connections hold one or a few (a map's smallest table is
+/// 148 bytes, this is 24 per entry), and `max_subscriptions` bounds the search.
+#[derive(Default)]
+struct Subscriptions(Vec<(Box<str>, u64)>);
+
+impl Subscriptions {
+    fn position(&self, channel: &str) -> Option<usize> {
+        self.0.iter().position(|(name, _)| **name == *channel)
+    }
+
+    fn contains(&self, channel: &str) -> bool {
+        self.position(channel).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds `channel` or updates its id.
+    fn insert(&mut self, channel: &str, id: u64) {
+        if let Some(i) = self.position(channel) {
+            self.0[i].1 = id;
+            return;
+        }
+        if self.0.capacity() == 0 {
+            // The first subscription gets room for itself only (not the 4 a push reserves).
+            self.0.reserve_exact(1);
+        }
+        self.0.push((channel.into(), id));
+    }
+
+    /// Removes `channel`, returning its id.
+    fn remove(&mut self, channel: &str) -> Option<u64> {
+        let i = self.position(channel)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn names(&self) -> Vec<Box<str>> {
+        self.0.iter().map(|(name, _)| name.clone()).collect()
+    }
 }
 
 /// The receive side's waker: notes that the socket (or a timer of the receive path) fired, then
@@ -244,8 +285,11 @@ impl Session {
                 };
                 // Pushes queue up until the reply is out (and are drained, filtered, next).
                 outbox.hold();
-                let step = pin!(self.handle(ws, message));
-                if let Err(end) = until_closed(outbox, step).await {
+                // Boxed: commands are rare next to deliveries, and the futures of a subscribe
+                // (broker, history, presence) would otherwise be part of every idle
+                // connection's task.
+                let mut step = Box::pin(self.handle(ws, message));
+                if let Err(end) = until_closed(outbox, step.as_mut()).await {
                     return end;
                 }
             }
@@ -363,7 +407,7 @@ impl Session {
                 format!("not allowed to subscribe to {channel:?}"),
             ));
         }
-        if self.subscriptions.contains_key(channel) {
+        if self.subscriptions.contains(channel) {
             return Err(Refusal::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel:?}"),
@@ -377,7 +421,7 @@ impl Session {
             ));
         }
 
-        self.subscriptions.insert(channel.to_owned(), 0);
+        self.subscriptions.insert(channel, 0);
         let hub = self.hub.clone();
         let subscriber = Subscriber::new(self.conn, self.outbox.clone(), self.shared_deflate);
         // 1. Register: from here on every publication the broker delivers is queued for us.
@@ -390,7 +434,7 @@ impl Session {
         };
         let local = match hub.fanout.subscribe(channel, subscriber, broker).await {
             Ok(local) => {
-                self.subscriptions.insert(channel.to_owned(), local.id);
+                self.subscriptions.insert(channel, local.id);
                 local
             }
             Err(e) => {
@@ -483,7 +527,7 @@ impl Session {
     }
 
     async fn unsubscribe(&mut self, id: &Id, channel: &str) -> Result<Vec<u8>, Refusal> {
-        if !self.subscriptions.contains_key(channel) {
+        if !self.subscriptions.contains(channel) {
             return Err(Refusal::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel:?}"),
@@ -545,11 +589,18 @@ impl Session {
         Ok(out)
     }
 
-    /// Leaves every channel (the connection is ending).
-    async fn cleanup(&mut self) {
-        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
-        for channel in channels {
+    /// The connection ends: leaves every channel, then closes with the code of `end` (if
+    /// any).
+    async fn finish(&mut self, mut ws: Ws, end: End) {
+        // Whatever is written from here on (the Close frame) is the last.
+        self.outbox.hold();
+        for channel in self.subscriptions.names() {
             self.leave(&channel).await;
+        }
+        if let End::Close(code, reason) = end {
+            tracing::debug!(client = %self.info.client, code = code.as_u16(), reason, "closing");
+            // Bounded by the close timeout.
+            let _ = ws.close(code, reason).await;
         }
     }
 }

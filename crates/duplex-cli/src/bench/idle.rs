@@ -1,6 +1,9 @@
 //! `duplex bench idle`: opens N upgraded connections (a bounded number of handshakes in flight)
 //! and holds them, answering nothing but what the protocol needs, until `--hold` elapses or
 //! Ctrl-C. What a server spends per idle connection is then its memory growth divided by N.
+//!
+//! Against `duplex hub`, `--hub-channels N` subscribes connection i to channel `idle-{i % N}`
+//! (waiting for each reply) before holding it: what the hub spends per subscribed connection.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -32,12 +35,67 @@ pub struct IdleArgs {
     /// DIR/open.ready, then hold until DIR/open.go exists (or --hold elapses).
     #[arg(long, value_name = "DIR")]
     sync_dir: Option<PathBuf>,
+    /// Against `duplex hub`: after the upgrade, subscribe connection i to the channel
+    /// `idle-{i % N}` and wait for the hub's `{"id":1,"ok":true,...}` reply (0: no subscribe).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    hub_channels: u64,
+}
+
+/// What a subscribe came to.
+#[derive(Debug)]
+enum Subscribed {
+    /// The hub said `"ok":true`.
+    Ok,
+    /// The hub refused (its reply), or the connection failed or closed before the reply.
+    Failed(String),
+}
+
+/// Subscribes `ws` to `channel` as request id 1 and waits for the reply: pushes that come
+/// first (other clients' joins on the same channel) are skipped.
+async fn subscribe<S>(ws: &mut duplex::WebSocket<S>, channel: &str) -> Subscribed
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let command = format!(r#"{{"id":1,"op":"subscribe","channel":"{channel}"}}"#);
+    if let Err(e) = ws.send(duplex::Message::text(command)).await {
+        return Subscribed::Failed(format!("subscribe: {}", common::describe(&e)));
+    }
+    loop {
+        match ws.recv().await {
+            Some(Ok(duplex::Message::Text(text))) => {
+                let text = text.as_str();
+                if !text.starts_with(r#"{"id":1,"#) {
+                    continue;
+                }
+                if text.starts_with(r#"{"id":1,"ok":true"#) {
+                    return Subscribed::Ok;
+                }
+                return Subscribed::Failed(format!("subscribe refused: {text}"));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                return Subscribed::Failed(format!("subscribe: {}", common::describe(&e)));
+            }
+            None => return Subscribed::Failed("closed before the subscribe reply".into()),
+        }
+    }
 }
 
 pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
     println!(
-        "duplex bench idle: {} | {} connections, {} handshakes in flight, hold {} s",
-        args.url, args.connections, args.concurrency, args.hold
+        "duplex bench idle: {} | {} connections, {} handshakes in flight, hold {} s{}",
+        args.url,
+        args.connections,
+        args.concurrency,
+        args.hold,
+        if args.hub_channels > 0 {
+            format!(
+                ", each subscribed to one of {} hub channels",
+                args.hub_channels
+            )
+        } else {
+            String::new()
+        }
     );
     let sync = SyncDir::new(args.sync_dir.clone());
     let bar = common::progress_bar(args.connections, "opening {bar:40} {pos}/{len} {msg}");
@@ -48,12 +106,25 @@ pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
     let mut held = Vec::with_capacity(args.connections as usize);
     let mut failures = Failures::default();
     let started = Instant::now();
+    let channels = args.hub_channels;
     let mut opening = futures_util::stream::iter(0..args.connections)
-        .map(|_| duplex::connect_with(&url, options.clone()))
+        .map(|i| {
+            let connecting = duplex::connect_with(&url, options.clone());
+            async move {
+                let (mut ws, _response) = connecting.await.map_err(|e| common::describe(&e))?;
+                if channels > 0 {
+                    match subscribe(&mut ws, &format!("idle-{}", i % channels)).await {
+                        Subscribed::Ok => {}
+                        Subscribed::Failed(why) => return Err(why),
+                    }
+                }
+                Ok(ws)
+            }
+        })
         .buffer_unordered(args.concurrency.max(1));
     while let Some(result) = opening.next().await {
         match result {
-            Ok((mut ws, _response)) => {
+            Ok(mut ws) => {
                 let dropped = dropped.clone();
                 // Keep reading, so pings are answered and a close from the server is noticed.
                 held.push(tokio::task::spawn_local(async move {
@@ -61,7 +132,7 @@ pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
                     dropped.set(dropped.get() + 1);
                 }));
             }
-            Err(e) => failures.add(common::describe(&e)),
+            Err(why) => failures.add(why),
         }
         bar.inc(1);
         bar.set_message(format!("{} failed", failures.total()));
