@@ -400,8 +400,8 @@ impl Incoming {
     }
 
     /// The common case in one step: a whole unfragmented, uncompressed text or binary frame
-    /// shorter than 64 KiB, masked as the role requires, entirely in `buf`, with no message in
-    /// progress. Anything else returns `false` having consumed nothing, and the general path
+    /// (of any length: 64-bit lengths through `decode_long`), masked as the role requires,
+    /// entirely in `buf`, with no message in progress. Anything else returns `false` having consumed nothing, and the general path
     /// takes it (errors included: a frame over a limit is left to it to report).
     #[inline(always)]
     fn consume_whole_frame(
@@ -410,7 +410,7 @@ impl Incoming {
         config: &Limits,
         out: &mut Output<'_>,
     ) -> Result<bool, ProtocolError> {
-        let Some(header) = decode_short(buf) else {
+        let Some(header) = decode_short(buf).or_else(|| decode_long(buf)) else {
             return Ok(false);
         };
         // FIN set, no RSV bit, and an opcode that starts a message.
@@ -451,6 +451,40 @@ impl Incoming {
         out.events.push_back(Event::Message(message));
         Ok(true)
     }
+}
+
+/// A whole header with a 64-bit length (frames of 64 KiB and more), for the whole-frame path:
+/// a large frame fed whole (the engine reads one into a buffer of its own) is then taken in
+/// one step like a small one, without the general path's frame and message state. `None` for
+/// anything else (incomplete, a shorter length field, a length with the top bit set or past
+/// `usize`: the general path judges those). The returned `payload_len` may exceed 64 KiB.
+#[inline(never)]
+fn decode_long(buf: &[u8]) -> Option<crate::frame::ShortHeader> {
+    let [first, b1, ref rest @ ..] = *buf else {
+        return None;
+    };
+    if b1 & 0x7f != 127 {
+        return None;
+    }
+    let len64 = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    if len64 >> 63 != 0 {
+        return None;
+    }
+    let payload_len = usize::try_from(len64).ok()?;
+    let (mask, len) = if b1 & 0x80 != 0 {
+        let &[k0, k1, k2, k3] = rest.get(8..12)? else {
+            return None;
+        };
+        (Some([k0, k1, k2, k3]), 14)
+    } else {
+        (None, 10)
+    };
+    Some(crate::frame::ShortHeader {
+        first,
+        payload_len,
+        mask,
+        len,
+    })
 }
 
 /// What can be judged from the header alone, before any payload is read (RFC 6455 section

@@ -1434,7 +1434,7 @@ fn a_partial_frame_is_held_out_of_line_only_until_it_completes() {
         server.poll_event(),
         Some(Event::Message(Message::binary(vec![7; 300])))
     );
-    // A whole frame (here, through the general path: 64-bit length) allocates no state.
+    // A whole large frame (64-bit length) allocates no state either.
     let mut wire = client_frame(true, 0, 2, &[1; 70_000]);
     server.recv(&mut wire).unwrap();
     assert!(!server.incoming.has_partial());
