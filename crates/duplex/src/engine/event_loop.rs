@@ -794,8 +794,11 @@ impl<H: Handler> EventLoop<'_, H> {
                         self.handler.on_close(id, code, reason);
                     }
                 }
+                // The answer to our keepalive ping: the connection is otherwise quiet, so its
+                // event queue goes now (see `sweep`); kept while it still holds events.
+                Event::Pong(_) => open.conn.shrink_to_fit(),
                 // Pongs are queued by the connection; fragments are off.
-                Event::Ping(_) | Event::Pong(_) | Event::Fragment { .. } => {}
+                Event::Ping(_) | Event::Fragment { .. } => {}
             }
         }
         if let (Some(e), false) = (open.conn.protocol_error(), slot.notified) {
@@ -957,6 +960,14 @@ impl<H: Handler> EventLoop<'_, H> {
             }
             if self.flush(index) == Next::Drop {
                 self.remove(index);
+            } else if let Some(Phase::Open(open)) =
+                self.entries[index].slot.as_mut().map(|s| &mut s.phase)
+            {
+                // A keepalive ping, written: its queue goes now rather than at the next quiet
+                // sweep. A ping round reaches every quiet connection within one sweep, and
+                // each keeping its queue until the next would raise the heap's high-water
+                // mark (RSS) by that much for good.
+                open.conn.shrink_to_fit();
             }
         }
     }
