@@ -110,12 +110,18 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    #[cfg(test)]
     pub(crate) fn new(budget: Option<MessageBudget>) -> Hold {
         Hold { budget, charged: 0 }
     }
 
-    pub(crate) fn budget(&self) -> Option<&MessageBudget> {
-        self.budget.as_ref()
+    /// Charges `budget` from now on, if it charges none yet: bound when a message first needs
+    /// charging, so that messages received whole (most) never touch the budget's counter.
+    #[inline]
+    pub(crate) fn bind(&mut self, budget: Option<&MessageBudget>) {
+        if self.budget.is_none() {
+            self.budget = budget.cloned();
+        }
     }
 
     /// Makes sure at least `total` bytes are charged for the message in progress, before it

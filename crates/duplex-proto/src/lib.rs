@@ -25,7 +25,7 @@ pub use budget::MessageBudget;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Timers};
 pub use connection::{
-    Connection, Event, MaskKeySource, PreparedMessage, State, Transmit, os_mask_key,
+    Connection, Event, MaskKeySource, PreparedMessage, SharedConfig, State, Transmit, os_mask_key,
 };
 pub use error::{Error, ProtocolError, UsageError};
 pub use frame::OpCode;

@@ -55,12 +55,14 @@
 mod mask_keys;
 mod prepared;
 mod recv;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod timer;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -81,6 +83,9 @@ use crate::role::Role;
 pub use mask_keys::{MaskKeySource, os_mask_key};
 pub use prepared::PreparedMessage;
 use recv::Incoming;
+pub(crate) use settings::Limits;
+use settings::Settings;
+pub use settings::SharedConfig;
 use timer::{Clock, Tick};
 
 /// Something the peer sent, ready for the application.
@@ -176,8 +181,9 @@ impl std::fmt::Debug for Transmit {
 pub struct Connection {
     role: Role,
     state: State,
-    limits: Limits,
-    mask_keys: MaskKeySource,
+    /// Limits, timer intervals, budget and masking-key source: the same for every connection
+    /// of a server, so kept once (see [`SharedConfig`]).
+    settings: Arc<Settings>,
     incoming: Incoming,
     /// How the connection ends, once known: held back until the events before it are drained
     /// (Autobahn 3.2, 4.1.3, 5.15: the application answers what came first), then the failure
@@ -206,34 +212,31 @@ enum End {
     Failed(ProtocolError),
 }
 
-/// The protocol limits of [`Config`], as the receive path reads them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) max_frame_size: usize,
-    pub(crate) max_message_size: usize,
-    pub(crate) streaming_receive: bool,
-}
-
 impl Connection {
     /// A connection in the open state, right after the opening handshake.
     ///
     /// A client masks its frames with keys from the operating system's generator
     /// ([`os_mask_key`]); [`Connection::set_mask_key_source`] sets another source.
     pub fn new(role: Role, config: Config) -> Connection {
-        let limits = Limits {
-            max_frame_size: config.max_frame_size,
-            max_message_size: config.max_message_size,
-            streaming_receive: config.streaming_receive,
-        };
+        Connection::with_settings(role, Arc::new(Settings::new(&config)))
+    }
+
+    /// A connection like [`Connection::new`]'s, with settings shared with every other
+    /// connection made from `shared`: a server making many connections from one
+    /// configuration keeps it once instead of in each.
+    pub fn with_shared(role: Role, shared: &SharedConfig) -> Connection {
+        Connection::with_settings(role, shared.0.clone())
+    }
+
+    fn with_settings(role: Role, settings: Arc<Settings>) -> Connection {
         Connection {
             role,
-            incoming: Incoming::new(&limits, config.message_budget),
+            incoming: Incoming::default(),
             end: None,
-            clock: Clock::new(&config.timers),
+            clock: Clock::default(),
             clock_at: None,
-            limits,
+            settings,
             state: State::Open,
-            mask_keys: os_mask_key,
             sending_fragmented: None,
             #[cfg(feature = "deflate")]
             deflate: None,
@@ -246,21 +249,26 @@ impl Connection {
     /// them once a handshake has built the connection. Call it before the first
     /// [`Connection::handle_timeout`]: it restarts the timers.
     pub fn set_timers(&mut self, timers: &crate::config::Timers) {
-        self.clock = Clock::new(timers);
+        let intervals = timer::Intervals::new(timers);
+        if self.settings.intervals != intervals {
+            // Settings shared with other connections are copied first (copy on write).
+            Arc::make_mut(&mut self.settings).intervals = intervals;
+        }
+        self.clock = Clock::default();
     }
 
     /// Sets where masking keys come from (used by clients only). The default,
     /// [`os_mask_key`], is what RFC 6455 section 5.3 asks for; change it only for a source at
     /// least as unpredictable, or in tests.
     pub fn set_mask_key_source(&mut self, source: MaskKeySource) {
-        self.mask_keys = source;
+        Arc::make_mut(&mut self.settings).mask_keys = source;
     }
 
     /// Masks with a predictable sequence (shared by every connection that asks for it), for
     /// tests that compare wire bytes. Never for a client on the open web.
     #[doc(hidden)]
     pub fn with_deterministic_masks(mut self) -> Connection {
-        self.mask_keys = mask_keys::deterministic_mask_key;
+        self.set_mask_key_source(mask_keys::deterministic_mask_key);
         self
     }
 
@@ -307,13 +315,7 @@ impl Connection {
 
     /// The configuration (rebuilt: the connection keeps it in a compact form).
     pub fn config(&self) -> Config {
-        Config {
-            max_frame_size: self.limits.max_frame_size,
-            max_message_size: self.limits.max_message_size,
-            streaming_receive: self.limits.streaming_receive,
-            message_budget: self.incoming.budget().cloned(),
-            timers: self.clock.timers(),
-        }
+        self.settings.config()
     }
 
     /// Where the close handshake stands.
@@ -389,7 +391,11 @@ impl Connection {
     /// ```
     #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.clock.next(self.clock_at, self.state != State::Open)
+        self.clock.next(
+            &self.settings.intervals,
+            self.clock_at,
+            self.state != State::Open,
+        )
     }
 
     /// Runs the timers up to `now` (see [`Timers`](crate::config::Timers) for what they mean):
@@ -399,13 +405,14 @@ impl Connection {
     /// clock. Calling it early or often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         let closing = self.state != State::Open;
-        match self.clock.step(&mut self.clock_at, now, closing) {
+        let intervals = &self.settings.intervals;
+        match self.clock.step(intervals, &mut self.clock_at, now, closing) {
             Tick::Nothing => {}
             Tick::Ping => self.queue_frame(true, OpCode::Ping, Bytes::new()),
             Tick::Idle => {
                 self.queue_close(Some(CloseCode::GOING_AWAY), "idle timeout");
                 self.state = State::CloseSent;
-                self.clock.start_close();
+                self.clock.start_close(&self.settings.intervals);
             }
         }
     }
@@ -444,7 +451,7 @@ impl Connection {
             return None;
         }
         self.incoming
-            .whole_frame_len(buf, &self.limits, self.role, at_least)
+            .whole_frame_len(buf, &self.settings.limits, self.role, at_least)
     }
 
     /// Feeds received bytes.
@@ -473,10 +480,10 @@ impl Connection {
             events: &mut self.events,
             transmits: &mut self.transmits,
             role: self.role,
-            mask_keys: self.mask_keys,
+            mask_keys: self.settings.mask_keys,
             answer_pings: self.state == State::Open,
         };
-        match self.incoming.consume(buf, &self.limits, &mut out) {
+        match self.incoming.consume(buf, &self.settings, &mut out) {
             Ok(recv::Consumed::NeedMore) => Ok(()),
             ended => self.recv_ended(ended, buf),
         }
@@ -599,7 +606,7 @@ impl Connection {
             push_frame(
                 &mut self.transmits,
                 self.role,
-                self.mask_keys,
+                self.settings.mask_keys,
                 bits,
                 out.freeze(),
             );
@@ -675,7 +682,7 @@ impl Connection {
             push_frame(
                 &mut self.transmits,
                 self.role,
-                self.mask_keys,
+                self.settings.mask_keys,
                 FrameBits { fin, rsv, opcode },
                 out.freeze(),
             );
@@ -768,6 +775,30 @@ impl Connection {
         self.transmits.advance(n);
     }
 
+    /// Frees what the connection keeps allocated for reuse without using it: the capacity of
+    /// its event and frame queues when they are empty. Queues keep their capacity between
+    /// messages (allocating per message would cost a busy connection more than the memory);
+    /// a runtime calls this for a connection that went quiet, so that an idle connection
+    /// holds no heap memory. Harmless at any time: the next message allocates again.
+    ///
+    /// ```
+    /// use duplex_proto::{Config, Connection, Message, Role};
+    /// let mut server = Connection::new(Role::Server, Config::default());
+    /// server.send(Message::text("hi")).unwrap();
+    /// while server.poll_transmit().is_some() {}
+    /// server.shrink_to_fit();
+    /// server.send(Message::text("again")).unwrap();
+    /// assert_eq!(server.pending_transmits(), 1);
+    /// ```
+    pub fn shrink_to_fit(&mut self) {
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.transmits.is_empty() && self.transmits.frames.capacity() > 0 {
+            self.transmits.frames = VecDeque::new();
+        }
+    }
+
     /// Whether a message that starts with `len` bytes is sent compressed.
     fn compresses(&self, len: usize) -> bool {
         #[cfg(feature = "deflate")]
@@ -815,7 +846,7 @@ impl Connection {
         push_frame(
             &mut self.transmits,
             self.role,
-            self.mask_keys,
+            self.settings.mask_keys,
             FrameBits {
                 fin,
                 rsv: 0,

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::settings::Settings;
 use super::{Event, FrameBits, Limits, MaskKeySource, push_frame};
-use crate::budget::{Hold, MessageBudget};
+use crate::budget::Hold;
 use crate::close::{CloseCode, CloseFrame};
 use crate::error::ProtocolError;
 use crate::frame::{FrameHeader, OpCode, RSV1, decode_short};
@@ -40,15 +41,28 @@ pub(super) enum Consumed {
 /// Receive state: the frame being read and the message being reassembled.
 #[derive(Debug, Default)]
 pub(super) struct Incoming {
-    frame: Option<FrameInProgress>,
-    message: Option<MessageInProgress>,
-    /// RSV bits the negotiated extensions define (RSV1 with permessage-deflate).
-    allowed_rsv: u8,
+    /// A frame or message received in part. Boxed: between messages (an idle connection,
+    /// and nearly every read of small messages, which arrive whole) there is none, and inline
+    /// it would cost every connection ~100 bytes.
+    partial: Option<Box<Partial>>,
     /// permessage-deflate's receive side, once negotiated.
     #[cfg(feature = "deflate")]
     inflate: Option<Box<crate::extensions::deflate::Decompressor>>,
+}
+
+/// What [`Incoming`] keeps between reads while a frame or a message is incomplete.
+#[derive(Debug, Default)]
+struct Partial {
+    frame: Option<FrameInProgress>,
+    message: Option<MessageInProgress>,
     /// What the message in progress holds of the shared budget (none without one).
     hold: Hold,
+}
+
+impl Partial {
+    fn is_empty(&self) -> bool {
+        self.frame.is_none() && self.message.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,32 +88,34 @@ struct MessageInProgress {
 }
 
 impl Incoming {
-    pub(super) fn new(_config: &Limits, budget: Option<MessageBudget>) -> Self {
-        Incoming {
-            hold: Hold::new(budget),
-            ..Incoming::default()
-        }
-    }
-
-    /// The shared budget this connection charges, if any.
-    pub(super) fn budget(&self) -> Option<&MessageBudget> {
-        self.hold.budget()
+    /// Whether a frame or message is in progress (its state boxed).
+    #[cfg(test)]
+    pub(super) fn has_partial(&self) -> bool {
+        self.partial.is_some()
     }
 
     /// Drops the message in progress (nothing more will be read: the connection failed or
     /// ended) and gives its bytes back to the budget.
     #[cold]
     pub(super) fn discard(&mut self) {
-        self.message = None;
-        self.frame = None;
-        self.hold.release();
+        // Dropping the hold gives its bytes back.
+        self.partial = None;
     }
 
     /// Enables the receive side of permessage-deflate: RSV1 marks compressed messages.
     #[cfg(feature = "deflate")]
     pub(super) fn set_inflate(&mut self, decompressor: crate::extensions::deflate::Decompressor) {
-        self.allowed_rsv |= RSV1;
         self.inflate = Some(Box::new(decompressor));
+    }
+
+    /// RSV bits the negotiated extensions define: RSV1 with permessage-deflate (the only
+    /// extension; derived rather than stored, which would cost every connection 8 bytes).
+    fn allowed_rsv(&self) -> u8 {
+        #[cfg(feature = "deflate")]
+        if self.inflate.is_some() {
+            return RSV1;
+        }
+        0
     }
 
     /// See [`Connection::whole_frame_len`](super::Connection::whole_frame_len).
@@ -110,11 +126,12 @@ impl Incoming {
         role: Role,
         at_least: usize,
     ) -> Option<usize> {
-        if self.frame.is_some() || config.streaming_receive {
+        let partial = self.partial.as_deref();
+        if partial.is_some_and(|p| p.frame.is_some()) || config.streaming_receive {
             return None;
         }
         let (header, header_len) = FrameHeader::decode(buf).ok()??;
-        let size_so_far = match (&self.message, header.opcode) {
+        let size_so_far = match (partial.and_then(|p| p.message.as_ref()), header.opcode) {
             (None, OpCode::Binary) => 0,
             (Some(message), OpCode::Continuation)
                 if message.kind == DataKind::Binary && !message.compressed =>
@@ -141,10 +158,11 @@ impl Incoming {
     pub(super) fn consume(
         &mut self,
         buf: &mut BytesMut,
-        config: &Limits,
+        settings: &Settings,
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
-        while self.frame.is_none() && self.message.is_none() {
+        let config = &settings.limits;
+        while self.partial.is_none() {
             if buf.is_empty() {
                 return Ok(Consumed::NeedMore);
             }
@@ -152,39 +170,64 @@ impl Incoming {
                 break;
             }
         }
-        self.consume_general(buf, config, out)
+        self.consume_general(buf, settings, out)
     }
 
     /// [`Incoming::consume`] for everything: partial and fragmented frames, control frames,
-    /// compression, errors.
+    /// compression, errors. Works on the partial state out of its box (or a fresh one on the
+    /// stack), and boxes it again only if something is still incomplete when it returns: a
+    /// whole large frame allocates nothing here.
     fn consume_general(
         &mut self,
         buf: &mut BytesMut,
-        config: &Limits,
+        settings: &Settings,
         out: &mut Output<'_>,
     ) -> Result<Consumed, ProtocolError> {
+        let mut boxed = self.partial.take();
+        let mut state = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
+        let result = self.consume_parts(&mut state, buf, settings, out);
+        if !state.is_empty() {
+            self.partial = Some(match boxed {
+                Some(mut reused) => {
+                    *reused = state;
+                    reused
+                }
+                None => Box::new(state),
+            });
+        }
+        result
+    }
+
+    fn consume_parts(
+        &mut self,
+        state: &mut Partial,
+        buf: &mut BytesMut,
+        settings: &Settings,
+        out: &mut Output<'_>,
+    ) -> Result<Consumed, ProtocolError> {
+        let config = &settings.limits;
         // `consume` has just tried the shortcut on what `buf` starts with.
         let mut tried_shortcut = true;
         loop {
-            if self.frame.is_none() {
+            if state.frame.is_none() {
                 if buf.is_empty() {
                     return Ok(Consumed::NeedMore);
                 }
                 if !std::mem::replace(&mut tried_shortcut, false)
-                    && self.message.is_none()
+                    && state.message.is_none()
                     && self.consume_whole_frame(buf, config, out)?
                 {
                     continue;
                 }
             }
             tried_shortcut = false;
-            let mut frame = match self.frame {
+            let mut frame = match state.frame {
                 Some(frame) => frame,
                 None => {
                     let Some((header, header_len)) = FrameHeader::decode(buf)? else {
                         return Ok(Consumed::NeedMore);
                     };
-                    self.check_header(&header, config, out.role)?;
+                    check_header(self.allowed_rsv(), state, &header, config, out.role)?;
                     buf.advance(header_len);
                     FrameInProgress {
                         header,
@@ -199,10 +242,10 @@ impl Incoming {
                 // At most 125 bytes: wait for all of it, then act on it whole.
                 let len = frame.remaining as usize;
                 if buf.len() < len {
-                    self.frame = Some(frame);
+                    state.frame = Some(frame);
                     return Ok(Consumed::NeedMore);
                 }
-                self.frame = None;
+                state.frame = None;
                 let mut payload = buf.split_to(len);
                 if let Some(key) = header.mask {
                     apply_mask(&mut payload, key, 0);
@@ -235,7 +278,7 @@ impl Incoming {
             // A data frame: take whatever part of the payload is here.
             let take = frame.remaining.min(buf.len() as u64) as usize;
             if take == 0 && frame.remaining > 0 {
-                self.frame = Some(frame);
+                state.frame = Some(frame);
                 return Ok(Consumed::NeedMore);
             }
             let mut chunk = buf.split_to(take);
@@ -246,10 +289,10 @@ impl Incoming {
             frame.consumed += take as u64;
             frame.remaining -= take as u64;
             let frame_done = frame.remaining == 0;
-            self.frame = if frame_done { None } else { Some(frame) };
+            state.frame = if frame_done { None } else { Some(frame) };
             let message_done = frame_done && header.fin;
 
-            let message = self
+            let message = state
                 .message
                 .as_mut()
                 .expect("a data frame always has a message in progress");
@@ -274,7 +317,8 @@ impl Incoming {
                     let hold = if config.streaming_receive {
                         &mut unheld
                     } else {
-                        &mut self.hold
+                        state.hold.bind(settings.budget.as_ref());
+                        &mut state.hold
                     };
                     inflate.decompress_held(
                         &chunk,
@@ -310,7 +354,7 @@ impl Incoming {
                     });
                 }
                 if message_done {
-                    self.message = None;
+                    state.message = None;
                 }
                 continue;
             }
@@ -324,10 +368,12 @@ impl Incoming {
                         // instead of growing it read by read.
                         let frame_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
                         let reserve = frame_len.min(MAX_RESERVE);
-                        self.hold.cover(reserve)?;
+                        state.hold.bind(settings.budget.as_ref());
+                        state.hold.cover(reserve)?;
                         message.data.reserve(reserve);
                     }
-                    self.hold.cover(message.data.len() + chunk.len())?;
+                    state.hold.bind(settings.budget.as_ref());
+                    state.hold.cover(message.data.len() + chunk.len())?;
                     append(&mut message.data, chunk);
                 }
                 continue;
@@ -342,9 +388,9 @@ impl Incoming {
                 std::mem::take(&mut message.data).freeze()
             };
             let kind = message.kind;
-            self.message = None;
+            state.message = None;
             // Complete: the application owns it now.
-            self.hold.release();
+            state.hold.release();
             let message = match kind {
                 DataKind::Text => Message::Text(Utf8Bytes::from_validated(data)),
                 DataKind::Binary => Message::Binary(data),
@@ -354,8 +400,8 @@ impl Incoming {
     }
 
     /// The common case in one step: a whole unfragmented, uncompressed text or binary frame
-    /// shorter than 64 KiB, masked as the role requires, entirely in `buf`, with no message in
-    /// progress. Anything else returns `false` having consumed nothing, and the general path
+    /// (of any length: 64-bit lengths through `decode_long`), masked as the role requires,
+    /// entirely in `buf`, with no message in progress. Anything else returns `false` having consumed nothing, and the general path
     /// takes it (errors included: a frame over a limit is left to it to report).
     #[inline(always)]
     fn consume_whole_frame(
@@ -364,7 +410,7 @@ impl Incoming {
         config: &Limits,
         out: &mut Output<'_>,
     ) -> Result<bool, ProtocolError> {
-        let Some(header) = decode_short(buf) else {
+        let Some(header) = decode_short(buf).or_else(|| decode_long(buf)) else {
             return Ok(false);
         };
         // FIN set, no RSV bit, and an opcode that starts a message.
@@ -405,67 +451,103 @@ impl Incoming {
         out.events.push_back(Event::Message(message));
         Ok(true)
     }
+}
 
-    /// What can be judged from the header alone, before any payload is read (RFC 6455 section
-    /// 5.2 for RSV and opcodes, 5.1 for masking, 5.4 for fragment order, and the size limits).
-    fn check_header(
-        &mut self,
-        header: &FrameHeader,
-        config: &Limits,
-        role: Role,
-    ) -> Result<(), ProtocolError> {
-        match (role.requires_masked_incoming(), header.mask.is_some()) {
-            (true, false) => return Err(ProtocolError::UnmaskedFrame),
-            (false, true) => return Err(ProtocolError::MaskedFrame),
-            _ => {}
-        }
-        if header.rsv & !self.allowed_rsv != 0 {
-            return Err(ProtocolError::ReservedBits(header.rsv));
-        }
-        if header.rsv & RSV1 != 0 && matches!(header.opcode, OpCode::Continuation) {
+/// A whole header with a 64-bit length (frames of 64 KiB and more), for the whole-frame path:
+/// a large frame fed whole (the engine reads one into a buffer of its own) is then taken in
+/// one step like a small one, without the general path's frame and message state. `None` for
+/// anything else (incomplete, a shorter length field, a length with the top bit set or past
+/// `usize`: the general path judges those). The returned `payload_len` may exceed 64 KiB.
+#[inline(never)]
+fn decode_long(buf: &[u8]) -> Option<crate::frame::ShortHeader> {
+    let [first, b1, ref rest @ ..] = *buf else {
+        return None;
+    };
+    if b1 & 0x7f != 127 {
+        return None;
+    }
+    let len64 = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    if len64 >> 63 != 0 {
+        return None;
+    }
+    let payload_len = usize::try_from(len64).ok()?;
+    let (mask, len) = if b1 & 0x80 != 0 {
+        let &[k0, k1, k2, k3] = rest.get(8..12)? else {
+            return None;
+        };
+        (Some([k0, k1, k2, k3]), 14)
+    } else {
+        (None, 10)
+    };
+    Some(crate::frame::ShortHeader {
+        first,
+        payload_len,
+        mask,
+        len,
+    })
+}
+
+/// What can be judged from the header alone, before any payload is read (RFC 6455 section
+/// 5.2 for RSV and opcodes, 5.1 for masking, 5.4 for fragment order, and the size limits).
+/// Starts the message in `state` for the first frame of one.
+fn check_header(
+    allowed_rsv: u8,
+    state: &mut Partial,
+    header: &FrameHeader,
+    config: &Limits,
+    role: Role,
+) -> Result<(), ProtocolError> {
+    match (role.requires_masked_incoming(), header.mask.is_some()) {
+        (true, false) => return Err(ProtocolError::UnmaskedFrame),
+        (false, true) => return Err(ProtocolError::MaskedFrame),
+        _ => {}
+    }
+    if header.rsv & !allowed_rsv != 0 {
+        return Err(ProtocolError::ReservedBits(header.rsv));
+    }
+    if header.rsv & RSV1 != 0 && matches!(header.opcode, OpCode::Continuation) {
+        return Err(ProtocolError::CompressedControlOrContinuation);
+    }
+    if header.opcode.is_control() {
+        if header.rsv & RSV1 != 0 {
             return Err(ProtocolError::CompressedControlOrContinuation);
         }
-        if header.opcode.is_control() {
-            if header.rsv & RSV1 != 0 {
-                return Err(ProtocolError::CompressedControlOrContinuation);
-            }
-            return Ok(());
-        }
-        if header.payload_len > config.max_frame_size as u64 {
-            return Err(ProtocolError::FrameTooLarge {
-                size: header.payload_len,
-                max: config.max_frame_size,
-            });
-        }
-        let kind = match (header.opcode, self.message.is_some()) {
-            (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
-            (OpCode::Text | OpCode::Binary, true) => {
-                return Err(ProtocolError::ExpectedContinuation);
-            }
-            (OpCode::Text, false) => Some(DataKind::Text),
-            (OpCode::Binary, false) => Some(DataKind::Binary),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            self.message = Some(MessageInProgress {
-                kind,
-                data: BytesMut::new(),
-                size: 0,
-                utf8: Utf8Validator::new(),
-                started: false,
-                compressed: header.rsv & RSV1 != 0,
-            });
-        }
-        let message = self.message.as_mut().expect("checked above");
-        message.size += header.payload_len;
-        if !config.streaming_receive && message.size > config.max_message_size as u64 {
-            return Err(ProtocolError::MessageTooLarge {
-                size: message.size,
-                max: config.max_message_size,
-            });
-        }
-        Ok(())
+        return Ok(());
     }
+    if header.payload_len > config.max_frame_size as u64 {
+        return Err(ProtocolError::FrameTooLarge {
+            size: header.payload_len,
+            max: config.max_frame_size,
+        });
+    }
+    let kind = match (header.opcode, state.message.is_some()) {
+        (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
+        (OpCode::Text | OpCode::Binary, true) => {
+            return Err(ProtocolError::ExpectedContinuation);
+        }
+        (OpCode::Text, false) => Some(DataKind::Text),
+        (OpCode::Binary, false) => Some(DataKind::Binary),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        state.message = Some(MessageInProgress {
+            kind,
+            data: BytesMut::new(),
+            size: 0,
+            utf8: Utf8Validator::new(),
+            started: false,
+            compressed: header.rsv & RSV1 != 0,
+        });
+    }
+    let message = state.message.as_mut().expect("checked above");
+    message.size += header.payload_len;
+    if !config.streaming_receive && message.size > config.max_message_size as u64 {
+        return Err(ProtocolError::MessageTooLarge {
+            size: message.size,
+            max: config.max_message_size,
+        });
+    }
+    Ok(())
 }
 
 /// Appends without a copy when `chunk` directly follows `data` in memory (pieces split off one

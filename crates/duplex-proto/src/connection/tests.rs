@@ -1406,3 +1406,63 @@ fn a_connection_stays_small() {
     let size = std::mem::size_of::<Connection>();
     assert!(size <= 280, "Connection grew to {size} bytes");
 }
+
+/// What every idle connection of a server costs, before any runtime's own fields: the state an
+/// idle connection needs, with the rest boxed or shared (issue 12; it was 280 bytes).
+#[test]
+fn a_connection_is_at_most_152_bytes() {
+    assert!(
+        std::mem::size_of::<Connection>() <= 152,
+        "Connection grew to {} bytes",
+        std::mem::size_of::<Connection>()
+    );
+}
+
+/// A frame arriving in pieces keeps its state in a box, freed as soon as the frame completes.
+#[test]
+fn a_partial_frame_is_held_out_of_line_only_until_it_completes() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    let frame = client_frame(true, 0, 2, &[7; 300]);
+    let mut wire = BytesMut::from(&frame[..150]);
+    server.recv(&mut wire).unwrap();
+    assert!(server.incoming.has_partial());
+    assert_eq!(server.poll_event(), None);
+    let mut wire = BytesMut::from(&frame[150..]);
+    server.recv(&mut wire).unwrap();
+    assert!(!server.incoming.has_partial());
+    assert_eq!(
+        server.poll_event(),
+        Some(Event::Message(Message::binary(vec![7; 300])))
+    );
+    // A whole large frame (64-bit length) allocates no state either.
+    let mut wire = client_frame(true, 0, 2, &[1; 70_000]);
+    server.recv(&mut wire).unwrap();
+    assert!(!server.incoming.has_partial());
+    assert!(matches!(server.poll_event(), Some(Event::Message(_))));
+}
+
+/// Connections made from one `SharedConfig` read the same settings; changing one
+/// connection's copies it first, leaving the others as they were.
+#[test]
+fn shared_settings_are_copied_on_write() {
+    use crate::config::Timers;
+    let shared = SharedConfig::new(&Config {
+        max_message_size: 1000,
+        ..Config::default()
+    });
+    let mut a = Connection::with_shared(Role::Server, &shared);
+    let b = Connection::with_shared(Role::Server, &shared);
+    assert!(std::sync::Arc::ptr_eq(&a.settings, &b.settings));
+    let timers = Timers {
+        ping_interval: Some(std::time::Duration::from_secs(3)),
+        ..Timers::default()
+    };
+    a.set_timers(&timers);
+    assert_eq!(a.config().timers, timers);
+    assert_eq!(b.config().timers, Timers::default());
+    assert_eq!(a.config().max_message_size, 1000);
+    // Too large for the shared limit, on the connection that kept the shared settings.
+    let mut b = b;
+    let mut wire = client_frame(true, 0, 2, &[0; 1001]);
+    assert!(b.recv(&mut wire).is_err());
+}

@@ -21,14 +21,42 @@ pub(super) enum Tick {
     Idle,
 }
 
-/// Timer settings and state. Settings are milliseconds, 0 for a timer that is off. The time of
-/// the last step (an `Instant`, 16 bytes) is kept by the connection beside it: this struct is 20
-/// bytes of 4-byte alignment, so it shares a word with the connection's one-byte fields.
-#[derive(Debug, Clone)]
-pub(super) struct Clock {
+/// Timer settings in milliseconds, 0 for a timer that is off: part of the connection's shared
+/// settings (see `Settings`), the same for every connection built from one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Intervals {
     ping: u32,
     idle: u32,
     close: u32,
+}
+
+impl Intervals {
+    pub(super) fn new(timers: &Timers) -> Self {
+        // `Config::validate` keeps timers within 1 ms..=49 days; unvalidated ones are clamped.
+        let ms = |d: Duration| millis(d).max(1);
+        Intervals {
+            ping: timers.ping_interval.map_or(0, ms),
+            idle: timers.idle_timeout.map_or(0, ms),
+            close: ms(timers.close_timeout),
+        }
+    }
+
+    /// The settings back as [`Timers`].
+    pub(super) fn timers(&self) -> Timers {
+        let d = |ms: u32| Duration::from_millis(u64::from(ms));
+        Timers {
+            ping_interval: (self.ping != 0).then(|| d(self.ping)),
+            idle_timeout: (self.idle != 0).then(|| d(self.idle)),
+            close_timeout: d(self.close),
+        }
+    }
+}
+
+/// One connection's timer state: six bytes. The settings are the connection's shared
+/// [`Intervals`], passed in; the time of the last step (an `Instant`, 16 bytes) is kept by the
+/// connection beside this.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Clock {
     /// Open: milliseconds without anything received, as known at the last step. Closing (once
     /// dated): milliseconds from the last step until the transport must be closed.
     ms: u32,
@@ -53,29 +81,6 @@ fn millis(d: Duration) -> u32 {
 }
 
 impl Clock {
-    pub(super) fn new(timers: &Timers) -> Self {
-        // `Config::validate` keeps timers within 1 ms..=49 days; unvalidated ones are clamped.
-        let ms = |d: Duration| millis(d).max(1);
-        Clock {
-            ping: timers.ping_interval.map_or(0, ms),
-            idle: timers.idle_timeout.map_or(0, ms),
-            close: ms(timers.close_timeout),
-            ms: 0,
-            pings: 0,
-            flags: 0,
-        }
-    }
-
-    /// The settings back as [`Timers`].
-    pub(super) fn timers(&self) -> Timers {
-        let d = |ms: u32| Duration::from_millis(u64::from(ms));
-        Timers {
-            ping_interval: (self.ping != 0).then(|| d(self.ping)),
-            idle_timeout: (self.idle != 0).then(|| d(self.idle)),
-            close_timeout: d(self.close),
-        }
-    }
-
     /// Notes that bytes arrived; the next step dates them.
     #[inline]
     pub(super) fn note_received(&mut self) {
@@ -95,14 +100,19 @@ impl Clock {
     }
 
     /// The quiet at which the next keepalive ping is due, if one is.
-    fn ping_due(&self) -> Option<u32> {
-        (self.ping != 0 && self.pings < u8::MAX)
-            .then(|| self.ping.saturating_mul(u32::from(self.pings) + 1))
+    fn ping_due(&self, iv: &Intervals) -> Option<u32> {
+        (iv.ping != 0 && self.pings < u8::MAX)
+            .then(|| iv.ping.saturating_mul(u32::from(self.pings) + 1))
     }
 
     /// When [`Clock::step`] should run next, given the last step's time `at`; `closing` once
     /// a Close was sent or received or the connection failed.
-    pub(super) fn next(&self, at: Option<Instant>, closing: bool) -> Option<Instant> {
+    pub(super) fn next(
+        &self,
+        iv: &Intervals,
+        at: Option<Instant>,
+        closing: bool,
+    ) -> Option<Instant> {
         let at = at?;
         let wait = if closing {
             if self.expired() {
@@ -115,7 +125,7 @@ impl Clock {
             }
             self.ms
         } else {
-            let (ping, idle) = (self.ping, self.idle);
+            let (ping, idle) = (iv.ping, iv.idle);
             let shortest = match (ping, idle) {
                 (0, 0) => return None,
                 (0, t) | (t, 0) => t,
@@ -127,7 +137,7 @@ impl Clock {
             if idle != 0 {
                 wait = wait.min(idle.saturating_sub(self.ms));
             }
-            if let Some(due) = self.ping_due() {
+            if let Some(due) = self.ping_due(iv) {
                 wait = wait.min(due.saturating_sub(self.ms));
             }
             wait
@@ -136,7 +146,13 @@ impl Clock {
     }
 
     /// Advances from the last step's time `*at` to `now` (and records `now` there).
-    pub(super) fn step(&mut self, at: &mut Option<Instant>, now: Instant, closing: bool) -> Tick {
+    pub(super) fn step(
+        &mut self,
+        iv: &Intervals,
+        at: &mut Option<Instant>,
+        now: Instant,
+        closing: bool,
+    ) -> Tick {
         let elapsed = match *at {
             Some(at) => millis(now.saturating_duration_since(at)),
             // The first step starts the clock.
@@ -152,7 +168,7 @@ impl Clock {
                     self.flags |= EXPIRED;
                 }
             } else {
-                self.start_close();
+                self.start_close(iv);
             }
             return Tick::Nothing;
         }
@@ -162,10 +178,10 @@ impl Clock {
         } else {
             self.ms = self.ms.saturating_add(elapsed);
         }
-        if self.idle != 0 && self.ms >= self.idle {
+        if iv.idle != 0 && self.ms >= iv.idle {
             return Tick::Idle;
         }
-        if self.ping_due().is_some_and(|due| self.ms >= due) {
+        if self.ping_due(iv).is_some_and(|due| self.ms >= due) {
             self.pings += 1;
             return Tick::Ping;
         }
@@ -173,8 +189,8 @@ impl Clock {
     }
 
     /// The close began at the last step's time: the close timeout runs from there.
-    pub(super) fn start_close(&mut self) {
+    pub(super) fn start_close(&mut self, iv: &Intervals) {
         self.flags |= CLOSE_DATED;
-        self.ms = self.close;
+        self.ms = iv.close;
     }
 }

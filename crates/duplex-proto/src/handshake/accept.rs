@@ -41,7 +41,7 @@ use super::server::{
     written_protocol,
 };
 use super::{AcceptKey, HandshakeError};
-use crate::{Config, Connection, Role};
+use crate::{Config, Connection, Role, SharedConfig};
 
 /// How long a server keeps reading after it wrote a refusal and shut its write side, so that
 /// closing does not reset the connection before the client read the answer (see
@@ -150,16 +150,35 @@ impl Reject {
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ServerHandshake<'a> {
-    config: &'a Config,
+    config: Settings<'a>,
     #[cfg(feature = "deflate")]
     deflate: Option<&'a crate::extensions::deflate::DeflateConfig>,
+}
+
+/// Where a [`ServerHandshake`]'s connections get their settings.
+#[derive(Debug, Clone, Copy)]
+enum Settings<'a> {
+    /// A copy each.
+    Own(&'a Config),
+    /// One shared pointer.
+    Shared(&'a SharedConfig),
 }
 
 impl<'a> ServerHandshake<'a> {
     /// Opens connections with `config` and accepts no extension.
     pub fn new(config: &'a Config) -> Self {
         ServerHandshake {
-            config,
+            config: Settings::Own(config),
+            #[cfg(feature = "deflate")]
+            deflate: None,
+        }
+    }
+
+    /// Opens connections that share `config` (see [`SharedConfig`]): for a server that makes
+    /// many, each keeps one pointer to the settings instead of a copy.
+    pub fn shared(config: &'a SharedConfig) -> Self {
+        ServerHandshake {
+            config: Settings::Shared(config),
             #[cfg(feature = "deflate")]
             deflate: None,
         }
@@ -210,7 +229,10 @@ impl<'a> ServerHandshake<'a> {
             not(feature = "deflate"),
             allow(unused_mut, reason = "only deflate configures it after it is built")
         )]
-        let mut connection = Connection::new(Role::Server, self.config.clone());
+        let mut connection = match self.config {
+            Settings::Own(config) => Connection::new(Role::Server, config.clone()),
+            Settings::Shared(shared) => Connection::with_shared(Role::Server, shared),
+        };
         let extensions = self.accept_deflate(offer, &mut connection);
         Upgrade {
             // An extended CONNECT has no key and its answer no Sec-WebSocket-Accept (RFC 8441
