@@ -34,6 +34,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::common::{self, Failures};
+use super::common::{self, Failures, SyncDir};
 use crate::CliError;
 
 #[derive(Debug, Args)]
@@ -69,8 +70,8 @@ pub struct SoakArgs {
     /// round.
     #[arg(long, default_value_t = 10.0)]
     reconnect_percent: f64,
-    /// Seconds between reconnect rounds (the first one half a period in, so the rounds fall
-    /// between the progress lines of the default settings).
+    /// Seconds between reconnect rounds (the first one a quarter period in, so with the
+    /// default settings the rounds fall between progress lines: at 15 s, 75 s, ...).
     #[arg(long, default_value_t = 60.0)]
     reconnect_every: f64,
     /// A reconnecting client stays away a random time up to this many milliseconds, so it
@@ -104,6 +105,10 @@ pub struct SoakArgs {
     /// `Authorization: Bearer KEY` for `/api/publish` (the hub's `--api-key`).
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// Lock-step with a harness: after the drain, with every client still connected, create
+    /// DIR/end.ready and wait for DIR/end.go (bench/soak.sh samples the hub in between).
+    #[arg(long, value_name = "DIR")]
+    sync_dir: Option<PathBuf>,
     /// Seed of the random choices (which clients reconnect, for how long, which churn);
     /// printed at the start, so a run's choices can be repeated.
     #[arg(long)]
@@ -904,8 +909,9 @@ impl Publisher {
 /// publication ends publishing (its outcome is unknown, so the sequence could not stay exact).
 async fn publish_loop(shared: Rc<Shared>, mut publisher: Publisher, rate: f64) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    // Steady: a late tick is not made up for with a burst.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Publication k is due at k/rate: one delayed (the thread was busy reading) goes out as
+    // soon as it can, so the rate holds on average.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut k = 0usize;
     while !shared.stop_publishing.get() {
         tick.tick().await;
@@ -1004,11 +1010,12 @@ fn validate(args: &SoakArgs) -> Result<(), CliError> {
     }
 }
 
-/// One `PROGRESS key=value ...` line (bench/soak.sh reads them) at `t` seconds.
-fn progress_line(shared: &Shared, t: f64) -> String {
+/// One `KIND key=value ...` line (bench/soak.sh samples the hub at each `PROGRESS` line) at
+/// `t` seconds.
+fn progress_line(kind: &str, shared: &Shared, t: f64) -> String {
     let c = &shared.counters;
     format!(
-        "PROGRESS t={t:.0} open={} published={} checked={} gaps={} duplicates={} \
+        "{kind} t={t:.0} open={} published={} checked={} gaps={} duplicates={} \
          out_of_order={} mismatched={} unexpected={} reconnects={} recoveries_exact={} \
          recoveries_failed={} recovered_publications={} churn_subscribes={} \
          churn_unsubscribes={} dropped={} failures={} other_pushes={}",
@@ -1066,8 +1073,25 @@ struct Summary {
 }
 
 pub async fn run(args: SoakArgs) -> Result<ExitCode, CliError> {
-    let summary = soak(args).await?;
-    Ok(if summary.violations == 0 {
+    let s = soak(args).await?;
+    let verdict = if s.violations == 0 {
+        "every stream exact".to_owned()
+    } else {
+        format!("{} VIOLATIONS (see above)", s.violations)
+    };
+    println!(
+        "soak: {} publications, {} deliveries checked, {} reconnects ({} recovered exactly, \
+         {} not), churn {}/{} subscribes/unsubscribes, {} missing at the end: {verdict}",
+        s.published,
+        s.checked,
+        s.reconnects,
+        s.recoveries_exact,
+        s.recoveries_failed,
+        s.churn_subscribes,
+        s.churn_unsubscribes,
+        s.missing
+    );
+    Ok(if s.violations == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -1101,7 +1125,6 @@ async fn soak(args: SoakArgs) -> Result<Summary, CliError> {
         args.churn_rate,
         args.churn_hold,
     );
-    let publisher = Publisher::connect(&authority, args.api_key.clone(), args.size).await?;
     let shared = Rc::new(Shared {
         counters: Counters::default(),
         channels: (0..args.channels)
@@ -1162,9 +1185,11 @@ async fn soak(args: SoakArgs) -> Result<Summary, CliError> {
         channel.top.set(channel.base.get().unwrap_or(0));
     }
 
-    // Steady phase.
+    // Steady phase. The publishing connection is opened only now: an HTTP connection left
+    // idle while thousands of clients subscribe would be closed by the hub's idle timeout.
+    let publisher = Publisher::connect(&authority, args.api_key.clone(), args.size).await?;
     let t0 = tokio::time::Instant::now();
-    println!("{}", progress_line(&shared, 0.0));
+    println!("{}", progress_line("PROGRESS", &shared, 0.0));
     let publishing = tokio::task::spawn_local(publish_loop(shared.clone(), publisher, args.rate));
     let end = t0 + Duration::from_secs_f64(args.minutes * 60.0);
     let mut report = tokio::time::interval_at(
@@ -1172,7 +1197,7 @@ async fn soak(args: SoakArgs) -> Result<Summary, CliError> {
         Duration::from_secs_f64(args.report_every),
     );
     let mut reconnect = tokio::time::interval_at(
-        t0 + Duration::from_secs_f64(args.reconnect_every / 2.0),
+        t0 + Duration::from_secs_f64(args.reconnect_every / 4.0),
         Duration::from_secs_f64(args.reconnect_every),
     );
     reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1193,7 +1218,7 @@ async fn soak(args: SoakArgs) -> Result<Summary, CliError> {
             () = tokio::time::sleep_until(end) => break,
             now = report.tick() => {
                 if now < end {
-                    println!("{}", progress_line(&shared, now.duration_since(t0).as_secs_f64()));
+                    println!("{}", progress_line("PROGRESS", &shared, now.duration_since(t0).as_secs_f64()));
                 }
             }
             _ = reconnect.tick() => {
@@ -1230,7 +1255,18 @@ async fn soak(args: SoakArgs) -> Result<Summary, CliError> {
     };
     let drain_secs = drain_start.elapsed().as_secs_f64();
     let elapsed = t0.elapsed().as_secs_f64();
-    println!("{}", progress_line(&shared, elapsed));
+    // The last line: at the end of the steady phase (on the report grid when the minutes are
+    // a multiple of the period), with the totals after the drain; every client is still
+    // connected until the harness has sampled the hub.
+    println!(
+        "{}",
+        progress_line("PROGRESS", &shared, end.duration_since(t0).as_secs_f64())
+    );
+    let bound = Duration::from_secs(60);
+    let sync = SyncDir::new(args.sync_dir.clone());
+    tokio::time::timeout(bound, sync.point("end", &indicatif::ProgressBar::hidden()))
+        .await
+        .map_err(|_| CliError("sync point `end` timed out".into()))??;
     shared.stopping.set(true);
     drop(senders);
     for task in &tasks {
