@@ -6,6 +6,7 @@
 //! duplex bench echo ws://127.0.0.1:9001 --connections 100 --size 20 --duration 10
 //! duplex bench idle ws://127.0.0.1:9001 --connections 10000 --hold 30
 //! duplex bench handshake ws://127.0.0.1:9001 --count 1000
+//! duplex bench soak ws://127.0.0.1:8080/ws --connections 15000 --channels 100 --minutes 10
 //! ```
 //!
 //! Every generator runs on one thread (a current-thread runtime of its own), since it is meant
@@ -17,6 +18,7 @@ mod echo;
 mod fanout;
 mod handshake;
 mod idle;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -42,6 +44,9 @@ pub enum BenchKind {
     /// Hub fan-out: N subscribers on one channel, M publications; time to first/last
     /// subscriber, deliveries/s, missing and duplicate deliveries.
     Fanout(fanout::FanoutArgs),
+    /// Hub soak: N subscribers on C channels under steady publishing, reconnects with
+    /// `since` and subscribe churn, every stream checked exactly; PROGRESS lines.
+    Soak(soak::SoakArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
@@ -50,5 +55,6 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         BenchKind::Idle(args) => common::on_own_thread(move || idle::run(args)).await,
         BenchKind::Handshake(args) => common::on_own_thread(move || handshake::run(args)).await,
         BenchKind::Fanout(args) => common::on_own_thread(move || fanout::run(args)).await,
+        BenchKind::Soak(args) => common::on_own_thread(move || soak::run(args)).await,
     }
 }
