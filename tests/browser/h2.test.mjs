@@ -14,6 +14,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
+import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
@@ -34,6 +35,7 @@ let browser;
 let hub; // { proc, port, log, exited, exit, base }
 let dir; // the certificate's temporary directory
 let cert; // PEM, trusted by this test's own requests
+let pageServer; // the HTTP/1.1 test's other origin
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -137,11 +139,23 @@ before(async () => {
       if (attempt === 3) throw e; // a lost race for the port makes the hub exit: try another
     }
   }
+  // Another origin for the HTTP/1.1 test: a page from here holds no HTTP/2 connection to the
+  // hub's origin, so Chromium upgrades its WebSocket over HTTP/1.1 (under TLS).
+  pageServer = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', connection: 'close' });
+    res.end('<!doctype html><meta charset="utf-8"><title>the hub over HTTP/1.1</title>');
+  });
+  await new Promise((resolve, reject) => {
+    pageServer.once('error', reject);
+    pageServer.listen(0, '127.0.0.1', resolve);
+  });
 });
 
 after(async () => {
   if (browser) await browser.close();
   await stopHub(hub);
+  pageServer?.closeAllConnections?.();
+  await new Promise((resolve) => (pageServer ? pageServer.close(resolve) : resolve()));
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -210,6 +224,59 @@ test('Chromium opens the hub\'s WebSockets over HTTP/2 (RFC 8441) and hub traffi
     // ...and devtools saw HTTP/2 handshakes (200), not HTTP/1.1 ones (101).
     assert.deepEqual(handshakes, [200, 200, 200]);
     assert.deepEqual(errors, [], 'uncaught errors in the page');
+  } finally {
+    await context.close();
+  }
+});
+
+test('Chromium opens the hub\'s WebSockets over HTTP/1.1 under TLS (wss://, upgrade), on the same port', T, async () => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  try {
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const handshakes = [];
+    cdp.on('Network.webSocketHandshakeResponseReceived', (e) => handshakes.push(e.response.status));
+    const h1Before = await metric('duplex_hub_connections_total{transport="h1"}');
+    const h2Before = await metric('duplex_hub_connections_total{transport="h2"}');
+    await page.goto(`http://127.0.0.1:${pageServer.address().port}/`);
+    const result = await page.evaluate(async (url) => {
+      const open = () => new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        const inbox = [];
+        const waiting = [];
+        ws.onmessage = (e) => {
+          const m = JSON.parse(e.data);
+          const i = waiting.findIndex((w) => w.want(m));
+          if (i >= 0) waiting.splice(i, 1)[0].resolve(m); else inbox.push(m);
+        };
+        const next = (want) => {
+          const i = inbox.findIndex(want);
+          if (i >= 0) return Promise.resolve(inbox.splice(i, 1)[0]);
+          return new Promise((r) => waiting.push({ want, resolve: r }));
+        };
+        ws.onopen = () => resolve({ ws, next, extensions: ws.extensions });
+        ws.onerror = () => reject(new Error('websocket error'));
+      });
+      const call = async (c, id, command) => {
+        c.ws.send(JSON.stringify({ id, ...command }));
+        return c.next((m) => m.id === id);
+      };
+      const [a, p] = [await open(), await open()];
+      const sub = await call(a, 1, { op: 'subscribe', channel: 'h1-tls' });
+      const pub = await call(p, 1, { op: 'publish', channel: 'h1-tls', data: { via: 'h1' } });
+      const got = await a.next((m) => m.op === 'pub');
+      for (const c of [a, p]) c.ws.close(1000);
+      return { sub, pub, got, extensions: a.extensions };
+    }, hub.base.replace('https:', 'wss:') + 'ws?user=chromium-h1');
+    assert.equal(result.sub.ok, true, JSON.stringify(result));
+    assert.equal(result.pub.ok, true, JSON.stringify(result));
+    assert.deepEqual(result.got.data, { via: 'h1' });
+    assert.match(result.extensions, /permessage-deflate/);
+    // The proof, both ways: HTTP/1.1 upgrades (101) counted as h1, none as h2.
+    assert.deepEqual(handshakes, [101, 101], 'HTTP/1.1 upgrades');
+    assert.equal(await metric('duplex_hub_connections_total{transport="h1"}') - h1Before, 2);
+    assert.equal(await metric('duplex_hub_connections_total{transport="h2"}') - h2Before, 0);
   } finally {
     await context.close();
   }
