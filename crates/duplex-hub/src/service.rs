@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use duplex::WebSocket;
 use duplex_proto::Connection;
 use duplex_proto::Role;
@@ -190,11 +190,7 @@ pub(crate) async fn serve(
 
 /// A TCP stream with the bytes read off it to tell HTTP/2 from HTTP/1.1, which it reads
 /// again first.
-#[derive(Debug)]
-pub(crate) struct Sniffed {
-    prefix: Bytes,
-    tcp: TcpStream,
-}
+pub(crate) type Sniffed = duplex::resume::Prefixed<TcpStream>;
 
 /// Reads until the first bytes are the HTTP/2 preface (true) or cannot be (false). Whatever
 /// was read is replayed to hyper.
@@ -209,67 +205,7 @@ async fn sniff(mut tcp: TcpStream) -> io::Result<(Sniffed, bool)> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     let h2 = buf.starts_with(PREFACE);
-    Ok((
-        Sniffed {
-            prefix: buf.freeze(),
-            tcp,
-        },
-        h2,
-    ))
-}
-
-impl Sniffed {
-    /// The stream, and what of the sniffed bytes hyper did not read (it is read first).
-    fn into_parts(self) -> (TcpStream, Bytes) {
-        (self.tcp, self.prefix)
-    }
-}
-
-impl AsyncRead for Sniffed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.has_remaining() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Sniffed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
+    Ok((Sniffed::new(buf.freeze(), tcp), h2))
 }
 
 /// HTTP/1.1 on `io` until the connection closes, or is upgraded (the WebSocket then runs in a
@@ -625,7 +561,7 @@ fn start(
     let mut direct = true;
     let (stream, outbox, leftover) = match upgraded.downcast::<TokioIo<Sniffed>>() {
         Ok(parts) => {
-            let (tcp, unread) = parts.io.into_inner().into_parts();
+            let (unread, tcp) = parts.io.into_inner().into_parts();
             // hyper read `read_buf` before the sniffed bytes it left (if any).
             let mut leftover = BytesMut::from(&parts.read_buf[..]);
             leftover.extend_from_slice(&unread);
