@@ -113,6 +113,11 @@ API_KEY=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 HUB_FLAGS=(--listen "127.0.0.1:$PORT" --api-key "$API_KEY" --max-connections "$((CONNECTIONS + 2000))")
 # One thread for a hub pinned to one core, when this build has the flag.
 if "$DUPLEX" hub --help 2>/dev/null | grep -q -- '--threads'; then HUB_FLAGS+=(--threads 1); fi
+# The soak is the backend publishing with the API key at --rate: the per-key HTTP publish
+# limit (default 100/s, bursts of 200) would refuse it after the burst, so it is off here.
+if "$DUPLEX" hub --help 2>/dev/null | grep -q -- '--http-publish-rate'; then
+    HUB_FLAGS+=(--http-publish-rate 0)
+fi
 read -r -a EXTRA <<<"$HUB_ARGS"
 HUB_FLAGS+=("${EXTRA[@]}")
 
