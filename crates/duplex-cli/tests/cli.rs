@@ -2,9 +2,11 @@
 //! Every process is started here, on 127.0.0.1, and ended by its PID.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 
@@ -16,34 +18,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        for _ in 0..5 {
-            // Ask the kernel for a free port, then hand it to the server (retry on a race).
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let child = Command::new(BIN)
-                .args(["serve", "--echo", "--listen", &addr.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start duplex serve");
-            let mut server = Server { child, addr };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect(addr).is_ok() {
-                    return server;
-                }
-                if server.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = server.child.kill();
-        }
-        panic!("duplex serve did not start");
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--echo"]);
+        let (child, addr) = support::spawn_listening(command);
+        Server { child, addr }
     }
 
     fn url(&self) -> String {

@@ -2,7 +2,7 @@
 //! (h2c by prior knowledge) and under TLS (ALPN `h2`): the real binary, driven by duplex's
 //! own HTTP/2 client. Every process is started here, on 127.0.0.1, and ended by its PID.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use duplex::proxy::ProxyChoice;
 use duplex::tls::ClientTls;
 use duplex::{ClientOptions, CloseCode, Event, Http2Connection, Message};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 const WAIT: Duration = Duration::from_secs(10);
@@ -54,56 +56,22 @@ struct Server {
 impl Server {
     /// `runtime`: `engine` or `tokio`; `cert`: serve wss:// with it.
     fn start(runtime: &str, cert: Option<&Certificate>) -> Server {
-        for _ in 0..5 {
-            // Ask the kernel for a free port, then hand it to the server (retry on a race).
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let mut command = Command::new(BIN);
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--echo", "--runtime", runtime, "--threads", "2"]);
+        if let Some(cert) = cert {
             command.args([
-                "serve",
-                "--echo",
-                "--runtime",
-                runtime,
-                "--threads",
-                "2",
-                "--listen",
-                &addr.to_string(),
+                "--tls-cert",
+                &cert.path("cert.pem"),
+                "--tls-key",
+                &cert.path("key.pem"),
             ]);
-            if let Some(cert) = cert {
-                command.args([
-                    "--tls-cert",
-                    &cert.path("cert.pem"),
-                    "--tls-key",
-                    &cert.path("key.pem"),
-                ]);
-            }
-            let child = command
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start duplex serve");
-            let mut server = Server {
-                child,
-                addr,
-                tls: cert.is_some(),
-            };
-            let deadline = Instant::now() + WAIT;
-            while Instant::now() < deadline {
-                if TcpStream::connect(addr).is_ok() {
-                    return server;
-                }
-                if server.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = server.child.kill();
         }
-        panic!("duplex serve did not start");
+        let (child, addr) = support::spawn_listening(command);
+        Server {
+            child,
+            addr,
+            tls: cert.is_some(),
+        }
     }
 
     fn url(&self, path: &str) -> String {

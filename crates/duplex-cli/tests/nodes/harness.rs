@@ -74,6 +74,16 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The address of the hub's "listening: ... http://127.0.0.1:PORT/" log line, once written.
+    fn logged_address(&self) -> Option<SocketAddr> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text.lines().find(|l| l.contains("duplex hub listening"))?;
+        let start = line.find("://127.0.0.1:")? + "://".len();
+        let rest = &line[start..];
+        let end = rest.find('/').unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    }
+
     /// The last lines of the process's output.
     fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -117,7 +127,8 @@ impl Redis {
         panic!("redis-server did not start (5 tries); is it installed? (scripts/install-redis.sh)");
     }
 
-    /// Starts on `port`; `None` if it exited (port taken) or did not answer PING in 10 s.
+    /// Starts on `port`; `None` if it exited (port taken), another process answered on the
+    /// port, or it did not answer in 10 s.
     fn start_on(port: u16) -> Option<Redis> {
         let mut command = Command::new(redis_server());
         command.args([
@@ -136,8 +147,13 @@ impl Redis {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && redis.proc.alive() {
-            if redis.try_command(&["PING"]).as_deref() == Ok("+PONG") {
-                return Some(redis);
+            // The answer must come from our process: another test's redis may hold the port.
+            let ours = format!("process_id:{}\r\n", redis.proc.child.id());
+            if let Ok(info) = redis.try_command(&["INFO", "server"]) {
+                if info.contains(&ours) {
+                    return Some(redis);
+                }
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -254,33 +270,41 @@ const NODE_FLAGS: &[&str] = &[
 ];
 
 impl Node {
-    /// A node on a free port using the brokers `redis` (one shard each), ready when
-    /// `/healthz` answers 200 (the broker connected). `extra`: more flags.
+    /// A node on a port it chose (127.0.0.1:0; the address is read from its log, so no other
+    /// test can take the port in between) using the brokers `redis` (one shard each), ready
+    /// when `/healthz` answers 200 (the broker connected). `extra`: more flags.
     pub fn start(redis: &[&Redis], extra: &[&str]) -> Node {
         let broker = redis.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut command = Command::new(DUPLEX);
-            command
-                .args(["hub", "--listen", &addr.to_string(), "--broker", &broker])
-                .args(NODE_FLAGS)
-                .args(extra)
-                .env("DUPLEX_LOG", "info");
-            let mut node = Node {
-                proc: Proc::spawn(command, &format!("hub-{}", addr.port())),
-                addr,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && node.proc.alive() {
-                if node.healthz() == Some(200) {
-                    return node;
-                }
-                std::thread::sleep(Duration::from_millis(25));
+        let mut command = Command::new(DUPLEX);
+        command
+            .args(["hub", "--listen", "127.0.0.1:0", "--broker", &broker])
+            .args(NODE_FLAGS)
+            .args(extra)
+            .env("DUPLEX_LOG", "info");
+        let mut proc = Proc::spawn(command, "hub");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Some(addr) = proc.logged_address() {
+                break addr;
             }
-            last = node.proc.tail();
+            assert!(
+                Instant::now() < deadline && proc.alive(),
+                "duplex hub --broker {broker} did not start listening; last log:\n    {}",
+                proc.tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        let node = Node { proc, addr };
+        while Instant::now() < deadline {
+            if node.healthz() == Some(200) {
+                return node;
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("duplex hub --broker {broker} did not become healthy; last log:\n    {last}");
+        panic!(
+            "duplex hub --broker {broker} did not become healthy; last log:\n    {}",
+            node.proc.tail()
+        );
     }
 
     /// The status of `GET /healthz`, `None` if nothing answered within 2 s.
