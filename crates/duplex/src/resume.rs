@@ -132,10 +132,11 @@ mod tls {
     /// - Shutting down sends `close_notify`, then shuts `io`'s write side.
     ///
     /// ```no_run
-    /// # async fn run(handed: duplex::engine::HandedOff) -> std::io::Result<()> {
-    /// let Some(session) = handed.tls else { return Ok(()) };
-    /// let tcp = tokio::net::TcpStream::from_std(handed.stream)?;
-    /// let io = duplex::resume::Prefixed::new(handed.read, duplex::resume::ResumedTls::new(tcp, session));
+    /// // What the engine hands off (`duplex::engine::HandedOff`, feature `engine`): the socket,
+    /// // the plaintext it read, and the TLS session as the handshake left it.
+    /// # async fn run(stream: std::net::TcpStream, read: Vec<u8>, session: rustls::ServerConnection) -> std::io::Result<()> {
+    /// let tcp = tokio::net::TcpStream::from_std(stream)?;
+    /// let io = duplex::resume::Prefixed::new(read, duplex::resume::ResumedTls::new(tcp, session));
     /// # drop(io); Ok(()) }
     /// ```
     #[derive(Debug)]

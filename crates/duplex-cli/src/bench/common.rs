@@ -109,6 +109,11 @@ impl SyncDir {
         SyncDir(dir)
     }
 
+    /// Whether a harness is driving: without one, [`SyncDir::point`] returns at once.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub(crate) async fn point(&self, name: &str, progress: &ProgressBar) -> Result<(), CliError> {
         let Some(dir) = &self.0 else { return Ok(()) };
         let ready = dir.join(format!("{name}.ready"));

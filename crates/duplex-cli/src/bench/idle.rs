@@ -164,7 +164,8 @@ pub async fn run(args: IdleArgs) -> Result<ExitCode, CliError> {
     let mut interrupted = false;
     tokio::select! {
         _ = hold => {}
-        result = sync.point("open", &bar) => result?,
+        // Only with a harness: without one, `point` returns at once and would end the hold.
+        result = sync.point("open", &bar), if sync.is_set() => result?,
         _ = tokio::signal::ctrl_c() => interrupted = true,
     }
     bar.finish_and_clear();
