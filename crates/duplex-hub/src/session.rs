@@ -65,7 +65,15 @@ const SLOW_CONSUMER: &str = "slow consumer: outbound queue full; reconnect and r
 /// Runs the connection `ws`, whose stream writes through `outbox` (see [`OutboxStream::new`]
 /// and [`OutboxStream::queued`]), accepted over `transport`. `guard` is dropped when it ends
 /// (held here rather than by a wrapping future, which would store this one twice).
-pub(crate) async fn run(
+///
+/// An async block rather than an `async fn`: an `async fn` moves each argument into a local
+/// of its body, and the future then holds both (rustc does not overlap them), the `WebSocket`
+/// twice. The block uses what it captured in place. Every idle connection is this future.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (see above)"
+)]
+pub(crate) fn run(
     mut ws: Ws,
     outbox: Arc<Outbox>,
     hub: Arc<HubState>,
@@ -73,40 +81,38 @@ pub(crate) async fn run(
     shared_deflate: bool,
     transport: Transport,
     guard: impl Send,
-) {
-    let _guard = guard;
-    let metrics = hub.metrics.clone();
-    metrics.connections.fetch_add(1, Relaxed);
-    metrics.accepted(transport);
-    let conn = hub.next_conn.fetch_add(1, Relaxed);
-    if !hub.register_session(conn, &outbox) {
-        outbox.close(Closing::Shutdown);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        hub.metrics.connections.fetch_add(1, Relaxed);
+        hub.metrics.accepted(transport);
+        let conn = hub.next_conn.fetch_add(1, Relaxed);
+        if !hub.register_session(conn, &outbox) {
+            outbox.close(Closing::Shutdown);
+        }
+        let now = Instant::now();
+        let mut session = Session {
+            conn,
+            info: ClientInfo {
+                client: ids::client_id(),
+                user: grants.user.as_str().into(),
+            },
+            grants,
+            outbox: outbox.clone(),
+            shared_deflate,
+            subscriptions: Subscriptions::default(),
+            bucket: TokenBucket::new(hub.config.publish_rate, hub.config.publish_burst, now),
+            subscribe_bucket: Bucket::full(hub.config.subscribe_burst, now),
+            hub: hub.clone(),
+            batch: VecDeque::new(),
+        };
+        let end = session.drive(&mut ws, &outbox).await;
+        // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
+        // would otherwise be part of every idle connection's task.
+        Box::pin(session.finish(ws, end)).await;
+        hub.unregister_session(conn);
+        hub.metrics.connections.fetch_sub(1, Relaxed);
+        drop(guard);
     }
-    let mut session = Session {
-        conn,
-        info: ClientInfo {
-            client: ids::client_id(),
-            user: grants.user.as_str().into(),
-        },
-        grants,
-        outbox: outbox.clone(),
-        shared_deflate,
-        subscriptions: Subscriptions::default(),
-        bucket: TokenBucket::new(
-            hub.config.publish_rate,
-            hub.config.publish_burst,
-            Instant::now(),
-        ),
-        subscribe_bucket: Bucket::full(hub.config.subscribe_burst, Instant::now()),
-        hub: hub.clone(),
-        batch: VecDeque::new(),
-    };
-    let end = session.drive(&mut ws, &outbox).await;
-    // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
-    // would otherwise be part of every idle connection's task.
-    Box::pin(session.finish(ws, end)).await;
-    hub.unregister_session(conn);
-    metrics.connections.fetch_sub(1, Relaxed);
 }
 
 /// A connection's subscriptions: channel name and `LocalChannel::id`. A vector searched in
@@ -269,8 +275,11 @@ impl Session {
             // come after its reply (a resubscribe's recovered publications would be followed
             // by stale copies from the previous subscription).
             if wake.drain {
-                let step = pin!(self.write_outbox(ws));
-                if let Err(end) = until_closed(outbox, step).await {
+                // Boxed: a drain runs only when a socket would block (or for a stream the
+                // fan-out cannot write to directly), and its futures would otherwise be part of
+                // every idle connection's task.
+                let mut step = Box::pin(self.write_outbox(ws));
+                if let Err(end) = until_closed(outbox, step.as_mut()).await {
                     return end;
                 }
             }
@@ -294,9 +303,15 @@ impl Session {
                 }
             }
             // Everything this task wrote is out and nothing is queued: publishers write
-            // directly again (a no-op while something is queued: drained next round).
+            // directly again (a no-op while something is queued: drained next round), and
+            // the connection gives back the queues the command or the drain grew: most
+            // connections go quiet for a long time after either.
             if ws.queued_bytes() == 0 && ws.state() == State::Open {
                 outbox.resume();
+                ws.shrink_to_fit();
+                if self.batch.is_empty() && self.batch.capacity() > 0 {
+                    self.batch = VecDeque::new();
+                }
             }
         }
     }

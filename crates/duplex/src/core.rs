@@ -358,6 +358,12 @@ impl<S> Core<S> {
                 if let Poll::Ready(Err(e)) = self.poll_write_out(cx, Side::Reader) {
                     self.fail(Error::Io(e), false);
                 }
+                if let Event::Pong(_) = &event {
+                    // The answer to a keepalive ping: the connection is otherwise quiet, so the
+                    // queues its round trip allocated go now rather than stay for its life (the
+                    // engine does the same).
+                    self.conn.shrink_to_fit();
+                }
                 return Poll::Ready(Some(Ok(event)));
             }
 
@@ -572,6 +578,15 @@ impl<S> Core<S> {
 
     pub(crate) fn queued_bytes(&self) -> usize {
         self.conn.pending_transmit_bytes()
+    }
+
+    /// Frees the connection's event and transmit queues if they are empty (see
+    /// [`duplex_proto::Connection::shrink_to_fit`]) and the read buffer if nothing is in it.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.conn.shrink_to_fit();
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
     }
 
     pub(crate) fn start_send(&mut self, message: Message) -> Result<(), Error> {

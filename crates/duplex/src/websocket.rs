@@ -163,6 +163,14 @@ where
         self.core.queued_bytes()
     }
 
+    /// Frees what the connection holds for traffic that has passed: its event and transmit
+    /// queues when empty, the read buffer when nothing waits in it. A server holding many
+    /// mostly idle connections calls it when one goes quiet (after answering a command, say):
+    /// the next message allocates them again. Keepalive round trips do it by themselves.
+    pub fn shrink_to_fit(&mut self) {
+        self.core.shrink_to_fit();
+    }
+
     /// Sends a message framed once for many connections (fan-out): see
     /// [`PreparedMessage`](duplex_proto::PreparedMessage). The frame's bytes are shared, not
     /// copied, on every server connection that can take them as they are.
