@@ -136,8 +136,8 @@ impl Refusal {
         Refusal::new(
             ErrorCode::Overloaded,
             format!(
-                "the hub is overloaded: its fan-out queues hold {limit} bytes \
-                 (fanout_queue_bytes); not published, retry in a moment"
+                "the hub is overloaded: its fan-out queues are full ({limit} bytes, \
+                 fanout_queue_bytes); not published, retry in a moment"
             ),
         )
     }

@@ -339,7 +339,9 @@ impl HubHandle {
 
     /// Tests only: holds the hub's fan-out threads still until the guard is dropped, so that
     /// what is published meanwhile waits in their queues (the `fanout_queue_bytes` bound).
-    /// `None` once the hub's fan-out is gone.
+    /// Returns once every fan-out thread ran what was queued before and waits (it blocks the
+    /// calling thread that long); a hub that fans out inline has no thread to hold. `None`
+    /// once the hub's fan-out is gone.
     #[doc(hidden)]
     pub fn hold_fanout(&self) -> Option<crate::fanout::FanoutHold> {
         Some(self.fanout.upgrade()?.hold())
