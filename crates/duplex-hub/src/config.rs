@@ -133,6 +133,12 @@ pub struct HubArgs {
     /// core, none with `--threads 1`, whose one thread fans out itself) [default: 0].
     #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
+    /// Bytes the events waiting for the fan-out threads may hold together (publications,
+    /// presence pushes, shares of large channels); a publish that does not fit is refused
+    /// (`overloaded`, HTTP 503), a presence push dropped (0: no bound) [default: 67108864,
+    /// 64 MiB].
+    #[arg(long, env = "DUPLEX_FANOUT_QUEUE_BYTES")]
+    pub fanout_queue_bytes: Option<usize>,
     /// Redis broker: seconds a client stays in presence unless its node refreshes it (a dead
     /// node's clients leave after this) [default: 30].
     #[arg(long, env = "DUPLEX_PRESENCE_TTL")]
@@ -331,6 +337,8 @@ pub struct FileConfig {
     pub broker: Option<BrokerConfig>,
     /// See [`HubArgs::fanout_threads`].
     pub fanout_threads: Option<usize>,
+    /// See [`HubArgs::fanout_queue_bytes`].
+    pub fanout_queue_bytes: Option<usize>,
     /// See [`HubArgs::presence_ttl`] (seconds).
     pub presence_ttl: Option<u64>,
     /// See [`HubArgs::presence_refresh`] (seconds).
@@ -427,6 +435,10 @@ pub struct HubConfig {
     /// Fan-out threads; 0 (the default): one per core this process may use, or none on a
     /// single-threaded runtime (its one thread fans out itself: see [`HubArgs::threads`]).
     pub fanout_threads: usize,
+    /// Bytes the fan-out threads' queues may hold together; a publish that does not fit is
+    /// refused with `overloaded` (HTTP 503), a presence push is dropped; 0: no bound
+    /// [default: 64 MiB].
+    pub fanout_queue_bytes: usize,
     /// Redis broker: how long a client's presence entry lives unless its node refreshes it
     /// (a dead node's clients leave presence by themselves after this) [default: 30 s].
     pub presence_ttl: Duration,
@@ -482,6 +494,7 @@ impl Default for HubConfig {
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
             fanout_threads: 0,
+            fanout_queue_bytes: 64 << 20,
             presence_ttl: Duration::from_secs(30),
             presence_refresh: Duration::from_secs(10),
             redis_timeout: Duration::from_secs(2),
@@ -653,6 +666,10 @@ impl HubConfig {
                 .fanout_threads
                 .or(file.fanout_threads)
                 .unwrap_or(d.fanout_threads),
+            fanout_queue_bytes: args
+                .fanout_queue_bytes
+                .or(file.fanout_queue_bytes)
+                .unwrap_or(d.fanout_queue_bytes),
             presence_ttl: args
                 .presence_ttl
                 .or(file.presence_ttl)
@@ -749,6 +766,12 @@ impl HubConfig {
             return fail(
                 "message_budget must be 0 (none) or at least max_message_size (else no large \
                  message could ever be received)",
+            );
+        }
+        if self.fanout_queue_bytes != 0 && self.fanout_queue_bytes < 2 * self.max_message_size {
+            return fail(
+                "fanout_queue_bytes must be 0 (no bound) or at least twice max_message_size \
+                 (else the largest publication could never be published)",
             );
         }
         if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
@@ -954,6 +977,7 @@ mod tests {
         assert_eq!(config.history_bytes, 256 << 20);
         assert_eq!(config.max_channels, 100_000);
         assert_eq!(config.message_budget, 256 << 20);
+        assert_eq!(config.fanout_queue_bytes, 64 << 20);
         assert!(config.http_publish_rate > 0.0 && config.subscribe_rate > 0.0);
         assert!(config.connection_rate > 0.0 && !config.rate_limit_loopback);
         let args = parse(&[
@@ -967,10 +991,13 @@ mod tests {
             "true",
             "--message-budget",
             "0",
+            "--fanout-queue-bytes",
+            "200000",
         ]);
         let file: FileConfig = toml::from_str(
             "max_channels = 9\nhttp_publish_rate = 5.5\nhttp_publish_burst = 6\n\
-             connection_rate = 2\nconnection_burst = 3\nsubscribe_burst = 4",
+             connection_rate = 2\nconnection_burst = 3\nsubscribe_burst = 4\n\
+             fanout_queue_bytes = 300000",
         )
         .unwrap();
         let config = HubConfig::merge(&args, &file);
@@ -983,6 +1010,11 @@ mod tests {
         assert_eq!((config.connection_rate, config.connection_burst), (2.0, 3));
         assert!(config.rate_limit_loopback);
         assert_eq!(config.message_budget, 0);
+        assert_eq!(config.fanout_queue_bytes, 200_000, "flag beats file");
+        config.validate().unwrap();
+        let file: FileConfig = toml::from_str("fanout_queue_bytes = 0").unwrap();
+        let config = HubConfig::merge(&HubArgs::default(), &file);
+        assert_eq!(config.fanout_queue_bytes, 0, "0: no bound");
         config.validate().unwrap();
         for bad in [
             HubConfig {
@@ -1003,6 +1035,10 @@ mod tests {
             },
             HubConfig {
                 message_budget: 100,
+                ..HubConfig::default()
+            },
+            HubConfig {
+                fanout_queue_bytes: 1000,
                 ..HubConfig::default()
             },
         ] {
@@ -1053,6 +1089,7 @@ mod tests {
             .env("DUPLEX_HUB_ENV_CHILD", "1")
             .env("DUPLEX_HISTORY_SIZE", "11")
             .env("DUPLEX_MAX_SUBSCRIPTIONS", "12")
+            .env("DUPLEX_FANOUT_QUEUE_BYTES", "1048576")
             .env(
                 "DUPLEX_BROKER",
                 "redis://127.0.0.1:7001,redis://127.0.0.1:7002",
@@ -1079,6 +1116,7 @@ mod tests {
         let config = HubConfig::merge(&parse(&["--history-size", "9"]), &file);
         assert_eq!(config.history_size, 9, "flag beats env");
         assert_eq!(config.max_subscriptions, 12, "env beats file");
+        assert_eq!(config.fanout_queue_bytes, 1 << 20, "env beats the default");
         assert_eq!(
             config.allowed_origins,
             ["https://x.example", "https://y.example"]

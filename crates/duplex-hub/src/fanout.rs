@@ -35,6 +35,20 @@
 //! channel's pushes from one thread, in the broker's order (see [`Registry::deliver_share`]
 //! for why recovery stays exact).
 //!
+//! **The queues are bounded in bytes** (`fanout_queue_bytes`). Each queued job is charged what
+//! it holds ([`Job::cost`]: the job itself plus the channel name and the publication's data,
+//! the presence window's entries, or, for a share, the wire length of the shared frame, once
+//! per share even though the frame is one allocation). The charge is added when the job is
+//! queued and taken off once it ran (the `fanout_queued_bytes` gauge). A publish is admitted
+//! ([`Fanout::admit_publication`]) *before* the broker stores it: past the bound the publisher
+//! gets `overloaded` (HTTP 503) and nothing was stored, so history, offsets and what
+//! subscribers see stay one stream. Once stored, a publication is always fanned out (as are
+//! resets and gaps): dropping one would leave a hole no subscriber could see. So the bound is
+//! checked at the door: publications admitted at the same instant by different tasks, and
+//! the shares an admitted publication of a large channel hands out, can take the queues past
+//! it by at most a few publications (each at most `max_message_size` per fan-out thread).
+//! Presence pushes are best effort: one that does not fit is dropped and counted.
+//!
 //! The one exception is a hub on a single-threaded runtime (`--threads 1`) without an explicit
 //! `fanout_threads`: it promises one thread, so the handler fans out itself, on that thread
 //! (one shard per channel, nothing handed over). There is nothing else it could run meanwhile,
@@ -53,9 +67,10 @@ use tokio::sync::OnceCell;
 
 use crate::broker::{Broker, BrokerError, BrokerHandler, ClientInfo, Publication, StreamPosition};
 use crate::json;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 use crate::outbox::{Delivery, Kind, Outbox, Tally};
 use crate::presence_batch::{Batcher, PresenceBatch};
+use crate::protocol::Refusal;
 
 /// From this many subscribers of a channel on, new ones are spread over the fan-out threads
 /// (by connection id); below it they join the channel's home shard. Handing a share to another
@@ -157,6 +172,9 @@ pub(crate) struct FanoutOptions {
     /// Fan-out threads; 0: none, the handler fans out on the caller's thread (a hub on a
     /// single-threaded runtime, see the module docs).
     pub(crate) threads: usize,
+    /// Bytes the threads' queues may hold together ([`Job::cost`]); 0: no bound. Past it
+    /// publishes are refused and presence pushes dropped (see the module docs).
+    pub(crate) queue_bytes: usize,
 }
 
 /// One event for a fan-out thread.
@@ -171,6 +189,9 @@ enum Job {
     Share(Arc<LocalChannel>, Arc<Delivery>),
     /// The [`Fanout`] is gone: the thread ends.
     Stop,
+    /// The thread says it got here on the sender, then waits until the sender of the
+    /// receiver is dropped ([`FanoutHold`]).
+    Hold(mpsc::Sender<()>, mpsc::Receiver<()>),
     /// Answered once every job queued before it ran (tests).
     #[cfg(test)]
     Barrier(mpsc::Sender<()>),
@@ -186,11 +207,55 @@ impl Job {
             | Job::Reset(..)
             | Job::Gap(..)
             | Job::Share(..) => true,
-            Job::Stop => false,
+            Job::Stop | Job::Hold(..) => false,
             #[cfg(test)]
             Job::Barrier(_) => false,
         }
     }
+
+    /// The bytes it is charged in the queues' bound (`fanout_queued_bytes`): the job itself
+    /// and what it holds on the heap; a share is charged its frame's wire length (the frame
+    /// is shared, but while the share waits it keeps the frame alive). Zero for the jobs that
+    /// are not [`counted`](Job::counted).
+    fn cost(&self) -> usize {
+        let held = match self {
+            Job::Publication(channel, publication) => channel.len() + publication.data.len(),
+            Job::Presence(channel, batch) => {
+                channel.len()
+                    + batch
+                        .joins
+                        .iter()
+                        .chain(&batch.leaves)
+                        .map(|c| size_of::<ClientInfo>() + c.client.len() + c.user.len())
+                        .sum::<usize>()
+            }
+            Job::Reset(channel, position) => channel.len() + position.epoch.len(),
+            Job::Gap(channel, ..) => channel.len(),
+            // The payload and the longest frame head (RFC 6455 section 5.2).
+            Job::Share(_, delivery) => delivery.prepared.message().as_bytes().len() + 14,
+            Job::Stop | Job::Hold(..) => return 0,
+            #[cfg(test)]
+            Job::Barrier(_) => return 0,
+        };
+        size_of::<Job>() + held
+    }
+}
+
+/// What [`Job::cost`] charges a publication of `data_len` bytes to `channel` (for the
+/// admission check, before the job exists).
+fn publication_cost(channel: &str, data_len: usize) -> usize {
+    size_of::<Job>() + channel.len() + data_len
+}
+
+/// Holds every fan-out thread still (each waits at a [`Job::Hold`] in its queue, behind what
+/// was queued before) until dropped: what is queued meanwhile stays queued, and counted.
+/// For tests of the queues' bound (`HubHandle::hold_fanout`); nothing in the hub makes one.
+/// Made once every thread waits: what was queued before ran and was counted down, so the
+/// `fanout_queued_bytes` gauge changes only by what is queued from then on.
+#[derive(Debug)]
+pub struct FanoutHold {
+    /// Dropping them ends every thread's wait.
+    _release: Vec<mpsc::Sender<()>>,
 }
 
 /// The node's registry of local subscriptions, shared with the fan-out threads.
@@ -247,7 +312,7 @@ impl Fanout {
                 let Some(fanout) = fanout.upgrade() else {
                     return false;
                 };
-                fanout.send(&channel, || Job::Presence(channel.clone(), batch));
+                fanout.send_presence(&channel, batch);
                 true
             });
             Fanout {
@@ -269,9 +334,14 @@ impl Fanout {
                             break;
                         }
                         let counted = job.counted();
+                        let cost = job.cost();
                         registry.run(i, job);
                         if counted {
                             registry.metrics.fanout_queued.fetch_sub(1, Relaxed);
+                            registry
+                                .metrics
+                                .fanout_queued_bytes
+                                .fetch_sub(cost as i64, Relaxed);
                         }
                     }
                 })?;
@@ -293,6 +363,53 @@ impl Fanout {
             return;
         }
         self.registry.hand_over(local.home, job, channel);
+    }
+
+    /// Whether a publication of `data_len` bytes to `channel` fits in the fan-out queues'
+    /// bound now; if not, counts the refusal (`fanout_queue`) and returns it (`overloaded`).
+    /// Called before the broker stores the publication, so a refused one leaves no trace.
+    /// Every publish of the node is checked, whatever its channel: when the fan-out threads
+    /// fall behind, publishers are asked to slow down.
+    pub(crate) fn admit_publication(&self, channel: &str, data_len: usize) -> Result<(), Refusal> {
+        let limit = self.registry.options.queue_bytes;
+        if self.registry.fits(publication_cost(channel, data_len)) {
+            return Ok(());
+        }
+        self.metrics.refused(Reason::FanoutQueue);
+        Err(Refusal::overloaded(limit))
+    }
+
+    /// Holds every fan-out thread until the returned guard is dropped (see [`FanoutHold`]);
+    /// returns once every thread waits (blocking the caller until the jobs queued before ran).
+    pub(crate) fn hold(&self) -> FanoutHold {
+        let (reached_tx, reached) = mpsc::channel();
+        let mut release = Vec::new();
+        for thread in &self.registry.threads {
+            let (tx, rx) = mpsc::channel();
+            // A thread that is gone holds nothing anyway (and drops its `reached_tx`).
+            let _ = thread.send(Job::Hold(reached_tx.clone(), rx));
+            release.push(tx);
+        }
+        drop(reached_tx);
+        // One message per thread that got there; ends early only if a thread is gone.
+        for _ in &self.registry.threads {
+            if reached.recv().is_err() {
+                break;
+            }
+        }
+        FanoutHold { _release: release }
+    }
+
+    /// Queues a presence push for `channel`, unless the fan-out queues are full: presence
+    /// pushes are best effort, so one that does not fit is dropped (and counted as
+    /// `fanout_queue_presence`), never waited for.
+    fn send_presence(&self, channel: &str, batch: PresenceBatch) {
+        let job = Job::Presence(channel.into(), batch);
+        if !self.registry.fits(job.cost()) {
+            self.metrics.refused(Reason::FanoutQueuePresence);
+            return;
+        }
+        self.send(channel, || job);
     }
 
     /// Waits until every job queued so far ran, and the shares they handed out.
@@ -457,12 +574,26 @@ impl Registry {
         self.threads.len().max(1)
     }
 
+    /// Whether `cost` more bytes fit in the fan-out queues' bound now (always, fanning out
+    /// inline: nothing waits in a queue then).
+    fn fits(&self, cost: usize) -> bool {
+        let limit = self.options.queue_bytes;
+        if limit == 0 || self.threads.is_empty() {
+            return true;
+        }
+        let queued = usize::try_from(self.metrics.fanout_queued_bytes.load(Relaxed)).unwrap_or(0);
+        queued.saturating_add(cost) <= limit
+    }
+
     /// Queues `job` for fan-out thread `i` (never waits).
     fn hand_over(&self, i: usize, job: Job, channel: &str) {
         // Counted before the send: the thread may run the job (and count it down) at once.
+        let cost = job.cost() as i64;
         self.metrics.fanout_queued.fetch_add(1, Relaxed);
+        self.metrics.fanout_queued_bytes.fetch_add(cost, Relaxed);
         if self.threads[i].send(job).is_err() {
             self.metrics.fanout_queued.fetch_sub(1, Relaxed);
+            self.metrics.fanout_queued_bytes.fetch_sub(cost, Relaxed);
             // Only if the thread panicked (or the hub is stopping): its shards get no more
             // pushes.
             if !self.stopping.load(Relaxed) {
@@ -518,6 +649,11 @@ impl Registry {
             }
             // The thread loop ends on it before running it.
             Job::Stop => {}
+            Job::Hold(reached, release) => {
+                let _ = reached.send(());
+                // Returns (with an error) once the hold's sender is dropped.
+                let _ = release.recv();
+            }
             #[cfg(test)]
             Job::Barrier(done) => {
                 let _ = done.send(());
@@ -631,7 +767,7 @@ impl Fanout {
             return;
         }
         if let Some(batch) = self.presence.add(channel, client, join) {
-            self.send(channel, || Job::Presence(channel.into(), batch));
+            self.send_presence(channel, batch);
         }
     }
 }
@@ -674,6 +810,15 @@ mod tests {
 
     /// Presence windows of an hour: tests flush them with [`Fanout::flush_presence`].
     fn fanout_with(threads: usize, join_leave_max_subscribers: usize) -> Arc<Fanout> {
+        bounded(threads, join_leave_max_subscribers, 0)
+    }
+
+    /// [`fanout_with`] with a bound of `queue_bytes` on the queues.
+    fn bounded(
+        threads: usize,
+        join_leave_max_subscribers: usize,
+        queue_bytes: usize,
+    ) -> Arc<Fanout> {
         Fanout::new(
             FanoutOptions {
                 deflate_level: None,
@@ -681,6 +826,7 @@ mod tests {
                 presence_batch: Duration::from_secs(3600),
                 join_leave_max_subscribers,
                 threads,
+                queue_bytes,
             },
             Arc::new(Metrics::default()),
         )
@@ -690,10 +836,15 @@ mod tests {
     impl Fanout {
         /// Flushes every presence window now, and waits until the pushes are queued.
         fn flush_presence(&self) {
-            for (channel, batch) in self.presence.take_now() {
-                self.send(&channel, || Job::Presence(channel.clone(), batch));
-            }
+            self.flush_presence_queued();
             self.barrier();
+        }
+
+        /// Flushes every presence window now, into the queues (or dropped).
+        fn flush_presence_queued(&self) {
+            for (channel, batch) in self.presence.take_now() {
+                self.send_presence(&channel, batch);
+            }
         }
     }
 
@@ -1006,6 +1157,86 @@ mod tests {
                 "2 subscribers again"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_queues_bound_refuses_publishes_and_drops_presence_until_they_drain() {
+        let cost = publication_cost("room", 100);
+        let fanout = bounded(2, 1000, 3 * cost);
+        let outboxes = subscribers(&fanout, "room", 2).await;
+        let data: &'static [u8] = &[b'1'; 100];
+        fanout.barrier();
+        let hold = fanout.hold();
+        for offset in 1..=3 {
+            assert!(fanout.admit_publication("room", data.len()).is_ok());
+            fanout.on_publication("room", &publication(offset, data));
+        }
+        let queued = fanout.metrics.fanout_queued_bytes.load(Relaxed);
+        assert_eq!(queued, 3 * cost as i64, "charged what Job::cost says");
+        let refusal = fanout.admit_publication("room", data.len()).unwrap_err();
+        assert_eq!(refusal.code, crate::protocol::ErrorCode::Overloaded);
+        assert_eq!(fanout.metrics.refusals("fanout_queue"), Some(1));
+        // Any channel: the node's queues are full.
+        assert!(fanout.admit_publication("elsewhere", 1).is_err());
+        // A presence push does not fit either: dropped, counted, not queued.
+        fanout.on_join("room", &client("a"));
+        fanout.flush_presence_queued();
+        assert_eq!(fanout.metrics.refusals("fanout_queue_presence"), Some(1));
+        assert_eq!(fanout.metrics.fanout_queued.load(Relaxed), 3);
+        drop(hold);
+        fanout.barrier();
+        assert_eq!(
+            fanout.metrics.fanout_queued_bytes.load(Relaxed),
+            0,
+            "counted down"
+        );
+        assert_eq!(fanout.metrics.fanout_queued.load(Relaxed), 0);
+        for outbox in &outboxes {
+            let got = texts(outbox);
+            assert_eq!(got.len(), 3, "the publications, no presence push: {got:?}");
+        }
+        assert!(
+            fanout.admit_publication("room", data.len()).is_ok(),
+            "room again"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_job_is_charged_what_it_holds() {
+        let fanout = fanout(1);
+        let _outboxes = subscribers(&fanout, "big", 1).await;
+        let local = fanout.registry.get("big").unwrap();
+        let job = size_of::<Job>();
+        let publication = Job::Publication("big".into(), publication(1, b"12345"));
+        assert_eq!(publication.cost(), job + 3 + 5);
+        assert_eq!(
+            publication.cost(),
+            publication_cost("big", 5),
+            "admission charges the same"
+        );
+        // A share: the frame's payload and the longest frame head, for each share queued.
+        let text = r#"{"op":"pub","channel":"big","offset":1,"data":12345}"#;
+        let delivery = Arc::new(Delivery {
+            channel: local.id,
+            kind: Kind::Publication(1),
+            prepared: PreparedMessage::new(Message::text(text)),
+        });
+        assert_eq!(Job::Share(local, delivery).cost(), job + text.len() + 14);
+        let mut batch = PresenceBatch::default();
+        batch.joins.push(client("ab"));
+        let presence = Job::Presence("big".into(), batch);
+        assert_eq!(presence.cost(), job + 3 + size_of::<ClientInfo>() + 2 + 1);
+        let (tx, rx) = mpsc::channel();
+        assert_eq!(Job::Hold(tx, rx).cost(), 0, "not an event");
+        assert_eq!(Job::Stop.cost(), 0);
+    }
+
+    #[tokio::test]
+    async fn inline_fan_out_has_no_queue_to_bound() {
+        let fanout = bounded(0, 1000, 1);
+        let _outboxes = subscribers(&fanout, "room", 1).await;
+        assert!(fanout.admit_publication("room", 1000).is_ok());
+        assert_eq!(fanout.metrics.refusals("fanout_queue"), Some(0));
     }
 
     #[test]

@@ -76,13 +76,23 @@ impl Response {
     }
 
     /// A refusal of the API: its code's HTTP status, its message in the body (and, for the
-    /// channel cap, when to try again: channels free themselves as clients leave).
+    /// channel cap, when to try again: channels free themselves as clients leave; for a full
+    /// fan-out queue, sooner: it drains at the speed of the sockets).
     fn refusal(refusal: &Refusal) -> Response {
         let response = Response::error(refusal.code.http_status(), &refusal.message);
-        if refusal.code == ErrorCode::ChannelLimit {
-            return response.header(http::header::RETRY_AFTER, "5");
+        match refusal.code {
+            ErrorCode::ChannelLimit => response.header(http::header::RETRY_AFTER, "5"),
+            ErrorCode::Overloaded => response.header(http::header::RETRY_AFTER, "1"),
+            ErrorCode::BadRequest
+            | ErrorCode::UnknownOp
+            | ErrorCode::Forbidden
+            | ErrorCode::AlreadySubscribed
+            | ErrorCode::NotSubscribed
+            | ErrorCode::LimitExceeded
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::BrokerUnavailable => response,
         }
-        response
     }
 
     fn header(mut self, name: HeaderName, value: &'static str) -> Response {
@@ -397,6 +407,10 @@ async fn api_publish(hub: &HubState, body: Bytes) -> Response {
         Ok(publish) => publish,
         Err(refusal) => return Response::refusal(&refusal),
     };
+    // Before the broker stores it: a refused publication leaves no trace.
+    if let Err(refusal) = hub.fanout.admit_publication(&channel, data.len()) {
+        return Response::refusal(&refusal);
+    }
     match async { hub.broker()?.publish(&channel, data).await }.await {
         Ok(position) => {
             hub.metrics.publishes.fetch_add(1, Relaxed);

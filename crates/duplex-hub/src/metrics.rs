@@ -68,17 +68,25 @@ pub(crate) enum Reason {
     /// A rate-limited request from a new address while the limiter's table was full of
     /// active ones.
     LimiterFull,
+    /// A publish (WebSocket or HTTP) refused because the fan-out queues held
+    /// `fanout_queue_bytes` already (`overloaded`, HTTP 503).
+    FanoutQueue,
+    /// A presence push (a window of joins and leaves) dropped because the fan-out queues held
+    /// `fanout_queue_bytes` already: presence pushes are best effort.
+    FanoutQueuePresence,
 }
 
 impl Reason {
     /// Every reason counted here, in the order `/metrics` lists them.
-    const ALL: [Reason; 6] = [
+    const ALL: [Reason; 8] = [
         Reason::ChannelLimit,
         Reason::HistoryBudget,
         Reason::HttpPublishRate,
         Reason::SubscribeRate,
         Reason::ConnectionRate,
         Reason::LimiterFull,
+        Reason::FanoutQueue,
+        Reason::FanoutQueuePresence,
     ];
 
     /// The `reason` label value.
@@ -90,6 +98,8 @@ impl Reason {
             Reason::SubscribeRate => "subscribe_rate",
             Reason::ConnectionRate => "connection_rate",
             Reason::LimiterFull => "limiter_full",
+            Reason::FanoutQueue => "fanout_queue",
+            Reason::FanoutQueuePresence => "fanout_queue_presence",
         }
     }
 
@@ -102,6 +112,8 @@ impl Reason {
             Reason::SubscribeRate => 3,
             Reason::ConnectionRate => 4,
             Reason::LimiterFull => 5,
+            Reason::FanoutQueue => 6,
+            Reason::FanoutQueuePresence => 7,
         }
     }
 }
@@ -128,6 +140,8 @@ pub struct Metrics {
     pub(crate) command_errors: AtomicU64,
     /// Events queued for the fan-out threads and not yet fanned out.
     pub(crate) fanout_queued: AtomicI64,
+    /// What those events hold, in bytes, as `fanout_queue_bytes` counts it (see fanout.rs).
+    pub(crate) fanout_queued_bytes: AtomicI64,
     fanout: Histogram,
     /// Channels the memory broker holds.
     pub(crate) channels: AtomicI64,
@@ -209,7 +223,8 @@ impl Metrics {
 
     /// Refusals counted under the `reason` label of `duplex_hub_refusals_total`
     /// (`channel_limit`, `history_budget`, `http_publish_rate`, `subscribe_rate`,
-    /// `connection_rate`, `limiter_full`, `message_budget`); `None` for another label.
+    /// `connection_rate`, `limiter_full`, `fanout_queue`, `fanout_queue_presence`,
+    /// `message_budget`); `None` for another label.
     pub fn refusals(&self, reason: &str) -> Option<u64> {
         if reason == "message_budget" {
             return Some(self.message_budget.get().map_or(0, MessageBudget::refusals));
@@ -218,6 +233,17 @@ impl Metrics {
             .iter()
             .find(|r| r.label() == reason)
             .map(|r| self.refusals[r.index()].load(Relaxed))
+    }
+
+    /// Events waiting for a fan-out thread (publications, presence windows, and the shares of
+    /// large channels handed between threads).
+    pub fn fanout_queued(&self) -> i64 {
+        self.fanout_queued.load(Relaxed)
+    }
+
+    /// Bytes those events hold, as the `fanout_queue_bytes` bound counts them.
+    pub fn fanout_queued_bytes(&self) -> i64 {
+        self.fanout_queued_bytes.load(Relaxed)
     }
 
     /// Channels the memory broker holds (0 with another broker).
@@ -240,7 +266,7 @@ impl Metrics {
     fn render_budgets(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "# HELP duplex_hub_refusals_total Requests refused by a budget or rate limit, by reason (history_budget: publications dropped from history early by the byte budget; message_budget: connections closed with 1009/1013).\n# TYPE duplex_hub_refusals_total counter"
+            "# HELP duplex_hub_refusals_total Requests refused by a budget or rate limit, by reason (history_budget: publications dropped from history early by the byte budget; fanout_queue_presence: presence pushes dropped while the fan-out queues were full; message_budget: connections closed with 1009/1013).\n# TYPE duplex_hub_refusals_total counter"
         );
         for reason in Reason::ALL {
             let _ = writeln!(
@@ -475,6 +501,12 @@ impl Metrics {
             "Publications and presence events waiting for a fan-out thread.",
             g(&self.fanout_queued),
         );
+        metric(
+            "fanout_queued_bytes",
+            "gauge",
+            "Bytes the events waiting for a fan-out thread hold (bounded by fanout_queue_bytes).",
+            g(&self.fanout_queued_bytes),
+        );
         let name = "duplex_hub_fanout_seconds";
         let _ = writeln!(
             out,
@@ -539,7 +571,10 @@ mod tests {
         assert!(text.contains("duplex_hub_fanout_seconds_count 3\n"));
         assert!(text.contains("duplex_hub_deliveries_total 30\n"));
         m.fanout_queued.fetch_add(2, Relaxed);
-        assert!(m.render().contains("duplex_hub_fanout_queued 2\n"));
+        m.fanout_queued_bytes.fetch_add(300, Relaxed);
+        let text = m.render();
+        assert!(text.contains("duplex_hub_fanout_queued 2\n"));
+        assert!(text.contains("duplex_hub_fanout_queued_bytes 300\n"));
     }
 
     #[test]
@@ -547,11 +582,14 @@ mod tests {
         let m = Metrics::default();
         m.refused(Reason::SubscribeRate);
         m.refused_n(Reason::HistoryBudget, 3);
+        m.refused(Reason::FanoutQueue);
         m.channels.fetch_add(2, Relaxed);
         let text = m.render();
         assert!(text.contains("duplex_hub_refusals_total{reason=\"subscribe_rate\"} 1\n"));
         assert!(text.contains("duplex_hub_refusals_total{reason=\"history_budget\"} 3\n"));
         assert!(text.contains("duplex_hub_refusals_total{reason=\"message_budget\"} 0\n"));
+        assert!(text.contains("duplex_hub_refusals_total{reason=\"fanout_queue\"} 1\n"));
+        assert!(text.contains("duplex_hub_refusals_total{reason=\"fanout_queue_presence\"} 0\n"));
         assert!(text.contains("duplex_hub_channels 2\n"));
         assert_eq!(m.refusals("subscribe_rate"), Some(1));
         assert_eq!(m.refusals("message_budget"), Some(0));

@@ -38,12 +38,16 @@ pub(crate) enum ErrorCode {
     BrokerUnavailable,
     /// A new channel over the hub's channel cap ([`BrokerError::Full`]): retry later.
     ChannelLimit,
+    /// A publish while the fan-out queues hold `fanout_queue_bytes` (the hub's subscribers
+    /// are being written more slowly than publications arrive): retry in a moment. The
+    /// publication was not stored.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
     #[cfg(test)]
-    pub(crate) const ALL: [ErrorCode; 10] = [
+    pub(crate) const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::Forbidden,
@@ -54,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::BrokerUnavailable,
         ErrorCode::ChannelLimit,
+        ErrorCode::Overloaded,
     ];
 
     /// The code as written on the wire.
@@ -69,13 +74,15 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
             ErrorCode::ChannelLimit => "channel_limit",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
     /// The HTTP status of the same refusal in the HTTP API (RFC 9110 section 15). The API
     /// refuses with `BadRequest` (400), `Internal` (500: the broker failed) and
-    /// `BrokerUnavailable` (503: the broker, a service behind the hub, cannot be reached now);
-    /// the others would mean the same there.
+    /// `BrokerUnavailable` (503: the broker, a service behind the hub, cannot be reached now),
+    /// `ChannelLimit` and `Overloaded` (503: the hub's capacity); the others would mean the
+    /// same there.
     pub(crate) fn http_status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnknownOp => StatusCode::BAD_REQUEST,
@@ -84,7 +91,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // The hub's capacity, not the client's rate: 503, as a full connection table.
-            ErrorCode::BrokerUnavailable | ErrorCode::ChannelLimit => {
+            ErrorCode::BrokerUnavailable | ErrorCode::ChannelLimit | ErrorCode::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -121,6 +128,18 @@ impl Refusal {
             BrokerError::Full(_) => ErrorCode::ChannelLimit,
         };
         Refusal::new(code, error.to_string())
+    }
+
+    /// A publish refused by the fan-out queue bound (`fanout_queue_bytes`), before it was
+    /// stored.
+    pub(crate) fn overloaded(limit: usize) -> Refusal {
+        Refusal::new(
+            ErrorCode::Overloaded,
+            format!(
+                "the hub is overloaded: its fan-out queues are full ({limit} bytes, \
+                 fanout_queue_bytes); not published, retry in a moment"
+            ),
+        )
     }
 
     /// A binary WebSocket message: commands are JSON text.
@@ -514,6 +533,7 @@ mod tests {
             ErrorCode::Internal => 7,
             ErrorCode::BrokerUnavailable => 8,
             ErrorCode::ChannelLimit => 9,
+            ErrorCode::Overloaded => 10,
         }
     }
 
@@ -530,6 +550,7 @@ mod tests {
             (ErrorCode::Internal, "internal", 500),
             (ErrorCode::BrokerUnavailable, "broker_unavailable", 503),
             (ErrorCode::ChannelLimit, "channel_limit", 503),
+            (ErrorCode::Overloaded, "overloaded", 503),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (i, (code, wire, status)) in table.into_iter().enumerate() {

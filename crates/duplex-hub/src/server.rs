@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use duplex::WebSocketOptions;
@@ -105,6 +105,7 @@ impl Hub {
                 presence_batch: config.presence_batch,
                 join_leave_max_subscribers: config.join_leave_max_subscribers,
                 threads: fanout_threads(config.fanout_threads),
+                queue_bytes: config.fanout_queue_bytes,
             },
             metrics.clone(),
         )?;
@@ -175,6 +176,7 @@ impl Hub {
             reload_on_sighup(certificate.clone(), hub.shutdown.clone())?;
         }
         start_broker(&hub, fanout);
+        let fanout = Arc::downgrade(&hub.fanout);
         let (done_tx, done_rx) = mpsc::channel(1);
         tokio::spawn(close_sessions_on_shutdown(hub.clone()));
         let accept = tokio::spawn(accept_loop(listener, hub, acceptor, done_tx));
@@ -185,6 +187,7 @@ impl Hub {
             done: done_rx,
             metrics,
             certificate,
+            fanout,
         })
     }
 }
@@ -319,6 +322,8 @@ pub struct HubHandle {
     metrics: Arc<Metrics>,
     /// The TLS certificate, when the hub serves TLS.
     certificate: Option<Arc<Certificate>>,
+    /// For [`HubHandle::hold_fanout`] (weak: the handle does not keep the fan-out alive).
+    fanout: Weak<Fanout>,
 }
 
 impl HubHandle {
@@ -330,6 +335,16 @@ impl HubHandle {
     /// The hub's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Tests only: holds the hub's fan-out threads still until the guard is dropped, so that
+    /// what is published meanwhile waits in their queues (the `fanout_queue_bytes` bound).
+    /// Returns once every fan-out thread ran what was queued before and waits (it blocks the
+    /// calling thread that long); a hub that fans out inline has no thread to hold. `None`
+    /// once the hub's fan-out is gone.
+    #[doc(hidden)]
+    pub fn hold_fanout(&self) -> Option<crate::fanout::FanoutHold> {
+        Some(self.fanout.upgrade()?.hold())
     }
 
     /// Reads the TLS certificate and key files again (what SIGHUP does): handshakes from now

@@ -574,6 +574,8 @@ impl Session {
                 ),
             ));
         }
+        // Before the broker stores it: a refused publication leaves no trace.
+        self.hub.fanout.admit_publication(&channel, data.len())?;
         let position = async { self.hub.broker()?.publish(&channel, data).await }
             .await
             .map_err(|e| Refusal::broker(&e))?;
