@@ -38,16 +38,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// jemalloc rather than glibc's malloc, for servers holding many connections: each handshake
-/// allocates buffers (hyper's 8 KiB read buffer, its connection task) that are freed once the
-/// connection is upgraded, between allocations that live as long as it does. glibc kept those
-/// holes: with 10,000 subscribed hub connections its heap held 2.7 KiB free per connection
-/// beside 2.5 KiB in use; jemalloc's size-class slabs keep them apart (docs/performance.md,
-/// "Hub: memory per idle connection").
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
