@@ -550,7 +550,7 @@ async fn upgrade(
     } else {
         Ok(Accept::default())
     };
-    let handshake = ServerHandshake::new(&hub.ws_config).deflate(hub.deflate.as_ref());
+    let handshake = ServerHandshake::shared(&hub.ws_config).deflate(hub.deflate.as_ref());
     let upgrade = match handshake.decide(&offer, choice) {
         Ok(upgrade) => upgrade,
         Err(refused) => return refuse(tcp, &refused.encode_http11()).await,

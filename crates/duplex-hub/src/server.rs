@@ -157,7 +157,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             websockets: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
-            ws_config,
+            ws_config: duplex_proto::SharedConfig::new(&ws_config),
             ws_options,
             deflate,
             http_publish_limit: AddressLimiter::new(

@@ -522,7 +522,7 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
     } else {
         Ok(Accept::default())
     };
-    let handshake = ServerHandshake::new(&hub.ws_config).deflate(hub.deflate.as_ref());
+    let handshake = ServerHandshake::shared(&hub.ws_config).deflate(hub.deflate.as_ref());
     let upgrade = match handshake.decide(&offer, choice) {
         Ok(upgrade) => upgrade,
         Err(refused) => return refusal(&refused, h2),

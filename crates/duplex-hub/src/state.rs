@@ -31,7 +31,8 @@ pub(crate) struct HubState {
     /// Open WebSocket connections, for `max_connections`.
     pub(crate) websockets: AtomicUsize,
     pub(crate) next_conn: AtomicU64,
-    pub(crate) ws_config: duplex::Config,
+    /// The WebSocket settings, kept once for every connection (each `Connection` shares them).
+    pub(crate) ws_config: duplex_proto::SharedConfig,
     pub(crate) ws_options: WebSocketOptions,
     pub(crate) deflate: Option<DeflateConfig>,
     /// `POST /api/publish` per client address or API key (`None`: no limit).
