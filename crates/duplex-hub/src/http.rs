@@ -128,7 +128,14 @@ impl Response {
 }
 
 /// Serves one TCP connection: HTTP requests until it closes, or one WebSocket.
-pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubState>) {
+/// Serves one connection. `done` (the hub's wait) is held until it ends, and handed to the
+/// session of a WebSocket it upgrades to.
+pub(crate) async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<HubState>,
+    done: tokio::sync::mpsc::Sender<()>,
+) {
     let mut shutdown = hub.shutdown.clone();
     let mut buf = BytesMut::with_capacity(4096);
     let max_body = hub.config.max_message_size;
@@ -150,7 +157,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, peer: SocketAddr, hub: Arc<HubStat
         };
         buf.advance(len);
         if request.uri().path() == "/ws" {
-            upgrade(tcp, request, buf, peer, hub).await;
+            upgrade(tcp, request, buf, peer, hub, done).await;
             return;
         }
         if request.uri().path() == "/sse" {
@@ -521,13 +528,15 @@ impl Drop for WebSocketSlot {
 
 /// `/ws`: validates the upgrade, checks origin, token and the connection limit (the hub's
 /// decisions), lets duplex-proto's handshake decide the rest (permessage-deflate, the
-/// answer), answers 101 and runs the session.
+/// answer), answers 101 and spawns the session: a task of its own, holding nothing of this
+/// one (the request, the head buffer, the HTTP loop's futures), as `service.rs` does.
 async fn upgrade(
     mut tcp: TcpStream,
     request: Request<()>,
     leftover: BytesMut,
     peer: SocketAddr,
     hub: Arc<HubState>,
+    done: tokio::sync::mpsc::Sender<()>,
 ) {
     let offer = match validate_request(&request) {
         Ok(offer) => offer,
@@ -544,7 +553,7 @@ async fn upgrade(
             return refuse(tcp, &Refused::from(reject).encode_http11()).await;
         }
     };
-    let (_slot, open) = WebSocketSlot::take(&hub);
+    let (slot, open) = WebSocketSlot::take(&hub);
     let choice = if open >= hub.config.max_connections {
         Err(over_limit(&hub))
     } else {
@@ -572,16 +581,15 @@ async fn upgrade(
         )
     });
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    crate::session::run(
+    tokio::spawn(crate::session::run(
         ws,
         outbox,
         hub.clone(),
         grants,
         shared_deflate,
         Transport::H1,
-        (),
-    )
-    .await;
+        (slot, done),
+    ));
 }
 
 /// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.

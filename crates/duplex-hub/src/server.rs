@@ -440,10 +440,7 @@ async fn accept_loop(
                 let hub = hub.clone();
                 let done = done.clone();
                 if builtin {
-                    tokio::spawn(async move {
-                        crate::http::serve(tcp, peer, hub).await;
-                        drop(done);
-                    });
+                    tokio::spawn(crate::http::serve(tcp, peer, hub, done));
                 } else {
                     let tls = tls.clone();
                     tokio::spawn(async move {
