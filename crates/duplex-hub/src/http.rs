@@ -192,13 +192,16 @@ pub(crate) async fn serve(
     }
 }
 
-enum HeadError {
+/// Why no request head was read.
+pub(crate) enum HeadError {
+    /// The socket failed.
     Io,
+    /// The head is not valid HTTP/1.1 (or too long).
     Invalid(HandshakeError),
 }
 
 /// Reads until a complete request head is in `buf`. `Ok(None)`: the connection closed.
-async fn read_head(
+pub(crate) async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     max_body: usize,
@@ -530,7 +533,7 @@ impl Drop for WebSocketSlot {
 /// decisions), lets duplex-proto's handshake decide the rest (permessage-deflate, the
 /// answer), answers 101 and spawns the session: a task of its own, holding nothing of this
 /// one (the request, the head buffer, the HTTP loop's futures), as `service.rs` does.
-async fn upgrade(
+pub(crate) async fn upgrade(
     mut tcp: TcpStream,
     request: Request<()>,
     leftover: BytesMut,
