@@ -40,6 +40,8 @@
 #                        --reconnect-percent 0, --churn-rate 0: to bisect the load)
 #   --seed N             the generator's seed (default: random, printed)
 #   --no-build           use target/release/duplex as it is
+#   --bin PATH           use this duplex binary (another build, for a before/after); implies
+#                        --no-build
 set -euo pipefail
 ARGS="$*"
 
@@ -59,6 +61,7 @@ HUB_ENV=${HUB_ENV:-}
 GEN_ARGS_EXTRA=${GEN_ARGS_EXTRA:-}
 SEED=${SEED:-}
 BUILD=${BUILD:-1}
+BIN=${BIN:-}
 QUICK=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -74,6 +77,7 @@ while [ $# -gt 0 ]; do
     --gen-args) GEN_ARGS_EXTRA=$2; shift ;;
     --seed) SEED=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --bin) BIN=$2; BUILD=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -109,7 +113,7 @@ target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$target" ] || target="$ROOT/target"
 # A copy, so that a rebuild elsewhere cannot swap the binary mid-run.
-cp "$target/release/duplex" "$RUN/bin/duplex"
+cp "${BIN:-$target/release/duplex}" "$RUN/bin/duplex"
 DUPLEX=$RUN/bin/duplex
 "$DUPLEX" bench soak --help >/dev/null 2>&1 || die "this duplex has no \`bench soak\`"
 BUILD_SECS=$((SECONDS - START))
@@ -210,6 +214,7 @@ RESULT=$(grep '^RESULT ' "$GEN_LOG" | tail -1 || true)
 
 ELAPSED=$((SECONDS - START))
 REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet -- crates 2>/dev/null || echo '+dirty')"
+[ -z "$BIN" ] || REV="$BIN (--bin)"
 python3 - "$SAMPLES" "$WARMUP" "$CLK_TCK" "$GEN_RC" "$HUB_ALIVE" "$RESULT" <<EOF >"$RUN/report.md"
 import sys
 samples, warmup, hz, gen_rc, hub_alive, result = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1", sys.argv[6]
