@@ -265,9 +265,9 @@ impl Publish {
     /// The body of `POST /api/publish`: `{"channel":C,"data":D}`; the data is a copy of its
     /// bytes in `body`, in an allocation of its own. Not a slice of `body`: the memory broker
     /// keeps a publication in history, and a slice would keep the whole request body alive
-    /// with it, or, with hyper, the connection's read buffer it was split from (8 KiB and
-    /// more per publication where the history budget charges its data plus 128 bytes: the
-    /// soak's hub held 82 MiB of them for 2 MiB charged, issue 12).
+    /// with it, or, with hyper, the connection's read buffer it was split from (about 7 KiB
+    /// per publication in the soak, where the history budget charges its data plus 128
+    /// bytes: 82 MiB held for 2 MiB charged, issue 12).
     ///
     /// One pass that borrows from the body ([`PublishBody`]) answers every ordinary
     /// publication; anything it does not take (escapes in a key or in the channel name, a
