@@ -35,8 +35,13 @@
 #   --warmup S           seconds of the steady phase left out of the flatness verdicts
 #   --report-every S     seconds between samples (default 30)
 #   --hub-args "..."     extra `duplex hub` flags (for example limits a build adds)
+#   --hub-env "K=V ..."  environment for the hub (for example MALLOC_ARENA_MAX=1)
+#   --gen-args "..."     extra `duplex bench soak` flags (for example --reconnect-every 20,
+#                        --reconnect-percent 0, --churn-rate 0: to bisect the load)
 #   --seed N             the generator's seed (default: random, printed)
 #   --no-build           use target/release/duplex as it is
+#   --bin PATH           use this duplex binary (another build, for a before/after); implies
+#                        --no-build
 set -euo pipefail
 ARGS="$*"
 
@@ -52,8 +57,11 @@ RATE=${RATE:-200}
 WARMUP=${WARMUP:-}
 REPORT_EVERY=${REPORT_EVERY:-30}
 HUB_ARGS=${HUB_ARGS:-}
+HUB_ENV=${HUB_ENV:-}
+GEN_ARGS_EXTRA=${GEN_ARGS_EXTRA:-}
 SEED=${SEED:-}
 BUILD=${BUILD:-1}
+BIN=${BIN:-}
 QUICK=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -65,8 +73,11 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift ;;
     --report-every) REPORT_EVERY=$2; shift ;;
     --hub-args) HUB_ARGS=$2; shift ;;
+    --hub-env) HUB_ENV=$2; shift ;;
+    --gen-args) GEN_ARGS_EXTRA=$2; shift ;;
     --seed) SEED=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --bin) BIN=$2; BUILD=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -102,7 +113,7 @@ target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$target" ] || target="$ROOT/target"
 # A copy, so that a rebuild elsewhere cannot swap the binary mid-run.
-cp "$target/release/duplex" "$RUN/bin/duplex"
+cp "${BIN:-$target/release/duplex}" "$RUN/bin/duplex"
 DUPLEX=$RUN/bin/duplex
 "$DUPLEX" bench soak --help >/dev/null 2>&1 || die "this duplex has no \`bench soak\`"
 BUILD_SECS=$((SECONDS - START))
@@ -122,7 +133,8 @@ read -r -a EXTRA <<<"$HUB_ARGS"
 HUB_FLAGS+=("${EXTRA[@]}")
 
 log "soak: $CONNECTIONS connections, $CHANNELS channels, $MINUTES min, $RATE publications/s; warm-up $WARMUP s; ulimit -n $(ulimit -n)"
-DUPLEX_LOG=warn taskset -c "$SERVER_CPU" "$DUPLEX" hub "${HUB_FLAGS[@]}" >"$RUN/logs/hub.log" 2>&1 &
+read -r -a HUB_ENV_LIST <<<"$HUB_ENV"
+env DUPLEX_LOG=warn "${HUB_ENV_LIST[@]}" taskset -c "$SERVER_CPU" "$DUPLEX" hub "${HUB_FLAGS[@]}" >"$RUN/logs/hub.log" 2>&1 &
 SERVER_PID=$!
 if ! wait_port "$PORT" "$SERVER_PID"; then
     tail -5 "$RUN/logs/hub.log" >&2
@@ -131,11 +143,17 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 SAMPLES=$RUN/samples.tsv
 # sample LABEL [PROGRESS LINE]: one row of the hub's state, with the generator's counters.
+# The hub's own counts come from /metrics (gauges: what it holds, to tell retention from the
+# allocator's slack): name=value pairs in the sixth column, empty if /metrics did not answer
+# within 2 s.
 sample() {
-    local label=$1 line=${2:-} fds
+    local label=$1 line=${2:-} fds counts
     fds=$(find "/proc/$SERVER_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$(rss_kib "$SERVER_PID")" "$fds" \
-        "$(cpu_ticks "$SERVER_PID" | cut -d' ' -f1)" "$line" >>"$SAMPLES"
+    counts=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/metrics" 2>/dev/null |
+        sed -n 's/^duplex_hub_\(connections\|subscriptions\|channels\|history_bytes\) \([0-9-]*\)$/\1=\2/p' |
+        tr '\n' ' ' || true)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$(rss_kib "$SERVER_PID")" "$fds" \
+        "$(cpu_ticks "$SERVER_PID" | cut -d' ' -f1)" "$line" "$counts" >>"$SAMPLES"
 }
 : >"$SAMPLES"
 sample idle
@@ -144,6 +162,8 @@ GEN_LOG=$RUN/logs/gen.log
 GEN_ARGS=(bench soak "ws://127.0.0.1:$PORT/ws" --connections "$CONNECTIONS" --channels "$CHANNELS"
     --minutes "$MINUTES" --rate "$RATE" --report-every "$REPORT_EVERY" --api-key "$API_KEY"
     --sync-dir "$RUN/sync")
+read -r -a GEN_EXTRA <<<"$GEN_ARGS_EXTRA"
+GEN_ARGS+=("${GEN_EXTRA[@]}")
 [ -z "$SEED" ] || GEN_ARGS+=(--seed "$SEED")
 taskset -c "$CLIENT_CPU" "$DUPLEX" "${GEN_ARGS[@]}" >"$GEN_LOG" 2>&1 &
 GEN_PID=$!
@@ -168,7 +188,7 @@ while kill -0 "$GEN_PID" 2>/dev/null; do
     while [ "$seen" -lt "$count" ]; do
         seen=$((seen + 1))
         sample progress "$(grep '^PROGRESS ' "$GEN_LOG" | sed -n "${seen}p")"
-        log "$(grep '^PROGRESS ' "$GEN_LOG" | sed -n "${seen}p" | cut -d' ' -f2-9) | hub $(tail -1 "$SAMPLES" | cut -f2) KiB, $(tail -1 "$SAMPLES" | cut -f3) fds"
+        log "$(grep '^PROGRESS ' "$GEN_LOG" | sed -n "${seen}p" | cut -d' ' -f2-9) | hub $(tail -1 "$SAMPLES" | cut -f2) KiB, $(tail -1 "$SAMPLES" | cut -f3) fds, $(tail -1 "$SAMPLES" | cut -f6)"
     done
     # The last line is sampled: the generator may close its connections.
     if [ -e "$RUN/sync/end.ready" ] && [ "$seen" -ge "$(grep -c '^PROGRESS ' "$GEN_LOG" || true)" ]; then
@@ -194,6 +214,7 @@ RESULT=$(grep '^RESULT ' "$GEN_LOG" | tail -1 || true)
 
 ELAPSED=$((SECONDS - START))
 REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet -- crates 2>/dev/null || echo '+dirty')"
+[ -z "$BIN" ] || REV="$BIN (--bin)"
 python3 - "$SAMPLES" "$WARMUP" "$CLK_TCK" "$GEN_RC" "$HUB_ALIVE" "$RESULT" <<EOF >"$RUN/report.md"
 import sys
 samples, warmup, hz, gen_rc, hub_alive, result = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1", sys.argv[6]
@@ -202,31 +223,33 @@ def kv(line):
 idle = None
 rows = []
 for line in open(samples):
-    label, rss, fds, ticks, progress = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+    label, rss, fds, ticks, progress, counts = (line.rstrip("\n").split("\t") + [""] * 6)[:6]
     if label == "idle":
         idle = (int(rss), int(fds))
         continue
     p = kv(progress)
-    rows.append(dict(t=float(p["t"]), rss=int(rss), fds=int(fds), cpu=int(ticks) / hz, p=p))
+    rows.append(dict(t=float(p["t"]), rss=int(rss), fds=int(fds), cpu=int(ticks) / hz, p=p, m=kv("- " + counts)))
 grid = rows
 print(f"Hub soak: {int(float(kv(result).get('connections', 0)) if result else 0):,} subscribed connections on "
       f"{kv(result).get('channels', '?') if result else '?'} channels, {kv(result).get('rate', '?') if result else '?'} "
       f"publications/s via POST /api/publish, 10% reconnecting with since every minute, 10 subscribe/unsubscribe "
       f"pairs/s; hub on CPU $SERVER_CPU (--threads 1), generator on CPU $CLIENT_CPU.")
 print()
-print("| t (s) | hub RSS (MiB) | hub fds | hub CPU (s) | CPU % (interval) | open | published | checked | gaps / dup / out of order / mismatched / unexpected | reconnects | recoveries exact / failed | churn sub / unsub | dropped |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| t (s) | hub RSS (MiB) | hub fds | hub CPU (s) | CPU % (interval) | open | published | checked | gaps / dup / out of order / mismatched / unexpected | reconnects | recoveries exact / failed | churn sub / unsub | dropped | hub channels / subscriptions / history (MiB) |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 if idle:
-    print(f"| idle | {idle[0] / 1024:,.1f} | {idle[1]:,} | | | | | | | | | | |")
+    print(f"| idle | {idle[0] / 1024:,.1f} | {idle[1]:,} | | | | | | | | | | | |")
 prev = None
 for r in rows:
-    p = r["p"]
+    p, m = r["p"], r["m"]
     pct = "" if prev is None or r["t"] <= prev["t"] else f"{100 * (r['cpu'] - prev['cpu']) / (r['t'] - prev['t']):.0f}"
     bad = " / ".join(p.get(k, "?") for k in ("gaps", "duplicates", "out_of_order", "mismatched", "unexpected"))
     print(f"| {r['t']:.0f} | {r['rss'] / 1024:,.1f} | {r['fds']:,} "
           f"| {r['cpu']:.1f} | {pct} | {int(p['open']):,} | {int(p['published']):,} | {int(p['checked']):,} | {bad} "
           f"| {int(p['reconnects']):,} | {p['recoveries_exact']} / {p['recoveries_failed']} "
-          f"| {p['churn_subscribes']} / {p['churn_unsubscribes']} | {p['dropped']} |")
+          f"| {p['churn_subscribes']} / {p['churn_unsubscribes']} | {p['dropped']} "
+          f"| {m.get('channels', '?')} / {m.get('subscriptions', '?')} / "
+          f"{int(m.get('history_bytes', 0)) / 1048576:.2f} |")
     prev = r
 print()
 after = [r for r in grid if r["t"] >= warmup]

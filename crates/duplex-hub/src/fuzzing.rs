@@ -8,7 +8,7 @@ use crate::config::HubConfig;
 /// and, as the API would, as the body of `POST /api/publish`.
 pub fn parse_command(bytes: &[u8]) {
     let _ = crate::protocol::Command::parse(bytes);
-    let _ = crate::protocol::Publish::from_http_body(&bytes::Bytes::copy_from_slice(bytes));
+    let _ = crate::protocol::Publish::from_http_body(bytes);
 }
 
 /// Parses `bytes` as the start of an HTTP/1.1 connection (`head::parse_head`): the request head
