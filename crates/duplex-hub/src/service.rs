@@ -206,7 +206,7 @@ enum Sniff {
     Http1(Sniffed),
     /// A request for `/ws` first: upgraded here ([`crate::http::upgrade`]), without hyper.
     /// The head, and the bytes after it.
-    WebSocket(TcpStream, Head, BytesMut),
+    WebSocket(TcpStream, Box<Head>, BytesMut),
 }
 
 /// Reads until the first bytes are the HTTP/2 preface or cannot be; for HTTP/1.1, on until the
@@ -231,7 +231,7 @@ async fn sniff(mut tcp: TcpStream, max_body: usize) -> io::Result<Sniff> {
     match crate::http::read_head(&mut tcp, &mut buf, max_body).await {
         Ok(Some(head)) if head.request.uri().path() == "/ws" => {
             let leftover = buf.split_off(head.len);
-            Ok(Sniff::WebSocket(tcp, head, leftover))
+            Ok(Sniff::WebSocket(tcp, Box::new(head), leftover))
         }
         Ok(Some(_)) | Err(HeadError::Invalid(_)) => {
             Ok(Sniff::Http1(Sniffed::new(buf.freeze(), tcp)))
