@@ -166,8 +166,11 @@ pub(crate) async fn serve(
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         match sniffed {
-            Ok(Ok(Sniff::Http2(tcp))) => serve_h2(TokioIo::new(tcp), conn).await,
-            Ok(Ok(Sniff::Http1(tcp))) => serve_h1(TokioIo::new(tcp), conn).await,
+            // Boxed, like the TLS path below: hyper's connection futures are kilobytes, and
+            // inline they would make every connection's task that large, the ones upgraded
+            // without hyper included.
+            Ok(Ok(Sniff::Http2(tcp))) => Box::pin(serve_h2(TokioIo::new(tcp), conn)).await,
+            Ok(Ok(Sniff::Http1(tcp))) => Box::pin(serve_h1(TokioIo::new(tcp), conn)).await,
             Ok(Ok(Sniff::WebSocket(tcp, head, leftover))) => {
                 let (hub, peer, done) = (conn.hub.clone(), conn.peer, conn.done.clone());
                 drop(conn);
@@ -178,6 +181,16 @@ pub(crate) async fn serve(
         }
         return;
     };
+    Box::pin(serve_tls(tcp, tls, conn, shutdown)).await;
+}
+
+/// A TLS connection: the handshake, then hyper's HTTP/2 (ALPN `h2`) or HTTP/1.1 server.
+async fn serve_tls(
+    tcp: TcpStream,
+    tls: TlsAcceptor,
+    conn: Arc<Conn>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let accepted = tokio::select! {
         accepted = timeout(IDLE_TIMEOUT, tls.accept(tcp)) => accepted,
         _ = shutdown.wait_for(|stop| *stop) => return,
