@@ -19,13 +19,26 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port and waits (at most 10 s) until it answers PING.
+    /// Starts a server on a free port and waits (at most 10 s) until it answers. A port taken
+    /// meanwhile by another test (between `free_port` and the server's bind) is retried.
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
+        for _ in 0..5 {
+            if let Some(server) = RedisServer::try_start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries");
     }
 
     /// Starts a server on `port` (a restart reuses the port of the one it replaces).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::try_start_on(port)
+            .unwrap_or_else(|| panic!("redis-server did not start on port {port} within 10 s"))
+    }
+
+    /// `None` if the server exited (the port is taken), another process answered on the port,
+    /// or nothing answered within 10 s.
+    fn try_start_on(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -35,21 +48,30 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install -y redis-server)");
-        let server = RedisServer {
+        // The answer must come from this process: another test's server may hold the port.
+        let ours = format!("process_id:{}", child.id());
+        let mut server = RedisServer {
             child: Some(child),
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if server.try_command(&["PING"]).is_ok_and(|r| r == "PONG") {
-                return server;
+        while Instant::now() < deadline {
+            if let Ok(info) = server.try_command(&["INFO", "server"]) {
+                return info
+                    .lines()
+                    .any(|line| line.trim() == ours)
+                    .then_some(server);
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not answer PING within 10 s"
-            );
+            let exited = server
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        None
     }
 
     /// Its port.
