@@ -53,34 +53,6 @@ impl Drop for Server {
     }
 }
 
-fn run_connect(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, String) {
-    let mut child = Command::new(BIN)
-        .arg("connect")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "duplex connect did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 /// Sends raw bytes and reads the answer until the server closes.
 fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&raw_exchange_bytes(addr, request)).into_owned()
@@ -98,11 +70,12 @@ fn raw_exchange_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 #[test]
 fn connect_echoes_typed_lines_and_exits_cleanly_on_eof() {
     let server = Server::start();
-    let (status, stdout, stderr) = run_connect(&[&server.url()], "hello\nwörld 🙂\n\nlast line\n");
+    let (status, stdout, stderr) =
+        support::run_connect(&[&server.url()], "hello\nwörld 🙂\n\nlast line\n");
     assert!(status.success(), "stderr: {stderr}");
     assert_eq!(stdout, "hello\nwörld 🙂\n\nlast line\n");
 
-    let (status, stdout, _) = run_connect(
+    let (status, stdout, _) = support::run_connect(
         &[
             "--binary",
             "--header",
@@ -157,7 +130,7 @@ fn bad_handshakes_get_their_status_and_the_server_goes_on() {
     assert_eq!(&frame[2..4], &1002u16.to_be_bytes());
 
     // Still serving.
-    let (status, stdout, _) = run_connect(&[&server.url()], "still there\n");
+    let (status, stdout, _) = support::run_connect(&[&server.url()], "still there\n");
     assert!(status.success());
     assert_eq!(stdout, "still there\n");
 }

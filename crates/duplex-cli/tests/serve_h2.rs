@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use duplex::proxy::ProxyChoice;
@@ -278,45 +278,11 @@ async fn sigterm_closes_http2_websockets_with_1001_on_both_runtimes() {
     }
 }
 
-/// `duplex connect` with `args`, `stdin` as its input: exit status, stdout, stderr.
-fn run_connect(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("connect")
-        .args(args)
-        .env("DUPLEX_LOG", "info")
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "duplex connect did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn connect_http2_talks_rfc_8441_to_serve_and_over_tls_too() {
     let server = Server::start("engine", None);
-    let (status, stdout, stderr) = run_connect(&["--http2", &server.url("/")], "one\ntwo\n");
+    let (status, stdout, stderr) =
+        support::run_connect(&["--http2", &server.url("/")], "one\ntwo\n");
     assert!(status.success(), "stderr: {stderr}");
     assert_eq!(stdout, "one\ntwo\n");
     assert!(stderr.contains("over HTTP/2"), "stderr: {stderr}");
@@ -325,12 +291,13 @@ fn connect_http2_talks_rfc_8441_to_serve_and_over_tls_too() {
     let server = Server::start("engine", Some(&cert));
     let ca = cert.path("cert.pem");
     let (status, stdout, stderr) =
-        run_connect(&["--http2", "--ca-cert", &ca, &server.url("/")], "secure\n");
+        support::run_connect(&["--http2", "--ca-cert", &ca, &server.url("/")], "secure\n");
     assert!(status.success(), "stderr: {stderr}");
     assert_eq!(stdout, "secure\n");
     assert!(stderr.contains("over HTTP/2"), "stderr: {stderr}");
     // Without --http2: HTTP/1.1, as before.
-    let (status, stdout, stderr) = run_connect(&["--ca-cert", &ca, &server.url("/")], "plain\n");
+    let (status, stdout, stderr) =
+        support::run_connect(&["--ca-cert", &ca, &server.url("/")], "plain\n");
     assert!(status.success(), "stderr: {stderr}");
     assert_eq!(stdout, "plain\n");
     assert!(!stderr.contains("over HTTP/2"), "stderr: {stderr}");

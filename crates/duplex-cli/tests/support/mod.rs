@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a server may take to log its address (a loaded CI machine is slow).
 const START: Duration = Duration::from_secs(30);
@@ -61,6 +61,41 @@ pub fn spawn_listening(mut command: Command) -> (Child, SocketAddr) {
             panic!("duplex did not log a listening address within {START:?}");
         }
     }
+}
+
+/// `duplex connect` with `args`, `stdin` as its input: exit status, stdout, stderr.
+pub fn run_connect(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("connect")
+        .args(args)
+        .env("DUPLEX_LOG", "info")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "duplex connect did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// The first `scheme://127.0.0.1:port` in a log line.
