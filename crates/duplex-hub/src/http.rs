@@ -127,9 +127,8 @@ impl Response {
     }
 }
 
-/// Serves one TCP connection: HTTP requests until it closes, or one WebSocket.
-/// Serves one connection. `done` (the hub's wait) is held until it ends, and handed to the
-/// session of a WebSocket it upgrades to.
+/// Serves one TCP connection: HTTP requests until it closes, or one WebSocket. `done` (the
+/// hub's wait) is held until it ends, and handed to the session of a WebSocket it upgrades to.
 pub(crate) async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
