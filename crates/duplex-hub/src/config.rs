@@ -133,6 +133,11 @@ pub struct HubArgs {
     /// core, none with `--threads 1`, whose one thread fans out itself) [default: 0].
     #[arg(long, env = "DUPLEX_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
+    /// Event loops (tasks, each polling many connections) that hold the plain `ws://`
+    /// WebSocket connections once upgraded; 0: a task per connection (more memory per idle
+    /// connection) [default: one per worker thread].
+    #[arg(long, env = "DUPLEX_EVENT_LOOPS")]
+    pub event_loops: Option<usize>,
     /// Bytes the events waiting for the fan-out threads may hold together (publications,
     /// presence pushes, shares of large channels); a publish that does not fit is refused
     /// (`overloaded`, HTTP 503), a presence push dropped (0: no bound) [default: 67108864,
@@ -339,6 +344,8 @@ pub struct FileConfig {
     pub fanout_threads: Option<usize>,
     /// See [`HubArgs::fanout_queue_bytes`].
     pub fanout_queue_bytes: Option<usize>,
+    /// See [`HubArgs::event_loops`].
+    pub event_loops: Option<usize>,
     /// See [`HubArgs::presence_ttl`] (seconds).
     pub presence_ttl: Option<u64>,
     /// See [`HubArgs::presence_refresh`] (seconds).
@@ -435,6 +442,9 @@ pub struct HubConfig {
     /// Fan-out threads; 0 (the default): one per core this process may use, or none on a
     /// single-threaded runtime (its one thread fans out itself: see [`HubArgs::threads`]).
     pub fanout_threads: usize,
+    /// Event loops holding the plain WebSocket connections once upgraded (`Some(0)`: a task
+    /// per connection); `None` (the default): one per worker thread.
+    pub event_loops: Option<usize>,
     /// Bytes the fan-out threads' queues may hold together; a publish that does not fit is
     /// refused with `overloaded` (HTTP 503), a presence push is dropped; 0: no bound
     /// [default: 64 MiB].
@@ -494,6 +504,7 @@ impl Default for HubConfig {
             close_timeout: Duration::from_secs(3),
             broker: BrokerConfig::Memory,
             fanout_threads: 0,
+            event_loops: None,
             fanout_queue_bytes: 64 << 20,
             presence_ttl: Duration::from_secs(30),
             presence_refresh: Duration::from_secs(10),
@@ -666,6 +677,7 @@ impl HubConfig {
                 .fanout_threads
                 .or(file.fanout_threads)
                 .unwrap_or(d.fanout_threads),
+            event_loops: args.event_loops.or(file.event_loops).or(d.event_loops),
             fanout_queue_bytes: args
                 .fanout_queue_bytes
                 .or(file.fanout_queue_bytes)

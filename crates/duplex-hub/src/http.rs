@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use duplex::WebSocket;
 use duplex_proto::Role;
 use duplex_proto::handshake::{
     Accept, ClientOffer, HandshakeError, REFUSAL_DRAIN_LIMIT, REFUSAL_LINGER, Refused, Reject,
@@ -28,9 +27,9 @@ use crate::head::{BodyFraming, Head, parse_head};
 use crate::json;
 use crate::limit::{Key, Limited};
 use crate::metrics::{Reason, Transport};
-use crate::outbox::OutboxStream;
 use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
 use crate::state::HubState;
+use crate::ws_loop::Loops;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,6 +132,7 @@ pub(crate) async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
     hub: Arc<HubState>,
+    loops: Arc<Loops>,
     done: tokio::sync::mpsc::Sender<()>,
 ) {
     let mut shutdown = hub.shutdown.clone();
@@ -156,7 +156,7 @@ pub(crate) async fn serve(
         };
         buf.advance(len);
         if request.uri().path() == "/ws" {
-            upgrade(tcp, request, buf, peer, hub, done).await;
+            upgrade(tcp, request, buf, peer, hub, &loops, done).await;
             return;
         }
         if request.uri().path() == "/sse" {
@@ -538,6 +538,7 @@ pub(crate) async fn upgrade(
     leftover: BytesMut,
     peer: SocketAddr,
     hub: Arc<HubState>,
+    loops: &Loops,
     done: tokio::sync::mpsc::Sender<()>,
 ) {
     let offer = match validate_request(&request) {
@@ -573,25 +574,24 @@ pub(crate) async fn upgrade(
         return;
     }
     let Upgrade { connection, .. } = upgrade;
-    let negotiated = connection.deflate().copied();
-    let (stream, outbox) = OutboxStream::new(tcp, hub.config.queue_bytes, negotiated);
-    let ws = WebSocket::from_connection(stream, connection, hub.ws_options.clone(), leftover, None);
-    let shared_deflate = negotiated.is_some_and(|n| {
+    let shared_deflate = connection.deflate().is_some_and(|n| {
         n.accepts_prepared(
             Role::Server,
             duplex_proto::extensions::deflate::MAX_WINDOW_BITS,
         )
     });
     tracing::debug!(%peer, user = grants.user, shared_deflate, "websocket accepted");
-    tokio::spawn(crate::session::run(
-        ws,
-        outbox,
-        hub.clone(),
+    crate::ws_loop::run_plain(
+        tcp,
+        connection,
+        leftover,
+        &hub,
+        loops,
         grants,
         shared_deflate,
         Transport::H1,
         (slot, done),
-    ));
+    );
 }
 
 /// `/sse`: the stream (`sse.rs` decides and writes it) on this connection, or its refusal.

@@ -17,7 +17,8 @@
 //! http      the routes (JSON API, web assets), WebSocket admission; the builtin HTTP/1.1 server
 //! tls       --tls-cert/--tls-key: the rustls acceptor, its certificate reloaded in place
 //! sse       /sse: Server-Sent Events subscribers (the WebSocket fallback), ids that resume
-//! session   one WebSocket connection's driver: runs its commands, drains its outbox
+//! ws_loop   event loops holding plain WebSocket connections, many per thread (no task each)
+//! session   one WebSocket connection's commands and subscriptions; the task of a TLS/HTTP/2 one
 //! state     HubState: what every connection shares (config, broker, fan-out, metrics, sessions)
 //! fanout    local subscribers per channel, sharded over the fan-out threads; encode once, all write
 //! outbox    one connection's outbound path: direct writes, the bounded queue, Delivery
@@ -95,6 +96,7 @@ mod session;
 mod sse;
 mod state;
 mod tls;
+mod ws_loop;
 
 use std::error::Error;
 use std::process::ExitCode;

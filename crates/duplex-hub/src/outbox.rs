@@ -126,9 +126,11 @@ pub(crate) struct Tally {
 pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     limit: usize,
-    /// The socket's write half; `None` queues everything: an SSE subscriber (its task encodes
-    /// each queued push as an event of its own, see `sse.rs`) and unit tests.
-    tcp: Option<OwnedWriteHalf>,
+    /// The socket; `None` queues everything: an SSE subscriber (its task encodes each queued
+    /// push as an event of its own, see `sse.rs`) and unit tests.
+    tcp: Option<Socket>,
+    /// The event loop that holds the connection (`ws_loop.rs`), woken instead of a task.
+    inbox: Option<Arc<dyn LoopWaker>>,
     /// The connection's permessage-deflate parameters: which prepared frame is valid for it.
     deflate: Option<Negotiated>,
 }
@@ -148,6 +150,36 @@ struct OutboxState {
     closed: Option<Closing>,
     filters: Vec<Filter>,
     waker: Option<Waker>,
+    /// A connection of an event loop: its token there (0 until the loop took it), and whether
+    /// a wake-up is already posted and not yet looked at ([`Outbox::event`]).
+    token: u64,
+    notified: bool,
+}
+
+/// Where the outbox of a connection of an event loop posts its wake-ups (`ws_loop.rs`).
+pub(crate) trait LoopWaker: Send + Sync + std::fmt::Debug {
+    /// The connection of `token` has something to do (see [`Outbox::event`]).
+    fn wake(&self, token: u64);
+}
+
+/// The socket an outbox writes to.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    /// The write half of a connection run by its own task.
+    Task(OwnedWriteHalf),
+    /// A connection of an event loop (`ws_loop.rs`), which reads it; the socket closes when
+    /// the outbox goes (the fan-out may hold it a moment after the loop let go).
+    Loop(std::net::TcpStream),
+}
+
+impl Socket {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Task(tcp) => tcp.try_write_vectored(bufs),
+            Socket::Loop(tcp) => io::Write::write_vectored(&mut &*tcp, bufs),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -169,9 +201,15 @@ impl OutboxState {
         }
     }
 
-    fn wake(&mut self) {
+    /// Wakes the connection's task, or posts to its event loop (once until the loop looks).
+    fn wake(&mut self, inbox: Option<&Arc<dyn LoopWaker>>) {
         if let Some(waker) = self.waker.take() {
             waker.wake();
+        } else if let Some(inbox) = inbox {
+            if self.token != 0 && !self.notified {
+                self.notified = true;
+                inbox.wake(self.token);
+            }
         }
     }
 
@@ -225,7 +263,7 @@ impl OutboxState {
 }
 
 /// Writes as much of `frame` from byte `from` as the socket takes now.
-fn try_write_frame(tcp: &OwnedWriteHalf, frame: &Transmit, from: usize) -> io::Result<usize> {
+fn try_write_frame(tcp: &Socket, frame: &Transmit, from: usize) -> io::Result<usize> {
     let head = frame.head();
     let (a, b) = if from < head.len() {
         (&head[from..], &frame.payload()[..])
@@ -250,8 +288,74 @@ impl Outbox {
         Outbox {
             state: Mutex::new(OutboxState::default()),
             limit,
-            tcp,
+            tcp: tcp.map(Socket::Task),
+            inbox: None,
             deflate,
+        }
+    }
+
+    /// The outbox of a connection of an event loop: it owns `tcp` (non-blocking) and wakes the
+    /// loop through `inbox` once the loop gave it its token ([`Outbox::set_token`]).
+    pub(crate) fn for_loop(
+        tcp: std::net::TcpStream,
+        limit: usize,
+        deflate: Option<Negotiated>,
+        inbox: Arc<dyn LoopWaker>,
+    ) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            limit,
+            tcp: Some(Socket::Loop(tcp)),
+            inbox: Some(inbox),
+            deflate,
+        }
+    }
+
+    /// The socket of a connection of an event loop.
+    pub(crate) fn loop_socket(&self) -> Option<&std::net::TcpStream> {
+        match &self.tcp {
+            Some(Socket::Loop(tcp)) => Some(tcp),
+            _ => None,
+        }
+    }
+
+    /// The loop's token for this connection: wake-ups are posted with it from now on.
+    pub(crate) fn set_token(&self, token: u64) {
+        let mut state = lock(&self.state);
+        state.token = token;
+        state.notified = false;
+    }
+
+    /// The event loop's [`Outbox::poll_event`]: what to do now, if anything. Later wake-ups
+    /// are posted again.
+    pub(crate) fn event(&self) -> Option<OutboxEvent> {
+        let mut state = lock(&self.state);
+        state.notified = false;
+        if let Some(why) = state.closed {
+            return Some(OutboxEvent::Closed(why));
+        }
+        if !state.queue.is_empty() || state.partial.is_some() {
+            return Some(OutboxEvent::Ready);
+        }
+        None
+    }
+
+    /// The event loop writes the connection's own frames (`bufs`, from its `Connection`):
+    /// holds direct writes and finishes a delivery written in part first. `Ok(0)` with no
+    /// `bufs`: the partial delivery is out.
+    pub(crate) fn write_own(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(tcp) = &self.tcp else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut state = lock(&self.state);
+        state.held = true;
+        finish_partial(tcp, &mut state)?;
+        if bufs.is_empty() {
+            return Ok(0);
+        }
+        match tcp.try_write_vectored(bufs)? {
+            0 => Err(io::ErrorKind::WriteZero.into()),
+            n => Ok(n),
         }
     }
 
@@ -289,7 +393,7 @@ impl Outbox {
                             frame: frame.clone(),
                             written: n,
                         });
-                        state.wake();
+                        state.wake(self.inbox.as_ref());
                     }
                     return;
                 }
@@ -305,14 +409,14 @@ impl Outbox {
             // finished first: the Close frame must not land inside it).
             state.queue = VecDeque::new();
             state.queued = 0;
-            state.wake();
+            state.wake(self.inbox.as_ref());
             return;
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery.clone());
         state.queued += cost;
         if was_empty {
-            state.wake();
+            state.wake(self.inbox.as_ref());
         }
     }
 
@@ -321,7 +425,7 @@ impl Outbox {
         let mut state = lock(&self.state);
         state.closed.get_or_insert(why);
         state.held = true;
-        state.wake();
+        state.wake(self.inbox.as_ref());
     }
 
     /// Ready when something is queued or partly written, or the outbox was closed; otherwise
@@ -432,12 +536,15 @@ impl Outbox {
         let Some(tcp) = &self.tcp else {
             return Poll::Ready(Ok(()));
         };
+        let Socket::Task(write) = tcp else {
+            return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
+        };
         loop {
             let mut state = lock(&self.state);
             match finish_partial(tcp, &mut state) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drop(state);
-                    ready!(tcp.as_ref().poll_write_ready(cx))?;
+                    ready!(write.as_ref().poll_write_ready(cx))?;
                 }
                 done => return Poll::Ready(done),
             }
@@ -447,7 +554,7 @@ impl Outbox {
 
 /// Writes the rest of the partial frame, if any, as far as the socket takes it now: `Ok` once
 /// nothing is left.
-fn finish_partial(tcp: &OwnedWriteHalf, state: &mut OutboxState) -> io::Result<()> {
+fn finish_partial(tcp: &Socket, state: &mut OutboxState) -> io::Result<()> {
     while let Some(partial) = &mut state.partial {
         partial.written += try_write_frame(tcp, &partial.frame, partial.written)?;
         if partial.rest() == 0 {
@@ -558,7 +665,7 @@ impl AsyncWrite for OutboxStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let outbox = &*this.outbox;
-        let Some(tcp) = &outbox.tcp else {
+        let Some(Socket::Task(tcp)) = &outbox.tcp else {
             return match &mut this.io {
                 Io::Queued(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
                 Io::Tcp(_) => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
@@ -567,8 +674,9 @@ impl AsyncWrite for OutboxStream {
         loop {
             let mut state = lock(&outbox.state);
             state.held = true;
+            let socket = outbox.tcp.as_ref().expect("matched above");
             let written =
-                finish_partial(tcp, &mut state).and_then(|()| tcp.try_write_vectored(bufs));
+                finish_partial(socket, &mut state).and_then(|()| tcp.try_write_vectored(bufs));
             drop(state);
             match written {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

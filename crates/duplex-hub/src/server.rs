@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Closing, Outbox};
 use crate::state::HubState;
 use crate::tls::Certificate;
+use crate::ws_loop::Loops;
 use tokio_rustls::TlsAcceptor;
 
 /// The real-time hub. [`Hub::bind`] starts one in the current tokio runtime.
@@ -148,6 +149,7 @@ impl Hub {
             "duplex hub listening: demo page {http}://{addr}/ , WebSocket {ws}://{addr}/ws , \
              HTTP API {http}://{addr}/api/ , metrics {http}://{addr}/metrics"
         );
+        let loops = Arc::new(Loops::new(event_loops(config.event_loops))?);
         let hub = Arc::new(HubState {
             broker,
             broker_started: AtomicBool::new(false),
@@ -175,11 +177,12 @@ impl Hub {
         if let Some(certificate) = &certificate {
             reload_on_sighup(certificate.clone(), hub.shutdown.clone())?;
         }
+        loops.start(&hub)?;
         start_broker(&hub, fanout);
         let fanout = Arc::downgrade(&hub.fanout);
         let (done_tx, done_rx) = mpsc::channel(1);
         tokio::spawn(close_sessions_on_shutdown(hub.clone()));
-        let accept = tokio::spawn(accept_loop(listener, hub, acceptor, done_tx));
+        let accept = tokio::spawn(accept_loop(listener, hub, loops, acceptor, done_tx));
         Ok(HubHandle {
             addr,
             shutdown: shutdown_tx,
@@ -190,6 +193,11 @@ impl Hub {
             fanout,
         })
     }
+}
+
+/// How many event loops `event_loops` (`None`: one per worker thread) means in this runtime.
+fn event_loops(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| tokio::runtime::Handle::current().metrics().num_workers())
 }
 
 /// How many fan-out threads `fanout_threads` (0: automatic) means in this runtime.
@@ -423,6 +431,7 @@ fn reload_on_sighup(
 async fn accept_loop(
     listener: TcpListener,
     hub: Arc<HubState>,
+    loops: Arc<Loops>,
     tls: Option<TlsAcceptor>,
     done: mpsc::Sender<()>,
 ) {
@@ -439,13 +448,14 @@ async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
                 let hub = hub.clone();
                 let done = done.clone();
+                let loops = loops.clone();
                 if builtin {
-                    tokio::spawn(crate::http::serve(tcp, peer, hub, done));
+                    tokio::spawn(crate::http::serve(tcp, peer, hub, loops, done));
                 } else {
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         // The service holds its own senders for the WebSockets it spawns.
-                        crate::service::serve(tcp, peer, hub, tls, done.clone()).await;
+                        crate::service::serve(tcp, peer, hub, loops, tls, done.clone()).await;
                         drop(done);
                     });
                 }

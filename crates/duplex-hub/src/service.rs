@@ -52,6 +52,7 @@ use crate::http::{
 use crate::metrics::Transport;
 use crate::outbox::OutboxStream;
 use crate::state::HubState;
+use crate::ws_loop::Loops;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4): a client speaking h2c by prior
 /// knowledge starts with it.
@@ -67,6 +68,8 @@ const MAX_HEADERS: usize = 64;
 struct Conn {
     hub: Arc<HubState>,
     peer: SocketAddr,
+    /// Where plain WebSockets go once upgraded.
+    loops: Arc<Loops>,
     /// Held by every task the connection spawns (its WebSockets): the hub's `wait` ends when
     /// the last one is dropped.
     done: mpsc::Sender<()>,
@@ -155,10 +158,16 @@ pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     hub: Arc<HubState>,
+    loops: Arc<Loops>,
     tls: Option<TlsAcceptor>,
     done: mpsc::Sender<()>,
 ) {
-    let conn = Arc::new(Conn { hub, peer, done });
+    let conn = Arc::new(Conn {
+        hub,
+        peer,
+        loops,
+        done,
+    });
     let mut shutdown = conn.hub.shutdown.clone();
     let Some(tls) = tls else {
         let sniffed = tokio::select! {
@@ -173,8 +182,9 @@ pub(crate) async fn serve(
             Ok(Ok(Sniff::Http1(tcp))) => Box::pin(serve_h1(TokioIo::new(tcp), conn)).await,
             Ok(Ok(Sniff::WebSocket(tcp, head, leftover))) => {
                 let (hub, peer, done) = (conn.hub.clone(), conn.peer, conn.done.clone());
+                let loops = conn.loops.clone();
                 drop(conn);
-                crate::http::upgrade(tcp, head.request, leftover, peer, hub, done).await;
+                crate::http::upgrade(tcp, head.request, leftover, peer, hub, &loops, done).await;
             }
             // Closed, failed or silent before a request: nothing to answer.
             Ok(Err(_)) | Err(_) => {}
@@ -577,13 +587,22 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
     let response = upgrade.response().map(|()| full(Bytes::new()));
     let connection = upgrade.connection;
     let (hub, peer, done) = (hub.clone(), conn.peer, conn.done.clone());
+    let loops = conn.loops.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             // A task of its own for the session, holding nothing of this one: the session's
             // future is all an idle connection keeps (see docs/performance.md).
             Ok(upgraded) => {
-                let session = start(upgraded, connection, hub, grants, peer, h2, (slot, done));
-                tokio::spawn(session);
+                start(
+                    upgraded,
+                    connection,
+                    hub,
+                    &loops,
+                    grants,
+                    peer,
+                    h2,
+                    (slot, done),
+                );
             }
             Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
         }
@@ -591,46 +610,73 @@ fn websocket(mut request: Request<Incoming>, conn: &Arc<Conn>, h2: bool) -> hype
     response
 }
 
-/// The session of an upgraded connection: over plain HTTP/1.1 on the `TcpStream` itself
-/// (direct writes by the fan-out), otherwise on the upgraded stream (queued outbox). `guard`
-/// (the connection slot, the hub's wait) is held until it ends.
+/// Starts the session of an upgraded connection: over plain HTTP/1.1 on the `TcpStream` itself
+/// (an event loop's, direct writes by the fan-out), otherwise on the upgraded stream, on a task
+/// of its own (queued outbox). `guard` (the connection slot, the hub's wait) is held until it
+/// ends.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one upgrade, handed on"
+)]
 fn start(
     upgraded: Upgraded,
     connection: Connection,
     hub: Arc<HubState>,
+    loops: &Loops,
     grants: crate::auth::Grants,
     peer: SocketAddr,
     h2: bool,
     guard: impl Send + 'static,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) {
     let negotiated = connection.deflate().copied();
-    let limit = hub.config.queue_bytes;
-    let mut direct = true;
-    let (stream, outbox, leftover) = match upgraded.downcast::<TokioIo<Sniffed>>() {
-        Ok(parts) => {
-            let (unread, tcp) = parts.io.into_inner().into_parts();
-            // hyper read `read_buf` before the sniffed bytes it left (if any).
-            let mut leftover = BytesMut::from(&parts.read_buf[..]);
-            leftover.extend_from_slice(&unread);
-            let (stream, outbox) = OutboxStream::new(tcp, limit, negotiated);
-            (stream, outbox, leftover)
-        }
-        Err(upgraded) => {
-            direct = false;
-            let (stream, outbox) = OutboxStream::queued(TokioIo::new(upgraded), limit, negotiated);
-            (stream, outbox, BytesMut::new())
-        }
-    };
-    let ws = WebSocket::from_connection(stream, connection, hub.ws_options.clone(), leftover, None);
     let shared_deflate = negotiated.is_some_and(|n| {
         n.accepts_prepared(
             Role::Server,
             duplex_proto::extensions::deflate::MAX_WINDOW_BITS,
         )
     });
-    tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct, "websocket accepted");
     let transport = if h2 { Transport::H2 } else { Transport::H1 };
-    crate::session::run(ws, outbox, hub, grants, shared_deflate, transport, guard)
+    match upgraded.downcast::<TokioIo<Sniffed>>() {
+        Ok(parts) => {
+            let (unread, tcp) = parts.io.into_inner().into_parts();
+            // hyper read `read_buf` before the sniffed bytes it left (if any).
+            let mut leftover = BytesMut::from(&parts.read_buf[..]);
+            leftover.extend_from_slice(&unread);
+            tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct = true, "websocket accepted");
+            crate::ws_loop::run_plain(
+                tcp,
+                connection,
+                leftover,
+                &hub,
+                loops,
+                grants,
+                shared_deflate,
+                transport,
+                guard,
+            );
+        }
+        Err(upgraded) => {
+            let limit = hub.config.queue_bytes;
+            let (stream, outbox) = OutboxStream::queued(TokioIo::new(upgraded), limit, negotiated);
+            let ws = WebSocket::from_connection(
+                stream,
+                connection,
+                hub.ws_options.clone(),
+                BytesMut::new(),
+                None,
+            );
+            tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct = false, "websocket accepted");
+            tokio::spawn(crate::session::run(
+                ws,
+                outbox,
+                hub,
+                grants,
+                shared_deflate,
+                transport,
+                guard,
+            ));
+        }
+    }
 }
 
 /// `/sse`: the stream ([`crate::sse`] decides and writes it) as this response's body, or its

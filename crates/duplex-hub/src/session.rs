@@ -35,7 +35,7 @@ use crate::state::HubState;
 
 pub(crate) type Ws = WebSocket<OutboxStream>;
 
-struct Session {
+pub(crate) struct Session {
     conn: u64,
     info: ClientInfo,
     grants: Grants,
@@ -53,7 +53,7 @@ struct Session {
 }
 
 /// How the connection ends.
-enum End {
+pub(crate) enum End {
     /// Close with this code and reason.
     Close(CloseCode, &'static str),
     /// The peer closed or the connection failed: nothing more to send.
@@ -83,34 +83,12 @@ pub(crate) fn run(
     guard: impl Send,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        hub.metrics.connections.fetch_add(1, Relaxed);
-        hub.metrics.accepted(transport);
-        let conn = hub.next_conn.fetch_add(1, Relaxed);
-        if !hub.register_session(conn, &outbox) {
-            outbox.close(Closing::Shutdown);
-        }
-        let now = Instant::now();
-        let mut session = Session {
-            conn,
-            info: ClientInfo {
-                client: ids::client_id(),
-                user: grants.user.as_str().into(),
-            },
-            grants,
-            outbox: outbox.clone(),
-            shared_deflate,
-            subscriptions: Subscriptions::default(),
-            bucket: TokenBucket::new(hub.config.publish_rate, hub.config.publish_burst, now),
-            subscribe_bucket: Bucket::full(hub.config.subscribe_burst, now),
-            hub: hub.clone(),
-            batch: VecDeque::new(),
-        };
+        let mut session = Session::open(hub, outbox.clone(), grants, shared_deflate, transport);
         let end = session.drive(&mut ws, &outbox).await;
         // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
         // would otherwise be part of every idle connection's task.
         Box::pin(session.finish(ws, end)).await;
-        hub.unregister_session(conn);
-        hub.metrics.connections.fetch_sub(1, Relaxed);
+        session.unregister();
         drop(guard);
     }
 }
@@ -213,6 +191,50 @@ impl From<Closing> for End {
 }
 
 impl Session {
+    /// A new connection's session, registered with the hub (counted, reachable by the
+    /// shutdown: an outbox of a hub already shutting down is closed at once).
+    pub(crate) fn open(
+        hub: Arc<HubState>,
+        outbox: Arc<Outbox>,
+        grants: Grants,
+        shared_deflate: bool,
+        transport: Transport,
+    ) -> Session {
+        hub.metrics.connections.fetch_add(1, Relaxed);
+        hub.metrics.accepted(transport);
+        let conn = hub.next_conn.fetch_add(1, Relaxed);
+        if !hub.register_session(conn, &outbox) {
+            outbox.close(Closing::Shutdown);
+        }
+        let now = Instant::now();
+        Session {
+            conn,
+            info: ClientInfo {
+                client: ids::client_id(),
+                user: grants.user.as_str().into(),
+            },
+            grants,
+            outbox,
+            shared_deflate,
+            subscriptions: Subscriptions::default(),
+            bucket: TokenBucket::new(hub.config.publish_rate, hub.config.publish_burst, now),
+            subscribe_bucket: Bucket::full(hub.config.subscribe_burst, now),
+            hub,
+            batch: VecDeque::new(),
+        }
+    }
+
+    /// The connection is gone (its channels left): the hub forgets it.
+    pub(crate) fn unregister(&self) {
+        self.hub.unregister_session(self.conn);
+        self.hub.metrics.connections.fetch_sub(1, Relaxed);
+    }
+
+    /// The client's id, for logs.
+    pub(crate) fn client(&self) -> &str {
+        &self.info.client
+    }
+
     async fn drive(&mut self, ws: &mut Ws, outbox: &Outbox) -> End {
         // The receive side is polled with a waker of its own that notes it fired: a wake-up by
         // the outbox alone (every delivery) then skips the socket, whose readiness check and
@@ -343,6 +365,15 @@ impl Session {
     }
 
     async fn handle(&mut self, ws: &mut Ws, message: Message) -> Result<(), duplex::Error> {
+        match self.reply(message).await {
+            Some(text) => ws.send(Message::text(text)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the command `message` carries and returns the reply to send (counted in the
+    /// metrics).
+    pub(crate) async fn reply(&mut self, message: Message) -> Option<String> {
         let metrics = self.hub.metrics.clone();
         metrics.messages_in.fetch_add(1, Relaxed);
         metrics.bytes_in.fetch_add(message.len() as u64, Relaxed);
@@ -356,10 +387,7 @@ impl Session {
         });
         metrics.messages_out.fetch_add(1, Relaxed);
         metrics.bytes_out.fetch_add(reply.len() as u64, Relaxed);
-        match String::from_utf8(reply) {
-            Ok(text) => ws.send(Message::text(text)).await,
-            Err(_) => Ok(()),
-        }
+        String::from_utf8(reply).ok()
     }
 
     /// Runs one command; `Ok` and `Err` are both the reply to send.
@@ -611,13 +639,18 @@ impl Session {
     async fn finish(&mut self, mut ws: Ws, end: End) {
         // Whatever is written from here on (the Close frame) is the last.
         self.outbox.hold();
-        for channel in self.subscriptions.names() {
-            self.leave(&channel).await;
-        }
+        self.leave_all().await;
         if let End::Close(code, reason) = end {
             tracing::debug!(client = %self.info.client, code = code.as_u16(), reason, "closing");
             // Bounded by the close timeout.
             let _ = ws.close(code, reason).await;
+        }
+    }
+
+    /// Leaves every channel (the connection ended).
+    pub(crate) async fn leave_all(&mut self) {
+        for channel in self.subscriptions.names() {
+            self.leave(&channel).await;
         }
     }
 }

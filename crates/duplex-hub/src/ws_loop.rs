@@ -1,0 +1,845 @@
+//! Event loops for the hub's plain WebSocket connections: many connections per thread, in
+//! the engine's model (`duplex::engine`), so an idle subscriber costs its state and nothing
+//! else (issue 12: no task, no waker, no tokio registration, no timer entry of its own).
+//!
+//! ```text
+//!  HTTP/1.1 upgrade (service.rs, http.rs) ── socket, Connection, Session ──▶ LoopEvent::Adopt
+//!                                                                                 │
+//!  loop thread: epoll ─ready─▶ read into the loop's scratch buffer
+//!     │  ─▶ Connection::recv ─▶ a command ─▶ Session::reply, polled once in place
+//!     │        └ not finished (it waits for the broker)? boxed onto a task of its own, which
+//!     │          posts LoopEvent::Reply with the Session when done; the connection is not read
+//!     │          meanwhile and its deliveries queue up (held), as in `session.rs`
+//!     │  ─▶ the Connection's frames written through the outbox (its lock orders them with
+//!     │     the fan-out's direct writes)
+//!  fan-out threads ── Outbox::deliver: straight to the socket, or queued + LoopEvent::Wake
+//!  once a second: every connection's timers (keepalive, idle, close: duplex-proto's)
+//! ```
+//!
+//! A loop is a thread of the hub (like the fan-out threads) with an epoll instance (mio) over
+//! its connections; what it starts that waits (commands on the broker, the end of a
+//! connection) runs on the hub's tokio runtime. Connections over TLS or HTTP/2 keep a task
+//! each (`session.rs`): they are read through streams the loop cannot poll.
+//!
+//! The rules are `session.rs`'s: what was queued before a command goes out before its reply,
+//! pushes that arrive while the command runs go after it (filtered), direct writes resume only
+//! once the connection has nothing of its own in flight; a connection ends by leaving every
+//! channel (on a task: it awaits the broker) after its close handshake.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice, Read};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use duplex::{Message, State};
+use duplex_proto::{Connection, Event};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use duplex::WebSocket;
+
+use crate::auth::Grants;
+use crate::metrics::Transport;
+use crate::outbox::{Delivery, LoopWaker, Outbox, OutboxEvent, OutboxStream};
+use crate::session::{End, Session};
+use crate::state::HubState;
+
+/// How many buffers one vectored write carries.
+const MAX_IO_SLICES: usize = 16;
+/// The loop's read buffer (one per loop, shared by its connections), and the least room a
+/// read gets (less left: a new buffer).
+const SCRATCH: usize = 64 * 1024;
+const MIN_READ: usize = 4096;
+/// Replies queued past this are written before the next command is run.
+const FLUSH_AT: usize = 64 * 1024;
+/// How often the connections' timers run.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// What is posted to a loop from elsewhere.
+pub(crate) enum LoopEvent {
+    /// A connection to take over.
+    Adopt(Box<Adopted>),
+    /// The outbox of this token has something to do (queued, partly written, closed).
+    Wake(u64),
+    /// A command that had to wait finished: the session comes back with its reply.
+    Reply {
+        token: u64,
+        session: Box<Session>,
+        reply: Option<String>,
+    },
+}
+
+/// A command's end: the session, back, and the reply to send.
+type Replied = (Box<Session>, Option<String>);
+
+/// An upgraded plain HTTP/1.1 connection handed to a loop.
+pub(crate) struct Adopted {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) conn: Connection,
+    /// What the client sent right behind its request head.
+    pub(crate) leftover: BytesMut,
+    pub(crate) session: Box<Session>,
+    /// Held until the connection ends (the connection slot, the hub's wait for its tasks).
+    pub(crate) guard: Box<dyn Send>,
+}
+
+/// Runs an upgraded plain TCP connection: on one of the hub's event loops, or (with none) on
+/// a task of its own (`session.rs`). `guard` is held until it ends.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one upgrade, handed on"
+)]
+pub(crate) fn run_plain(
+    tcp: tokio::net::TcpStream,
+    conn: Connection,
+    leftover: BytesMut,
+    hub: &Arc<HubState>,
+    loops: &Loops,
+    grants: Grants,
+    shared_deflate: bool,
+    transport: Transport,
+    guard: impl Send + 'static,
+) {
+    let negotiated = conn.deflate().copied();
+    let limit = hub.config.queue_bytes;
+    let Some(inbox) = loops.pick() else {
+        let (stream, outbox) = OutboxStream::new(tcp, limit, negotiated);
+        let ws = WebSocket::from_connection(stream, conn, hub.ws_options.clone(), leftover, None);
+        let session = crate::session::run(
+            ws,
+            outbox,
+            hub.clone(),
+            grants,
+            shared_deflate,
+            transport,
+            guard,
+        );
+        tokio::spawn(session);
+        return;
+    };
+    // Out of tokio's reactor (the loop's epoll watches it now); still non-blocking.
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::debug!("websocket lost at its hand-over: {e}");
+            return;
+        }
+    };
+    let outbox = Arc::new(Outbox::for_loop(tcp, limit, negotiated, inbox.clone()));
+    let session = Session::open(
+        hub.clone(),
+        outbox.clone(),
+        grants,
+        shared_deflate,
+        transport,
+    );
+    inbox.post(LoopEvent::Adopt(Box::new(Adopted {
+        outbox,
+        conn,
+        leftover,
+        session: Box::new(session),
+        guard: Box::new(guard),
+    })));
+}
+
+/// A loop's mailbox: events posted from any thread, and the wake-up of its thread.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    events: Mutex<Vec<LoopEvent>>,
+    waker: mio::Waker,
+}
+
+impl std::fmt::Debug for LoopEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoopEvent::Adopt(_) => f.write_str("Adopt"),
+            LoopEvent::Wake(token) => write!(f, "Wake({token})"),
+            LoopEvent::Reply { token, .. } => write!(f, "Reply({token})"),
+        }
+    }
+}
+
+impl LoopWaker for Inbox {
+    fn wake(&self, token: u64) {
+        self.post(LoopEvent::Wake(token));
+    }
+}
+
+impl Inbox {
+    pub(crate) fn post(&self, event: LoopEvent) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_empty = events.is_empty();
+        events.push(event);
+        drop(events);
+        if was_empty {
+            // The loop swaps the whole list out: one wake-up for what piles up meanwhile.
+            if let Err(e) = self.waker.wake() {
+                tracing::error!("waking an event loop: {e}");
+            }
+        }
+    }
+
+    fn take(&self, into: &mut Vec<LoopEvent>) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *events, into);
+    }
+}
+
+/// The hub's loops, started with the hub.
+#[derive(Debug, Default)]
+pub(crate) struct Loops {
+    inboxes: Vec<Arc<Inbox>>,
+    /// Each loop's epoll instance, until its thread takes it.
+    polls: Mutex<Vec<mio::Poll>>,
+    next: AtomicUsize,
+}
+
+/// The waker's token; connections' tokens carry a generation of at least 1 in their high half.
+const WAKER: Token = Token(0);
+
+impl Loops {
+    /// `count` loops (0: none; every connection gets a task of its own).
+    pub(crate) fn new(count: usize) -> io::Result<Loops> {
+        let mut inboxes = Vec::with_capacity(count);
+        let mut polls = Vec::with_capacity(count);
+        for _ in 0..count {
+            let poll = mio::Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), WAKER)?;
+            inboxes.push(Arc::new(Inbox {
+                events: Mutex::default(),
+                waker,
+            }));
+            polls.push(poll);
+        }
+        Ok(Loops {
+            inboxes,
+            polls: Mutex::new(polls),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts the loop threads of `hub`; they run the tasks they start on the current runtime.
+    pub(crate) fn start(&self, hub: &Arc<HubState>) -> io::Result<()> {
+        let polls = std::mem::take(&mut *self.polls.lock().unwrap_or_else(PoisonError::into_inner));
+        let runtime = tokio::runtime::Handle::current();
+        for (n, (poll, inbox)) in polls.into_iter().zip(&self.inboxes).enumerate() {
+            let event_loop = EventLoop::new(hub.clone(), inbox.clone(), poll);
+            let runtime = runtime.clone();
+            std::thread::Builder::new()
+                .name(format!("duplex-hub-loop-{n}"))
+                .spawn(move || {
+                    // Commands that wait, and the end of connections, run on the hub's runtime.
+                    let _runtime = runtime.enter();
+                    event_loop.run();
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The loop the next connection goes to, if the hub runs loops.
+    pub(crate) fn pick(&self) -> Option<&Arc<Inbox>> {
+        if self.inboxes.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Relaxed);
+        Some(&self.inboxes[n % self.inboxes.len()])
+    }
+}
+
+struct Entry {
+    generation: u32,
+    slot: Option<Slot>,
+}
+
+/// One connection of a loop.
+struct Slot {
+    outbox: Arc<Outbox>,
+    conn: Connection,
+    /// `None` while a command runs on a task of its own.
+    session: Option<Box<Session>>,
+    /// A partial frame header (or control frame) waiting for the rest.
+    partial: Option<Box<BytesMut>>,
+    guard: Box<dyn Send>,
+    /// The last write stopped short: wait for the socket to be writable.
+    write_blocked: bool,
+    /// The close handshake was started here (the outbox closed).
+    closing: bool,
+    /// The connection is over but its session is out on a command: removed when it is back.
+    ended: bool,
+}
+
+/// What to do with a connection after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Keep,
+    Drop,
+}
+
+struct EventLoop {
+    hub: Arc<HubState>,
+    inbox: Arc<Inbox>,
+    poll: mio::Poll,
+    events: mio::Events,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    scratch: BytesMut,
+    batch: VecDeque<Arc<Delivery>>,
+    posted: Vec<LoopEvent>,
+}
+
+fn token(index: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | index as u64
+}
+
+fn split(token: u64) -> (usize, u32) {
+    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+}
+
+impl EventLoop {
+    fn new(hub: Arc<HubState>, inbox: Arc<Inbox>, poll: mio::Poll) -> EventLoop {
+        EventLoop {
+            hub,
+            inbox,
+            poll,
+            events: mio::Events::with_capacity(1024),
+            entries: Vec::new(),
+            free: Vec::new(),
+            scratch: BytesMut::new(),
+            batch: VecDeque::new(),
+            posted: Vec::new(),
+        }
+    }
+
+    /// Runs until the hub is shut down (or dropped) and every connection is gone.
+    fn run(mut self) {
+        let mut shutdown = self.hub.shutdown.clone();
+        let mut next_sweep = Instant::now() + SWEEP;
+        let mut ready = Vec::new();
+        loop {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("event loop: {e}");
+                    return;
+                }
+            }
+            ready.extend(self.events.iter().filter(|e| e.token() != WAKER).map(|e| {
+                let readable = e.is_readable() || e.is_read_closed() || e.is_error();
+                (e.token().0 as u64, readable, e.is_writable())
+            }));
+            self.take_posted();
+            for (token, readable, writable) in ready.drain(..) {
+                self.on_ready(token, readable, writable);
+            }
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP;
+                // The hub shut down (or is gone) and every connection ended: the loop ends.
+                let stopping = shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
+                if stopping && self.entries.iter().all(|e| e.slot.is_none()) {
+                    self.take_posted();
+                    if self.entries.iter().all(|e| e.slot.is_none()) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- events ----
+
+    fn take_posted(&mut self) {
+        let mut posted = std::mem::take(&mut self.posted);
+        self.inbox.take(&mut posted);
+        for event in posted.drain(..) {
+            match event {
+                LoopEvent::Adopt(adopted) => self.adopt(*adopted),
+                LoopEvent::Wake(token) => {
+                    if let Some(index) = self.index(token) {
+                        self.on_outbox(index);
+                    }
+                }
+                LoopEvent::Reply {
+                    token,
+                    session,
+                    reply,
+                } => {
+                    let (index, _) = split(token);
+                    self.on_reply(index, session, reply);
+                }
+            }
+        }
+        self.posted = posted;
+    }
+
+    /// The slot of `token`, if its connection is still there.
+    fn index(&self, token: u64) -> Option<usize> {
+        let (index, generation) = split(token);
+        let entry = self.entries.get(index)?;
+        (entry.generation == generation && entry.slot.is_some()).then_some(index)
+    }
+
+    /// A connection's socket is readable or writable (or failed: the read finds out).
+    fn on_ready(&mut self, token: u64, readable: bool, writable: bool) {
+        let Some(index) = self.index(token) else {
+            return;
+        };
+        if writable {
+            if let Some(slot) = self.slot(index) {
+                slot.write_blocked = false;
+            }
+            // What waited for the socket: our frames, then the queued deliveries, then the
+            // commands and reads that waited for them.
+            if self.flush(index) == Next::Drop {
+                self.remove(index);
+                return;
+            }
+            self.on_outbox(index);
+            if self.index(token).is_some() && self.on_events(index) == Next::Drop {
+                self.remove(index);
+                return;
+            }
+        }
+        if (readable || writable) && self.index(token).is_some() {
+            self.read(index);
+        }
+    }
+
+    fn slot(&mut self, index: usize) -> Option<&mut Slot> {
+        self.entries.get_mut(index)?.slot.as_mut()
+    }
+
+    /// Takes over an upgraded connection.
+    fn adopt(&mut self, adopted: Adopted) {
+        let Adopted {
+            outbox,
+            mut conn,
+            leftover,
+            session,
+            guard,
+        } = adopted;
+        let index = match self.free.pop() {
+            Some(index) => index as usize,
+            None => {
+                self.entries.push(Entry {
+                    generation: 1,
+                    slot: None,
+                });
+                self.entries.len() - 1
+            }
+        };
+        let token = token(index, self.entries[index].generation);
+        let Some(socket) = outbox.loop_socket() else {
+            self.free.push(index as u32);
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            Token(token as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("event loop: registering a connection: {e}");
+            self.free.push(index as u32);
+            tokio::spawn(async move {
+                session.unregister();
+                drop(guard);
+            });
+            return;
+        }
+        let options = &self.hub.ws_options;
+        conn.set_timers(&duplex_proto::Timers {
+            ping_interval: options.ping_interval,
+            idle_timeout: options.idle_timeout,
+            close_timeout: options.close_timeout,
+        });
+        conn.handle_timeout(Instant::now());
+        outbox.set_token(token);
+        self.entries[index].slot = Some(Slot {
+            outbox,
+            conn,
+            session: Some(session),
+            partial: (!leftover.is_empty()).then(|| Box::new(leftover)),
+            guard,
+            write_blocked: false,
+            closing: false,
+            ended: false,
+        });
+        // The 101 is written; what the client sent behind its request, then the socket.
+        if self.slot(index).is_some_and(|s| s.partial.is_some())
+            && self.on_bytes(index, BytesMut::new()) == Next::Drop
+        {
+            self.remove(index);
+            return;
+        }
+        // Anything the hub closed meanwhile (shutdown) or queued.
+        self.on_outbox(index);
+        if self.index(token).is_some() {
+            self.read(index);
+        }
+    }
+
+    // ---- reading ----
+
+    /// Reads until the socket has nothing more, or the connection stops reading (a command
+    /// waits, it ended).
+    fn read(&mut self, index: usize) {
+        loop {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                return;
+            };
+            if slot.session.is_none()
+                || slot.write_blocked
+                || slot.ended
+                || slot.conn.state() == State::Closed
+            {
+                return;
+            }
+            let Some(socket) = slot.outbox.loop_socket() else {
+                return;
+            };
+            // Zeroed once per buffer and used from the front: reads go into initialised
+            // room without zeroing it again (as the engine does).
+            if self.scratch.len() < MIN_READ {
+                self.scratch = BytesMut::zeroed(SCRATCH);
+            }
+            let room = self.scratch.len();
+            let next = match (&mut &*socket).read(&mut self.scratch[..]) {
+                Ok(0) => {
+                    slot.conn.recv_eof();
+                    self.on_events(index)
+                }
+                Ok(n) => {
+                    let chunk = self.scratch.split_to(n);
+                    let next = self.on_bytes(index, chunk);
+                    if next == Next::Keep && n < room {
+                        // A short read: the socket is drained.
+                        return;
+                    }
+                    next
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("read failed: {e}");
+                    Next::Drop
+                }
+            };
+            if next == Next::Drop {
+                self.remove(index);
+                return;
+            }
+        }
+    }
+
+    /// Feeds `chunk` (after what was kept of the last read) to the connection and handles
+    /// what it held.
+    fn on_bytes(&mut self, index: usize, mut chunk: BytesMut) -> Next {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        let buf = match slot.partial.as_mut() {
+            Some(partial) => {
+                partial.extend_from_slice(&chunk);
+                chunk.clear();
+                &mut **partial
+            }
+            None => &mut chunk,
+        };
+        // A violation is reported by the core's Close (see `on_events`).
+        let _ = slot.conn.recv(buf);
+        if slot.partial.as_ref().is_some_and(|p| p.is_empty()) {
+            slot.partial = None;
+        }
+        if !chunk.is_empty() {
+            slot.partial = Some(Box::new(BytesMut::from(&chunk[..])));
+        }
+        self.on_events(index)
+    }
+
+    /// Handles the connection's events until it has none, or a command has to wait.
+    fn on_events(&mut self, index: usize) -> Next {
+        loop {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                return Next::Drop;
+            };
+            // A command is out, or the client does not read what we sent: the rest waits.
+            if slot.session.is_none() || slot.write_blocked {
+                break;
+            }
+            match slot.conn.poll_event() {
+                Some(Event::Message(message)) => {
+                    if slot.closing {
+                        continue;
+                    }
+                    if let Some((session, reply)) = self.command(index, message) {
+                        if !self.replied(index, session, reply) {
+                            return Next::Drop;
+                        }
+                    }
+                    // Many commands in one read: their replies go out as they pile up, and a
+                    // client that does not read them stops being read.
+                    if self
+                        .slot(index)
+                        .is_some_and(|s| s.conn.pending_transmit_bytes() > FLUSH_AT)
+                        && self.flush(index) == Next::Drop
+                    {
+                        return Next::Drop;
+                    }
+                }
+                // The answer to a keepalive ping: the connection is otherwise quiet.
+                Some(Event::Pong(_)) => slot.conn.shrink_to_fit(),
+                // The core queued the answers (Close, Pong); fragments are off.
+                Some(Event::Close(_) | Event::Ping(_) | Event::Fragment { .. }) => {}
+                None => break,
+            }
+        }
+        self.flush(index)
+    }
+
+    // ---- commands ----
+
+    /// Runs a command: in place when it does not wait (most do not, with the memory broker:
+    /// returns the session and the reply), else on a task of its own (`on_reply` follows).
+    /// Either way pushes are held until the reply is out.
+    fn command(&mut self, index: usize, message: Message) -> Option<Replied> {
+        // What was queued before the command goes out before its reply.
+        self.drain(index);
+        let slot = self.entries[index].slot.as_mut()?;
+        let mut session = slot.session.take()?;
+        slot.outbox.hold();
+        let mut step: Pin<Box<dyn Future<Output = Replied> + Send>> = Box::pin(async move {
+            let reply = session.reply(message).await;
+            (session, reply)
+        });
+        match step.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(done) => Some(done),
+            Poll::Pending => {
+                // Polled again at once by its task, which registers the real waker.
+                let inbox = self.inbox.clone();
+                let token = token(index, self.entries[index].generation);
+                tokio::spawn(async move {
+                    let (session, reply) = step.await;
+                    inbox.post(LoopEvent::Reply {
+                        token,
+                        session,
+                        reply,
+                    });
+                });
+                None
+            }
+        }
+    }
+
+    /// The session is back with its reply: queues the reply, then what was queued meanwhile.
+    /// False: the connection ended meanwhile (and is removed).
+    fn replied(&mut self, index: usize, session: Box<Session>, reply: Option<String>) -> bool {
+        let Some(slot) = self.entries.get_mut(index).and_then(|e| e.slot.as_mut()) else {
+            // Cannot happen (a slot waits for its session); the session still leaves.
+            finish(session, None, Box::new(()));
+            return false;
+        };
+        slot.session = Some(session);
+        if slot.ended {
+            self.remove(index);
+            return false;
+        }
+        if let Some(text) = reply {
+            let _ = slot.conn.send(Message::text(text));
+        }
+        self.drain(index);
+        true
+    }
+
+    /// A command finished: its reply, then what was queued meanwhile, then reading resumes.
+    fn on_reply(&mut self, index: usize, session: Box<Session>, reply: Option<String>) {
+        if !self.replied(index, session, reply) {
+            return;
+        }
+        if self.on_events(index) == Next::Drop {
+            self.remove(index);
+            return;
+        }
+        self.on_outbox(index);
+        if self.entries[index].slot.is_some() {
+            self.read(index);
+        }
+    }
+
+    // ---- writing ----
+
+    /// Moves the deliveries queued in the outbox (those that pass the filters) into the
+    /// connection's frames, unless the socket is full (they wait in the outbox, bounded).
+    fn drain(&mut self, index: usize) {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return;
+        };
+        if slot.write_blocked || slot.conn.state() != State::Open {
+            return;
+        }
+        let taken = slot.outbox.take(&mut self.batch);
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        for delivery in self.batch.drain(..) {
+            if slot.conn.send_prepared(&delivery.prepared).is_ok() {
+                messages += 1;
+                bytes += delivery.prepared.wire_len() as u64;
+            }
+        }
+        slot.outbox.release(taken);
+        let metrics = &self.hub.metrics;
+        metrics.messages_out.fetch_add(messages, Relaxed);
+        metrics.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    /// The outbox has something: close as it says, or drain it and write.
+    fn on_outbox(&mut self, index: usize) {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return;
+        };
+        if slot.session.is_none() {
+            // After the command's reply (`on_reply` looks again).
+            return;
+        }
+        match slot.outbox.event() {
+            Some(OutboxEvent::Closed(why)) if !slot.closing => {
+                slot.closing = true;
+                slot.outbox.hold();
+                if let End::Close(code, reason) = End::from(why) {
+                    let client = slot.session.as_ref().map_or("", |s| s.client());
+                    tracing::debug!(client, code = code.as_u16(), reason, "closing");
+                    let _ = slot.conn.close(code, reason);
+                }
+            }
+            Some(OutboxEvent::Closed(_)) => {}
+            Some(OutboxEvent::Ready) => self.drain(index),
+            None => {}
+        }
+        if self.flush(index) == Next::Drop {
+            self.remove(index);
+        }
+    }
+
+    /// Writes what the connection queued (after the rest of a partly written delivery); lets
+    /// the fan-out write directly again once nothing of ours is in flight.
+    fn flush(&mut self, index: usize) -> Next {
+        let Some(slot) = self.entries[index].slot.as_mut() else {
+            return Next::Drop;
+        };
+        if slot.write_blocked {
+            return Next::Keep;
+        }
+        loop {
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let n = slot.conn.fill_io_slices(&mut slices);
+            match slot.outbox.write_own(&slices[..n]) {
+                Ok(written) => {
+                    slot.conn.advance_transmit(written);
+                    if !slot.conn.has_pending_transmit() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    slot.write_blocked = true;
+                    return Next::Keep;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("write failed: {e}");
+                    return Next::Drop;
+                }
+            }
+        }
+        if slot.conn.should_close_transport() {
+            return Next::Drop;
+        }
+        if slot.session.is_some() && !slot.closing && slot.conn.state() == State::Open {
+            slot.outbox.resume();
+        }
+        Next::Keep
+    }
+
+    // ---- timers ----
+
+    /// Once a second: every connection's timers, run by its core (keepalive ping, idle
+    /// timeout, close timeout), to within that second.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.entries.len() {
+            let Some(slot) = self.entries[index].slot.as_mut() else {
+                continue;
+            };
+            match slot.conn.poll_timeout() {
+                Some(deadline) if deadline <= now => {}
+                Some(_) | None => continue,
+            }
+            slot.conn.handle_timeout(now);
+            if slot.conn.close_timed_out() {
+                self.remove(index);
+                continue;
+            }
+            if self.flush(index) == Next::Drop {
+                self.remove(index);
+            } else if let Some(slot) = self.slot(index) {
+                // A keepalive ping, written: its queue goes now, not at the next quiet moment.
+                if !slot.conn.has_pending_transmit() {
+                    slot.conn.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    // ---- the end ----
+
+    /// The connection is over: the socket goes (the fan-out may hold the outbox a moment
+    /// longer; nothing more is written to it) and the session leaves its channels on a task.
+    fn remove(&mut self, index: usize) {
+        let entry = &mut self.entries[index];
+        let Some(slot) = entry.slot.as_mut() else {
+            return;
+        };
+        if let Some(socket) = slot.outbox.loop_socket() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&socket.as_raw_fd()));
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        // Nothing is written directly any more.
+        slot.outbox.hold();
+        if slot.session.is_none() {
+            // A command is out with the session: the slot waits for it (`on_reply`).
+            slot.ended = true;
+            return;
+        }
+        let Some(slot) = entry.slot.take() else {
+            return;
+        };
+        entry.generation = entry.generation.wrapping_add(1).max(1);
+        self.free.push(index as u32);
+        let Slot {
+            outbox,
+            session,
+            guard,
+            ..
+        } = slot;
+        if let Some(session) = session {
+            finish(session, Some(outbox), guard);
+        }
+    }
+}
+
+/// Leaves every channel of an ended connection's session, then lets the hub forget it.
+fn finish(mut session: Box<Session>, outbox: Option<Arc<Outbox>>, guard: Box<dyn Send>) {
+    tokio::spawn(async move {
+        session.leave_all().await;
+        session.unregister();
+        drop(outbox);
+        drop(guard);
+    });
+}
