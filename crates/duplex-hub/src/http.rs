@@ -28,7 +28,7 @@ use crate::json;
 use crate::limit::{Key, Limited};
 use crate::metrics::{Reason, Transport};
 use crate::protocol::{ErrorCode, HistoryParams, Publish, Refusal, channel_param, query_param};
-use crate::state::HubState;
+use crate::state::{HubState, WebSocketSlot};
 use crate::ws_loop::Loops;
 
 /// How long a connection may sit between requests, or take to send a head or a body.
@@ -500,17 +500,6 @@ fn api_channels(hub: &HubState) -> Response {
     Response::json(out)
 }
 
-/// Keeps the open-WebSocket count while a connection lives.
-pub(crate) struct WebSocketSlot(Arc<HubState>);
-
-impl WebSocketSlot {
-    /// Takes a slot; the count before it was taken.
-    pub(crate) fn take(hub: &Arc<HubState>) -> (WebSocketSlot, usize) {
-        let open = hub.websockets.fetch_add(1, Relaxed);
-        (WebSocketSlot(hub.clone()), open)
-    }
-}
-
 /// The refusal of a WebSocket over the connection limit: 503 with `Retry-After`.
 pub(crate) fn over_limit(hub: &HubState) -> Reject {
     hub.metrics.connections_refused.fetch_add(1, Relaxed);
@@ -520,12 +509,6 @@ pub(crate) fn over_limit(hub: &HubState) -> Reject {
     );
     Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
         .header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
-}
-
-impl Drop for WebSocketSlot {
-    fn drop(&mut self) {
-        self.0.websockets.fetch_sub(1, Relaxed);
-    }
 }
 
 /// `/ws`: validates the upgrade, checks origin, token and the connection limit (the hub's

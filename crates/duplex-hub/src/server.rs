@@ -119,7 +119,13 @@ impl Hub {
             // messages cannot hold more than this together (1009/1013 past it).
             message_budget: (config.message_budget > 0)
                 .then(|| duplex_proto::MessageBudget::new(config.message_budget)),
-            // Timers come from `ws_options` below.
+            // The same timers as `ws_options` below: a connection of an event loop runs them
+            // from here (shared by every connection, not copied into each).
+            timers: duplex_proto::Timers {
+                ping_interval: config.ping_interval,
+                idle_timeout: config.ping_interval.map(|p| p * 3),
+                close_timeout: config.close_timeout,
+            },
             ..duplex::Config::default()
         };
         if let Some(budget) = &ws_config.message_budget {
@@ -181,7 +187,7 @@ impl Hub {
         start_broker(&hub, fanout);
         let fanout = Arc::downgrade(&hub.fanout);
         let (done_tx, done_rx) = mpsc::channel(1);
-        tokio::spawn(close_sessions_on_shutdown(hub.clone()));
+        tokio::spawn(close_sessions_on_shutdown(hub.clone(), loops.clone()));
         let accept = tokio::spawn(accept_loop(listener, hub, loops, acceptor, done_tx));
         Ok(HubHandle {
             addr,
@@ -472,9 +478,11 @@ async fn accept_loop(
 
 /// On shutdown (or when the handle is dropped), closes every session's outbox: each session
 /// then closes its WebSocket with 1001.
-async fn close_sessions_on_shutdown(hub: Arc<HubState>) {
+async fn close_sessions_on_shutdown(hub: Arc<HubState>, loops: Arc<Loops>) {
     let mut shutdown = hub.shutdown.clone();
     let _ = shutdown.wait_for(|stop| *stop).await;
+    // The event loops close theirs (they are not in `sessions`).
+    loops.shutdown();
     let outboxes: Vec<Arc<Outbox>> = hub
         .sessions
         .lock()

@@ -46,12 +46,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::head::{FramingError, Head, MAX_HEAD, body_framing, wants_keep_alive};
 use crate::http::{
-    HeadError, IDLE_TIMEOUT, Response, WebSocketSlot, admit, check_connection_rate,
-    check_sse_connection_rate, over_limit, route,
+    HeadError, IDLE_TIMEOUT, Response, admit, check_connection_rate, check_sse_connection_rate,
+    over_limit, route,
 };
 use crate::metrics::Transport;
 use crate::outbox::OutboxStream;
-use crate::state::HubState;
+use crate::state::{ConnectionGuard, HubState, WebSocketSlot};
 use crate::ws_loop::Loops;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4): a client speaking h2c by prior
@@ -626,7 +626,7 @@ fn start(
     grants: crate::auth::Grants,
     peer: SocketAddr,
     h2: bool,
-    guard: impl Send + 'static,
+    guard: ConnectionGuard,
 ) {
     let negotiated = connection.deflate().copied();
     let shared_deflate = negotiated.is_some_and(|n| {

@@ -49,7 +49,6 @@ pub(crate) struct Session {
     /// Subscribes and unsubscribes (rate and burst from the config).
     subscribe_bucket: Bucket,
     hub: Arc<HubState>,
-    batch: VecDeque<Arc<Delivery>>,
 }
 
 /// How the connection ends.
@@ -83,7 +82,8 @@ pub(crate) fn run(
     guard: impl Send,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut session = Session::open(hub, outbox.clone(), grants, shared_deflate, transport);
+        let mut session =
+            Session::open(hub, outbox.clone(), grants, shared_deflate, transport, true);
         let end = session.drive(&mut ws, &outbox).await;
         // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
         // would otherwise be part of every idle connection's task.
@@ -191,19 +191,21 @@ impl From<Closing> for End {
 }
 
 impl Session {
-    /// A new connection's session, registered with the hub (counted, reachable by the
-    /// shutdown: an outbox of a hub already shutting down is closed at once).
+    /// A new connection's session, counted; `register`: made reachable by the shutdown (an
+    /// outbox of a hub already shutting down is closed at once). A connection of an event
+    /// loop is not registered: its loop closes it.
     pub(crate) fn open(
         hub: Arc<HubState>,
         outbox: Arc<Outbox>,
         grants: Grants,
         shared_deflate: bool,
         transport: Transport,
+        register: bool,
     ) -> Session {
         hub.metrics.connections.fetch_add(1, Relaxed);
         hub.metrics.accepted(transport);
         let conn = hub.next_conn.fetch_add(1, Relaxed);
-        if !hub.register_session(conn, &outbox) {
+        if register && !hub.register_session(conn, &outbox) {
             outbox.close(Closing::Shutdown);
         }
         let now = Instant::now();
@@ -220,7 +222,6 @@ impl Session {
             bucket: TokenBucket::new(hub.config.publish_rate, hub.config.publish_burst, now),
             subscribe_bucket: Bucket::full(hub.config.subscribe_burst, now),
             hub,
-            batch: VecDeque::new(),
         }
     }
 
@@ -236,6 +237,9 @@ impl Session {
     }
 
     async fn drive(&mut self, ws: &mut Ws, outbox: &Outbox) -> End {
+        // The drained deliveries, reused from one drain to the next (not in `Session`: a
+        // connection of an event loop has its loop's).
+        let mut batch = VecDeque::new();
         // The receive side is polled with a waker of its own that notes it fired: a wake-up by
         // the outbox alone (every delivery) then skips the socket, whose readiness check and
         // read attempt cost as much as the delivery itself.
@@ -300,7 +304,7 @@ impl Session {
                 // Boxed: a drain runs only when a socket would block (or for a stream the
                 // fan-out cannot write to directly), and its futures would otherwise be part of
                 // every idle connection's task.
-                let mut step = Box::pin(self.write_outbox(ws));
+                let mut step = Box::pin(self.write_outbox(ws, &mut batch));
                 if let Err(end) = until_closed(outbox, step.as_mut()).await {
                     return end;
                 }
@@ -331,21 +335,24 @@ impl Session {
             if ws.queued_bytes() == 0 && ws.state() == State::Open {
                 outbox.resume();
                 ws.shrink_to_fit();
-                if self.batch.is_empty() && self.batch.capacity() > 0 {
-                    self.batch = VecDeque::new();
+                if batch.is_empty() && batch.capacity() > 0 {
+                    batch = VecDeque::new();
                 }
             }
         }
     }
 
     /// Finishes a partly written frame, then sends everything queued, one flush for the lot.
-    async fn write_outbox(&mut self, ws: &mut Ws) -> Result<(), duplex::Error> {
+    async fn write_outbox(
+        &mut self,
+        ws: &mut Ws,
+        batch: &mut VecDeque<Arc<Delivery>>,
+    ) -> Result<(), duplex::Error> {
         poll_fn(|cx| self.outbox.poll_write_partial(cx))
             .await
             .map_err(duplex::Error::Io)?;
-        let mut batch = std::mem::take(&mut self.batch);
         // Filtered (live copies of what a subscribe reply carried are dropped).
-        let taken = self.outbox.take(&mut batch);
+        let taken = self.outbox.take(batch);
         let (mut messages, mut bytes) = (0u64, 0u64);
         for delivery in batch.drain(..) {
             // The frame prepared once for every subscriber (head and payload, compressed when
@@ -355,7 +362,6 @@ impl Session {
             messages += 1;
             bytes += delivery.prepared.wire_len() as u64;
         }
-        self.batch = batch;
         self.outbox.release(taken);
         ws.flush().await?;
         let metrics = &self.hub.metrics;

@@ -41,6 +41,28 @@ pub(crate) struct HubState {
     pub(crate) connection_limit: Option<AddressLimiter>,
 }
 
+/// Keeps the open-WebSocket count (`max_connections`) while a connection lives.
+#[derive(Debug)]
+pub(crate) struct WebSocketSlot(Arc<HubState>);
+
+impl WebSocketSlot {
+    /// Takes a slot; the count before it was taken.
+    pub(crate) fn take(hub: &Arc<HubState>) -> (WebSocketSlot, usize) {
+        let open = hub.websockets.fetch_add(1, Ordering::Relaxed);
+        (WebSocketSlot(hub.clone()), open)
+    }
+}
+
+impl Drop for WebSocketSlot {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a WebSocket connection holds until it ends: its slot, and a sender of the hub's
+/// graceful wait (which ends when the last one is dropped).
+pub(crate) type ConnectionGuard = (WebSocketSlot, tokio::sync::mpsc::Sender<()>);
+
 impl HubState {
     /// The broker, once it started; before that, [`BrokerError::Unavailable`] (commands get
     /// `broker_unavailable`, the HTTP API 503).

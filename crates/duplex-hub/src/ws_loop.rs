@@ -47,9 +47,9 @@ use duplex::WebSocket;
 
 use crate::auth::Grants;
 use crate::metrics::Transport;
-use crate::outbox::{Delivery, LoopWaker, Outbox, OutboxEvent, OutboxStream};
+use crate::outbox::{Closing, Delivery, LoopWaker, Outbox, OutboxEvent, OutboxStream};
 use crate::session::{End, Session};
-use crate::state::HubState;
+use crate::state::{ConnectionGuard, HubState};
 
 /// How many buffers one vectored write carries.
 const MAX_IO_SLICES: usize = 16;
@@ -68,6 +68,8 @@ pub(crate) enum LoopEvent {
     Adopt(Box<Adopted>),
     /// The outbox of this token has something to do (queued, partly written, closed).
     Wake(u64),
+    /// The hub is shutting down: close every connection (1001).
+    Shutdown,
     /// A command that had to wait finished: the session comes back with its reply.
     Reply {
         token: u64,
@@ -86,8 +88,8 @@ pub(crate) struct Adopted {
     /// What the client sent right behind its request head.
     pub(crate) leftover: BytesMut,
     pub(crate) session: Box<Session>,
-    /// Held until the connection ends (the connection slot, the hub's wait for its tasks).
-    pub(crate) guard: Box<dyn Send>,
+    /// Held until the connection ends.
+    pub(crate) guard: ConnectionGuard,
 }
 
 /// Runs an upgraded plain TCP connection: on one of the hub's event loops, or (with none) on
@@ -105,7 +107,7 @@ pub(crate) fn run_plain(
     grants: Grants,
     shared_deflate: bool,
     transport: Transport,
-    guard: impl Send + 'static,
+    guard: ConnectionGuard,
 ) {
     let negotiated = conn.deflate().copied();
     let limit = hub.config.queue_bytes;
@@ -132,6 +134,9 @@ pub(crate) fn run_plain(
             return;
         }
     };
+    // Copied out: `leftover` shares the request head's read buffer (kilobytes), which would
+    // otherwise live as long as the bytes the connection keeps of it.
+    let leftover = BytesMut::from(&leftover[..]);
     let outbox = Arc::new(Outbox::for_loop(tcp, limit, negotiated, inbox.clone()));
     let session = Session::open(
         hub.clone(),
@@ -139,13 +144,14 @@ pub(crate) fn run_plain(
         grants,
         shared_deflate,
         transport,
+        false,
     );
     inbox.post(LoopEvent::Adopt(Box::new(Adopted {
         outbox,
         conn,
         leftover,
         session: Box::new(session),
-        guard: Box::new(guard),
+        guard,
     })));
 }
 
@@ -161,6 +167,7 @@ impl std::fmt::Debug for LoopEvent {
         match self {
             LoopEvent::Adopt(_) => f.write_str("Adopt"),
             LoopEvent::Wake(token) => write!(f, "Wake({token})"),
+            LoopEvent::Shutdown => f.write_str("Shutdown"),
             LoopEvent::Reply { token, .. } => write!(f, "Reply({token})"),
         }
     }
@@ -243,6 +250,13 @@ impl Loops {
         Ok(())
     }
 
+    /// Every loop closes its connections (the hub is shutting down).
+    pub(crate) fn shutdown(&self) {
+        for inbox in &self.inboxes {
+            inbox.post(LoopEvent::Shutdown);
+        }
+    }
+
     /// The loop the next connection goes to, if the hub runs loops.
     pub(crate) fn pick(&self) -> Option<&Arc<Inbox>> {
         if self.inboxes.is_empty() {
@@ -266,7 +280,7 @@ struct Slot {
     session: Option<Box<Session>>,
     /// A partial frame header (or control frame) waiting for the rest.
     partial: Option<Box<BytesMut>>,
-    guard: Box<dyn Send>,
+    guard: ConnectionGuard,
     /// The last write stopped short: wait for the socket to be writable.
     write_blocked: bool,
     /// The close handshake was started here (the outbox closed).
@@ -366,6 +380,14 @@ impl EventLoop {
                         self.on_outbox(index);
                     }
                 }
+                LoopEvent::Shutdown => {
+                    for index in 0..self.entries.len() {
+                        if let Some(slot) = self.slot(index) {
+                            slot.outbox.close(Closing::Shutdown);
+                            self.on_outbox(index);
+                        }
+                    }
+                }
                 LoopEvent::Reply {
                     token,
                     session,
@@ -453,14 +475,13 @@ impl EventLoop {
             });
             return;
         }
-        let options = &self.hub.ws_options;
-        conn.set_timers(&duplex_proto::Timers {
-            ping_interval: options.ping_interval,
-            idle_timeout: options.idle_timeout,
-            close_timeout: options.close_timeout,
-        });
+        // The timers are the hub's shared settings' (server.rs); the clock starts now.
         conn.handle_timeout(Instant::now());
         outbox.set_token(token);
+        if *self.hub.shutdown.borrow() {
+            // Adopted after the loop closed its connections for the shutdown.
+            outbox.close(Closing::Shutdown);
+        }
         self.entries[index].slot = Some(Slot {
             outbox,
             conn,
@@ -642,7 +663,7 @@ impl EventLoop {
     fn replied(&mut self, index: usize, session: Box<Session>, reply: Option<String>) -> bool {
         let Some(slot) = self.entries.get_mut(index).and_then(|e| e.slot.as_mut()) else {
             // Cannot happen (a slot waits for its session); the session still leaves.
-            finish(session, None, Box::new(()));
+            finish(session, None, None);
             return false;
         };
         slot.session = Some(session);
@@ -734,6 +755,7 @@ impl EventLoop {
         if slot.write_blocked {
             return Next::Keep;
         }
+        let wrote = slot.conn.has_pending_transmit();
         loop {
             let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
             let n = slot.conn.fill_io_slices(&mut slices);
@@ -741,6 +763,11 @@ impl EventLoop {
                 Ok(written) => {
                     slot.conn.advance_transmit(written);
                     if !slot.conn.has_pending_transmit() {
+                        if wrote {
+                            // A reply or a drain is out, and most connections go quiet for a
+                            // long time after either: the queues they grew go.
+                            slot.conn.shrink_to_fit();
+                        }
                         break;
                     }
                 }
@@ -829,17 +856,38 @@ impl EventLoop {
             ..
         } = slot;
         if let Some(session) = session {
-            finish(session, Some(outbox), guard);
+            finish(session, Some(outbox), Some(guard));
         }
     }
 }
 
 /// Leaves every channel of an ended connection's session, then lets the hub forget it.
-fn finish(mut session: Box<Session>, outbox: Option<Arc<Outbox>>, guard: Box<dyn Send>) {
+fn finish(mut session: Box<Session>, outbox: Option<Arc<Outbox>>, guard: Option<ConnectionGuard>) {
     tokio::spawn(async move {
         session.leave_all().await;
         session.unregister();
         drop(outbox);
         drop(guard);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection is a slab entry (its `Connection` inline), a `Session` and an
+    /// `Outbox`: what issue 12's per-connection figure is made of. A field added here costs
+    /// every connection; the bound says so.
+    #[test]
+    fn an_idle_connection_holds_at_most_these_bytes() {
+        assert!(std::mem::size_of::<super::Entry>() <= 208);
+        assert!(std::mem::size_of::<crate::session::Session>() <= 224);
+        assert!(std::mem::size_of::<crate::outbox::Outbox>() <= 224);
+    }
+
+    #[test]
+    fn tokens_carry_the_slot_and_its_generation() {
+        let token = super::token(7, 3);
+        assert_eq!(super::split(token), (7, 3));
+        assert_ne!(token, super::WAKER.0 as u64, "generations start at 1");
+        assert_ne!(super::token(7, 4), token);
+    }
 }
