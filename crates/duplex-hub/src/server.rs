@@ -126,7 +126,6 @@ impl Hub {
                 idle_timeout: config.ping_interval.map(|p| p * 3),
                 close_timeout: config.close_timeout,
             },
-            ..duplex::Config::default()
         };
         if let Some(budget) = &ws_config.message_budget {
             let _ = metrics.message_budget.set(budget.clone());
