@@ -802,7 +802,6 @@ impl BrokerHandler for Fanout {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::collections::VecDeque;
 
     fn fanout(threads: usize) -> Arc<Fanout> {
         fanout_with(threads, 1000)
@@ -880,7 +879,7 @@ mod tests {
 
     /// The texts queued in `outbox`.
     fn texts(outbox: &Outbox) -> Vec<String> {
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         let taken = outbox.take(&mut batch);
         outbox.release(taken);
         batch
@@ -898,7 +897,7 @@ mod tests {
         fanout.barrier();
         let mut batches = Vec::new();
         for outbox in &outboxes {
-            let mut batch = VecDeque::new();
+            let mut batch = Vec::new();
             assert!(outbox.take(&mut batch) > 0);
             batches.push(batch);
         }
@@ -995,7 +994,7 @@ mod tests {
     /// The outbox's publications' offsets, checking each delivery is the `Arc` in `first`
     /// at the same position (one encoding per publication, shared by every subscriber).
     fn offsets(outbox: &Outbox, first: &mut Vec<Arc<Delivery>>) -> Vec<u64> {
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         let taken = outbox.take(&mut batch);
         outbox.release(taken);
         for (i, delivery) in batch.iter().enumerate() {
@@ -1112,7 +1111,7 @@ mod tests {
         fanout.flush_presence();
         let mut batches = Vec::new();
         for outbox in &outboxes {
-            let mut batch = VecDeque::new();
+            let mut batch = Vec::new();
             let taken = outbox.take(&mut batch);
             outbox.release(taken);
             assert_eq!(batch.len(), 1, "one push for the whole window");

@@ -571,7 +571,6 @@ pub(crate) async fn upgrade(
         &hub,
         loops,
         grants,
-        shared_deflate,
         Transport::H1,
         (slot, done),
     );

@@ -31,7 +31,7 @@
 //! config    HubArgs, FileConfig and HubConfig: flags, environment and TOML, validated
 //! auth      HS256 tokens, grants (channel patterns), constant-time comparison
 //! metrics   counters and histograms, rendered for Prometheus
-//! limit     TokenBucket and Bucket (rates per connection), AddressLimiter (per address or key)
+//! limit     Bucket (rates per connection, the rate from the config), AddressLimiter (per address or key)
 //! ids       random stream epochs and client ids
 //! broker    the Broker trait and what it speaks (publications, positions, history, presence)
 //! ```

@@ -46,30 +46,6 @@ impl Bucket {
     }
 }
 
-/// `rate` tokens per second, at most `burst` saved up; each publish takes one.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: u32,
-    bucket: Bucket,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> TokenBucket {
-        TokenBucket {
-            rate,
-            burst,
-            bucket: Bucket::full(burst, now),
-        }
-    }
-
-    /// Takes a token if there is one; otherwise says how long until there is.
-    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        self.bucket.take(self.rate, self.burst, now)
-    }
-}
-
 /// Most keys an [`AddressLimiter`] remembers (each about 48 bytes with the table's overhead):
 /// past it, idle ones are forgotten; if all are active, requests from new keys are refused.
 pub(crate) const MAX_KEYS: usize = 65_536;
@@ -202,20 +178,21 @@ mod tests {
     #[test]
     fn burst_then_rate() {
         let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(10.0, 3, t0);
+        let mut bucket = Bucket::full(3, t0);
+        let take = |bucket: &mut Bucket, at| bucket.take(10.0, 3, at);
         for _ in 0..3 {
-            bucket.take(t0).unwrap();
+            take(&mut bucket, t0).unwrap();
         }
-        let wait = bucket.take(t0).unwrap_err();
+        let wait = take(&mut bucket, t0).unwrap_err();
         assert!(wait <= Duration::from_millis(100) && wait > Duration::from_millis(99));
-        bucket.take(t0 + Duration::from_millis(100)).unwrap();
-        assert!(bucket.take(t0 + Duration::from_millis(150)).is_err());
+        take(&mut bucket, t0 + Duration::from_millis(100)).unwrap();
+        assert!(take(&mut bucket, t0 + Duration::from_millis(150)).is_err());
         // A long pause refills to the burst, not beyond.
         let later = t0 + Duration::from_secs(60);
         for _ in 0..3 {
-            bucket.take(later).unwrap();
+            take(&mut bucket, later).unwrap();
         }
-        assert!(bucket.take(later).is_err());
+        assert!(take(&mut bucket, later).is_err());
     }
 
     fn v4(n: u32) -> Key {

@@ -644,15 +644,7 @@ fn start(
             leftover.extend_from_slice(&unread);
             tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct = true, "websocket accepted");
             crate::ws_loop::run_plain(
-                tcp,
-                connection,
-                leftover,
-                &hub,
-                loops,
-                grants,
-                shared_deflate,
-                transport,
-                guard,
+                tcp, connection, leftover, &hub, loops, grants, transport, guard,
             );
         }
         Err(upgraded) => {
@@ -667,13 +659,7 @@ fn start(
             );
             tracing::debug!(%peer, user = grants.user, shared_deflate, h2, direct = false, "websocket accepted");
             tokio::spawn(crate::session::run(
-                ws,
-                outbox,
-                hub,
-                grants,
-                shared_deflate,
-                transport,
-                guard,
+                ws, outbox, hub, grants, transport, guard,
             ));
         }
     }

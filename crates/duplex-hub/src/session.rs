@@ -10,7 +10,6 @@
 //! queue up, so a subscribe reply (with its recovered publications) always precedes the live
 //! publications after it.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use crate::broker::{ClientInfo, HistoryQuery};
 use crate::fanout::Subscriber;
 use crate::ids;
 use crate::json;
-use crate::limit::{Bucket, TokenBucket};
+use crate::limit::Bucket;
 use crate::metrics::{Reason, Transport};
 use crate::outbox::{Closing, Delivery, Outbox, OutboxEvent, OutboxStream};
 use crate::protocol::{Command, ErrorCode, Id, Publish, Refusal, Since};
@@ -38,14 +37,17 @@ pub(crate) type Ws = WebSocket<OutboxStream>;
 pub(crate) struct Session {
     conn: u64,
     info: ClientInfo,
-    grants: Grants,
+    /// What the token allows; `None`: anything (no token secret). Boxed: most hubs run one
+    /// way or the other, and inline the patterns would cost every connection 72 bytes.
+    grants: Option<Box<Grants>>,
     outbox: Arc<Outbox>,
-    shared_deflate: bool,
     /// Subscribed channels. Inserted before the node registration is awaited, so that a
     /// cancelled subscribe is still cleaned up.
     /// The value is the channel's `LocalChannel::id` once registered (0 before).
     subscriptions: Subscriptions,
-    bucket: TokenBucket,
+    /// Publishes (rate and burst from the config, as for subscribes: not kept per
+    /// connection).
+    bucket: Bucket,
     /// Subscribes and unsubscribes (rate and burst from the config).
     subscribe_bucket: Bucket,
     hub: Arc<HubState>,
@@ -77,13 +79,11 @@ pub(crate) fn run(
     outbox: Arc<Outbox>,
     hub: Arc<HubState>,
     grants: Grants,
-    shared_deflate: bool,
     transport: Transport,
     guard: impl Send,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut session =
-            Session::open(hub, outbox.clone(), grants, shared_deflate, transport, true);
+        let mut session = Session::open(hub, outbox.clone(), grants, transport, true);
         let end = session.drive(&mut ws, &outbox).await;
         // Boxed: the end runs once, and its futures (leaving every channel, the close handshake)
         // would otherwise be part of every idle connection's task.
@@ -198,7 +198,6 @@ impl Session {
         hub: Arc<HubState>,
         outbox: Arc<Outbox>,
         grants: Grants,
-        shared_deflate: bool,
         transport: Transport,
         register: bool,
     ) -> Session {
@@ -215,11 +214,11 @@ impl Session {
                 client: ids::client_id(),
                 user: grants.user.as_str().into(),
             },
-            grants,
+            grants: (grants.subscribe.is_some() || grants.publish.is_some())
+                .then(|| Box::new(grants)),
             outbox,
-            shared_deflate,
             subscriptions: Subscriptions::default(),
-            bucket: TokenBucket::new(hub.config.publish_rate, hub.config.publish_burst, now),
+            bucket: Bucket::full(hub.config.publish_burst, now),
             subscribe_bucket: Bucket::full(hub.config.subscribe_burst, now),
             hub,
         }
@@ -231,6 +230,12 @@ impl Session {
         self.hub.metrics.connections.fetch_sub(1, Relaxed);
     }
 
+    fn may_subscribe(&self, channel: &str) -> bool {
+        self.grants
+            .as_ref()
+            .is_none_or(|g| g.may_subscribe(channel))
+    }
+
     /// The client's id, for logs.
     pub(crate) fn client(&self) -> &str {
         &self.info.client
@@ -239,7 +244,7 @@ impl Session {
     async fn drive(&mut self, ws: &mut Ws, outbox: &Outbox) -> End {
         // The drained deliveries, reused from one drain to the next (not in `Session`: a
         // connection of an event loop has its loop's).
-        let mut batch = VecDeque::new();
+        let mut batch = Vec::new();
         // The receive side is polled with a waker of its own that notes it fired: a wake-up by
         // the outbox alone (every delivery) then skips the socket, whose readiness check and
         // read attempt cost as much as the delivery itself.
@@ -336,7 +341,7 @@ impl Session {
                 outbox.resume();
                 ws.shrink_to_fit();
                 if batch.is_empty() && batch.capacity() > 0 {
-                    batch = VecDeque::new();
+                    batch = Vec::new();
                 }
             }
         }
@@ -346,7 +351,7 @@ impl Session {
     async fn write_outbox(
         &mut self,
         ws: &mut Ws,
-        batch: &mut VecDeque<Arc<Delivery>>,
+        batch: &mut Vec<Arc<Delivery>>,
     ) -> Result<(), duplex::Error> {
         poll_fn(|cx| self.outbox.poll_write_partial(cx))
             .await
@@ -450,7 +455,7 @@ impl Session {
         channel: &str,
         since: Option<Since>,
     ) -> Result<Vec<u8>, Refusal> {
-        if !self.grants.may_subscribe(channel) {
+        if !self.may_subscribe(channel) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 format!("not allowed to subscribe to {channel:?}"),
@@ -472,7 +477,8 @@ impl Session {
 
         self.subscriptions.insert(channel, 0);
         let hub = self.hub.clone();
-        let subscriber = Subscriber::new(self.conn, self.outbox.clone(), self.shared_deflate);
+        let shared_deflate = self.outbox.takes_shared_deflate();
+        let subscriber = Subscriber::new(self.conn, self.outbox.clone(), shared_deflate);
         // 1. Register: from here on every publication the broker delivers is queued for us.
         let broker = match hub.broker() {
             Ok(broker) => broker,
@@ -590,13 +596,14 @@ impl Session {
 
     async fn publish(&mut self, id: &Id, publish: Publish) -> Result<Vec<u8>, Refusal> {
         let Publish { channel, data } = publish;
-        if !self.grants.may_publish(&channel) {
+        if !self.grants.as_ref().is_none_or(|g| g.may_publish(&channel)) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 format!("not allowed to publish to {channel:?}"),
             ));
         }
-        if let Err(wait) = self.bucket.take(Instant::now()) {
+        let (rate, burst) = (self.hub.config.publish_rate, self.hub.config.publish_burst);
+        if let Err(wait) = self.bucket.take(rate, burst, Instant::now()) {
             let config = &self.hub.config;
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
@@ -624,7 +631,7 @@ impl Session {
     }
 
     async fn presence(&mut self, id: &Id, channel: &str) -> Result<Vec<u8>, Refusal> {
-        if !self.grants.may_subscribe(channel) {
+        if !self.may_subscribe(channel) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 format!("not allowed to see presence of {channel:?}"),

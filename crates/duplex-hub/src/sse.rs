@@ -35,7 +35,7 @@
 //! response head, and hands [`Stream::run`] any `AsyncWrite` for the body and a future that
 //! ends when the client is gone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -513,7 +513,7 @@ impl Stream {
         }
         let interval = self.hub.config.sse_heartbeat;
         let mut heartbeat = interval.map(|every| Box::pin(tokio::time::sleep(every)));
-        let mut batch: VecDeque<Arc<Delivery>> = VecDeque::new();
+        let mut batch: Vec<Arc<Delivery>> = Vec::new();
         let mut text = Vec::new();
         loop {
             let wake = poll_fn(|cx| {

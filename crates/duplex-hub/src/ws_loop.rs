@@ -1,11 +1,11 @@
-//! Event loops for the hub's plain WebSocket connections: many connections per thread, in
+//! Event loops for the hub's plain WebSocket connections: many connections per tokio task, in
 //! the engine's model (`duplex::engine`), so an idle subscriber costs its state and nothing
 //! else (issue 12: no task, no waker, no tokio registration, no timer entry of its own).
 //!
 //! ```text
 //!  HTTP/1.1 upgrade (service.rs, http.rs) ── socket, Connection, Session ──▶ LoopEvent::Adopt
 //!                                                                                 │
-//!  loop thread: epoll ─ready─▶ read into the loop's scratch buffer
+//!  loop task: its epoll (tokio watches that one descriptor) ─ready─▶ read into the scratch buffer
 //!     │  ─▶ Connection::recv ─▶ a command ─▶ Session::reply, polled once in place
 //!     │        └ not finished (it waits for the broker)? boxed onto a task of its own, which
 //!     │          posts LoopEvent::Reply with the Session when done; the connection is not read
@@ -16,17 +16,19 @@
 //!  once a second: every connection's timers (keepalive, idle, close: duplex-proto's)
 //! ```
 //!
-//! A loop is a thread of the hub (like the fan-out threads) with an epoll instance (mio) over
-//! its connections; what it starts that waits (commands on the broker, the end of a
-//! connection) runs on the hub's tokio runtime. Connections over TLS or HTTP/2 keep a task
-//! each (`session.rs`): they are read through streams the loop cannot poll.
+//! A loop is one tokio task with an epoll instance of its own (mio) over its connections;
+//! tokio's reactor watches that one descriptor. A task rather than a thread: `--threads 1`
+//! stays one thread (glibc skips its cancellation bookkeeping around every system call only
+//! while a process has a single thread: ~45 instructions per delivery). What a loop starts
+//! that waits (a command on the broker, the end of a connection) is a task of its own.
+//! Connections over TLS or HTTP/2 keep a task each (`session.rs`): they are read through
+//! streams the loop cannot poll.
 //!
 //! The rules are `session.rs`'s: what was queued before a command goes out before its reply,
 //! pushes that arrive while the command runs go after it (filtered), direct writes resume only
 //! once the connection has nothing of its own in flight; a connection ends by leaving every
 //! channel (on a task: it awaits the broker) after its close handshake.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
@@ -42,6 +44,7 @@ use duplex::{Message, State};
 use duplex_proto::{Connection, Event};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
+use tokio::io::unix::AsyncFd;
 
 use duplex::WebSocket;
 
@@ -105,7 +108,6 @@ pub(crate) fn run_plain(
     hub: &Arc<HubState>,
     loops: &Loops,
     grants: Grants,
-    shared_deflate: bool,
     transport: Transport,
     guard: ConnectionGuard,
 ) {
@@ -114,15 +116,7 @@ pub(crate) fn run_plain(
     let Some(inbox) = loops.pick() else {
         let (stream, outbox) = OutboxStream::new(tcp, limit, negotiated);
         let ws = WebSocket::from_connection(stream, conn, hub.ws_options.clone(), leftover, None);
-        let session = crate::session::run(
-            ws,
-            outbox,
-            hub.clone(),
-            grants,
-            shared_deflate,
-            transport,
-            guard,
-        );
+        let session = crate::session::run(ws, outbox, hub.clone(), grants, transport, guard);
         tokio::spawn(session);
         return;
     };
@@ -138,14 +132,7 @@ pub(crate) fn run_plain(
     // otherwise live as long as the bytes the connection keeps of it.
     let leftover = BytesMut::from(&leftover[..]);
     let outbox = Arc::new(Outbox::for_loop(tcp, limit, negotiated, inbox.clone()));
-    let session = Session::open(
-        hub.clone(),
-        outbox.clone(),
-        grants,
-        shared_deflate,
-        transport,
-        false,
-    );
+    let session = Session::open(hub.clone(), outbox.clone(), grants, transport, false);
     inbox.post(LoopEvent::Adopt(Box::new(Adopted {
         outbox,
         conn,
@@ -155,7 +142,8 @@ pub(crate) fn run_plain(
     })));
 }
 
-/// A loop's mailbox: events posted from any thread, and the wake-up of its thread.
+/// A loop's mailbox: events posted from any thread, and the wake-up of its task (a waker
+/// registered in the loop's epoll).
 #[derive(Debug)]
 pub(crate) struct Inbox {
     events: Mutex<Vec<LoopEvent>>,
@@ -203,7 +191,7 @@ impl Inbox {
 #[derive(Debug, Default)]
 pub(crate) struct Loops {
     inboxes: Vec<Arc<Inbox>>,
-    /// Each loop's epoll instance, until its thread takes it.
+    /// Each loop's epoll instance, until its task takes it.
     polls: Mutex<Vec<mio::Poll>>,
     next: AtomicUsize,
 }
@@ -232,20 +220,20 @@ impl Loops {
         })
     }
 
-    /// Starts the loop threads of `hub`; they run the tasks they start on the current runtime.
+    /// Starts the loop tasks of `hub` on the current runtime.
     pub(crate) fn start(&self, hub: &Arc<HubState>) -> io::Result<()> {
         let polls = std::mem::take(&mut *self.polls.lock().unwrap_or_else(PoisonError::into_inner));
-        let runtime = tokio::runtime::Handle::current();
-        for (n, (poll, inbox)) in polls.into_iter().zip(&self.inboxes).enumerate() {
-            let event_loop = EventLoop::new(hub.clone(), inbox.clone(), poll);
-            let runtime = runtime.clone();
-            std::thread::Builder::new()
-                .name(format!("duplex-hub-loop-{n}"))
-                .spawn(move || {
-                    // Commands that wait, and the end of connections, run on the hub's runtime.
-                    let _runtime = runtime.enter();
-                    event_loop.run();
-                })?;
+        for (poll, inbox) in polls.into_iter().zip(&self.inboxes) {
+            let registry = poll.registry().try_clone()?;
+            // tokio watches the loop's epoll descriptor (readable: some connection or the
+            // waker is ready). Deprecated for being unsound with a descriptor the `AsyncFd`
+            // does not own, which could be closed and reused while registered; here it owns
+            // it (the `mio::Poll` inside), and deregisters before dropping it. The sound
+            // replacement is an `unsafe fn`, which this project keeps to `mask.rs`.
+            #[allow(deprecated, reason = "sound here: the AsyncFd owns the descriptor")]
+            let epoll = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
+            let event_loop = EventLoop::new(hub.clone(), inbox.clone(), registry);
+            tokio::spawn(event_loop.run(epoll));
         }
         Ok(())
     }
@@ -269,7 +257,62 @@ impl Loops {
 
 struct Entry {
     generation: u32,
+    /// The sweep (seconds since the loop started, rounded up) at which the connection's core
+    /// next needs its timers run; 0: none. Kept here (it fills the entry's padding) so that a
+    /// sweep passes over a connection with no timer due in a few instructions. Never later
+    /// than the core's own deadline: anything that can bring that forward (closing) sets it
+    /// to the next sweep, and early is harmless (the core is asked again).
+    due: u32,
     slot: Option<Slot>,
+}
+
+/// Entries in pages of a fixed size: the slab grows a page at a time and never moves (a
+/// `Vec` of every entry would copy itself on growth and leave the old copy as a hole in the
+/// heap, tens of bytes per connection at 10,000).
+#[derive(Default)]
+struct Slab {
+    pages: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+const PAGE: usize = 64;
+
+impl Slab {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, index: usize) -> Option<&Entry> {
+        self.pages.get(index / PAGE)?.get(index % PAGE)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Entry> {
+        self.pages.get_mut(index / PAGE)?.get_mut(index % PAGE)
+    }
+
+    /// Adds `entry`, returning its index.
+    fn push(&mut self, entry: Entry) -> usize {
+        if self.len % PAGE == 0 {
+            self.pages.push(Vec::with_capacity(PAGE));
+        }
+        let page = self.pages.last_mut().expect("a page with room");
+        page.push(entry);
+        self.len += 1;
+        self.len - 1
+    }
+}
+
+impl std::ops::Index<usize> for Slab {
+    type Output = Entry;
+    fn index(&self, index: usize) -> &Entry {
+        &self.pages[index / PAGE][index % PAGE]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slab {
+    fn index_mut(&mut self, index: usize) -> &mut Entry {
+        &mut self.pages[index / PAGE][index % PAGE]
+    }
 }
 
 /// One connection of a loop.
@@ -299,13 +342,28 @@ enum Next {
 struct EventLoop {
     hub: Arc<HubState>,
     inbox: Arc<Inbox>,
-    poll: mio::Poll,
+    registry: mio::Registry,
+    /// When the loop started: sweeps and `Entry::due` count seconds from here.
+    started: Instant,
     events: mio::Events,
-    entries: Vec<Entry>,
+    entries: Slab,
     free: Vec<u32>,
     scratch: BytesMut,
-    batch: VecDeque<Arc<Delivery>>,
+    batch: Vec<Arc<Delivery>>,
     posted: Vec<LoopEvent>,
+}
+
+/// Whole seconds from `started` to `at`, rounded up or down.
+fn secs_since(started: Instant, at: Instant, up: bool) -> u32 {
+    let elapsed = at.saturating_duration_since(started);
+    let secs = elapsed.as_secs() + u64::from(up && elapsed.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// The sweep at which a core whose next deadline is `deadline` needs its timers run (0: no
+/// timer). A deadline already past is due at the next sweep.
+fn due_tick(started: Instant, deadline: Option<Instant>) -> u32 {
+    deadline.map_or(0, |at| secs_since(started, at, true).max(1))
 }
 
 fn token(index: usize, generation: u32) -> u64 {
@@ -317,50 +375,70 @@ fn split(token: u64) -> (usize, u32) {
 }
 
 impl EventLoop {
-    fn new(hub: Arc<HubState>, inbox: Arc<Inbox>, poll: mio::Poll) -> EventLoop {
+    fn new(hub: Arc<HubState>, inbox: Arc<Inbox>, registry: mio::Registry) -> EventLoop {
         EventLoop {
             hub,
             inbox,
-            poll,
+            registry,
+            started: Instant::now(),
             events: mio::Events::with_capacity(1024),
-            entries: Vec::new(),
+            entries: Slab::default(),
             free: Vec::new(),
             scratch: BytesMut::new(),
-            batch: VecDeque::new(),
+            batch: Vec::new(),
             posted: Vec::new(),
         }
     }
 
     /// Runs until the hub is shut down (or dropped) and every connection is gone.
-    fn run(mut self) {
+    async fn run(mut self, mut epoll: AsyncFd<mio::Poll>) {
         let mut shutdown = self.hub.shutdown.clone();
-        let mut next_sweep = Instant::now() + SWEEP;
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ready = Vec::new();
         loop {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
-            if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("event loop: {e}");
-                    return;
-                }
-            }
-            ready.extend(self.events.iter().filter(|e| e.token() != WAKER).map(|e| {
-                let readable = e.is_readable() || e.is_read_closed() || e.is_error();
-                (e.token().0 as u64, readable, e.is_writable())
-            }));
-            self.take_posted();
-            for (token, readable, writable) in ready.drain(..) {
-                self.on_ready(token, readable, writable);
-            }
-            if Instant::now() >= next_sweep {
-                self.sweep();
-                next_sweep = Instant::now() + SWEEP;
-                // The hub shut down (or is gone) and every connection ended: the loop ends.
-                let stopping = shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
-                if stopping && self.entries.iter().all(|e| e.slot.is_none()) {
+            tokio::select! {
+                guard = epoll.readable_mut() => {
+                    let mut guard = match guard {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            tracing::error!("event loop: {e}");
+                            return;
+                        }
+                    };
+                    let poll = guard.get_inner_mut();
+                    if let Err(e) = poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            tracing::error!("event loop: {e}");
+                            return;
+                        }
+                    }
+                    let more = self.events.iter().count() == self.events.capacity();
+                    ready.extend(self.events.iter().filter(|e| e.token() != WAKER).map(|e| {
+                        let readable = e.is_readable() || e.is_read_closed() || e.is_error();
+                        (e.token().0 as u64, readable, e.is_writable())
+                    }));
+                    // Cleared unless the descriptor became ready again since the guard was
+                    // taken (tokio compares); edge-triggered, the kernel reports what comes
+                    // after the poll above anew. A full batch: look again at once.
+                    if !more {
+                        guard.clear_ready();
+                    }
                     self.take_posted();
-                    if self.entries.iter().all(|e| e.slot.is_none()) {
-                        return;
+                    for (token, readable, writable) in ready.drain(..) {
+                        self.on_ready(token, readable, writable);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.sweep();
+                    // The hub shut down (or is gone) and every connection ended: the loop ends.
+                    let stopping =
+                        shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
+                    if stopping && self.free.len() == self.entries.len() {
+                        self.take_posted();
+                        if self.free.len() == self.entries.len() {
+                            return;
+                        }
                     }
                 }
             }
@@ -449,20 +527,18 @@ impl EventLoop {
         } = adopted;
         let index = match self.free.pop() {
             Some(index) => index as usize,
-            None => {
-                self.entries.push(Entry {
-                    generation: 1,
-                    slot: None,
-                });
-                self.entries.len() - 1
-            }
+            None => self.entries.push(Entry {
+                generation: 1,
+                due: 0,
+                slot: None,
+            }),
         };
         let token = token(index, self.entries[index].generation);
         let Some(socket) = outbox.loop_socket() else {
             self.free.push(index as u32);
             return;
         };
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.registry.register(
             &mut SourceFd(&socket.as_raw_fd()),
             Token(token as usize),
             Interest::READABLE | Interest::WRITABLE,
@@ -477,6 +553,7 @@ impl EventLoop {
         }
         // The timers are the hub's shared settings' (server.rs); the clock starts now.
         conn.handle_timeout(Instant::now());
+        self.entries[index].due = due_tick(self.started, conn.poll_timeout());
         outbox.set_token(token);
         if *self.hub.shutdown.borrow() {
             // Adopted after the loop closed its connections for the shutdown.
@@ -787,6 +864,9 @@ impl EventLoop {
         }
         if slot.session.is_some() && !slot.closing && slot.conn.state() == State::Open {
             slot.outbox.resume();
+        } else if slot.conn.state() != State::Open {
+            // Closing: the close timeout may come before the deadline the sweep knows.
+            self.entries[index].due = 1;
         }
         Next::Keep
     }
@@ -797,13 +877,22 @@ impl EventLoop {
     /// timeout, close timeout), to within that second.
     fn sweep(&mut self) {
         let now = Instant::now();
+        let tick = secs_since(self.started, now, false);
         for index in 0..self.entries.len() {
-            let Some(slot) = self.entries[index].slot.as_mut() else {
+            let entry = &mut self.entries[index];
+            if entry.due == 0 || entry.due > tick {
+                continue;
+            }
+            let Some(slot) = entry.slot.as_mut() else {
+                entry.due = 0;
                 continue;
             };
             match slot.conn.poll_timeout() {
                 Some(deadline) if deadline <= now => {}
-                Some(_) | None => continue,
+                later => {
+                    entry.due = due_tick(self.started, later);
+                    continue;
+                }
             }
             slot.conn.handle_timeout(now);
             if slot.conn.close_timed_out() {
@@ -812,11 +901,16 @@ impl EventLoop {
             }
             if self.flush(index) == Next::Drop {
                 self.remove(index);
-            } else if let Some(slot) = self.slot(index) {
+                continue;
+            }
+            let started = self.started;
+            let entry = &mut self.entries[index];
+            if let Some(slot) = entry.slot.as_mut() {
                 // A keepalive ping, written: its queue goes now, not at the next quiet moment.
                 if !slot.conn.has_pending_transmit() {
                     slot.conn.shrink_to_fit();
                 }
+                entry.due = due_tick(started, slot.conn.poll_timeout());
             }
         }
     }
@@ -831,10 +925,7 @@ impl EventLoop {
             return;
         };
         if let Some(socket) = slot.outbox.loop_socket() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&socket.as_raw_fd()));
+            let _ = self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
         // Nothing is written directly any more.
@@ -879,8 +970,46 @@ mod tests {
     #[test]
     fn an_idle_connection_holds_at_most_these_bytes() {
         assert!(std::mem::size_of::<super::Entry>() <= 208);
-        assert!(std::mem::size_of::<crate::session::Session>() <= 224);
-        assert!(std::mem::size_of::<crate::outbox::Outbox>() <= 224);
+        assert!(std::mem::size_of::<crate::session::Session>() <= 144);
+        assert!(std::mem::size_of::<crate::outbox::Outbox>() <= 176);
+    }
+
+    #[test]
+    fn the_slab_grows_by_pages_and_keeps_every_index() {
+        let mut slab = super::Slab::default();
+        for n in 0..(super::PAGE * 2 + 3) {
+            let index = slab.push(super::Entry {
+                generation: n as u32,
+                due: 0,
+                slot: None,
+            });
+            assert_eq!(index, n);
+        }
+        assert_eq!(slab.len(), super::PAGE * 2 + 3);
+        assert_eq!(slab.pages.len(), 3);
+        assert!(
+            slab.pages.iter().all(|p| p.capacity() == super::PAGE),
+            "never moved"
+        );
+        assert_eq!(slab[super::PAGE + 1].generation, super::PAGE as u32 + 1);
+        slab[super::PAGE * 2].generation = 7;
+        assert_eq!(slab.get(super::PAGE * 2).map(|e| e.generation), Some(7));
+        assert!(slab.get(super::PAGE * 2 + 3).is_none());
+        assert!(slab.get_mut(super::PAGE * 9).is_none());
+    }
+
+    #[test]
+    fn a_deadline_is_due_at_the_first_sweep_at_or_after_it() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let at = |ms| Some(t0 + Duration::from_millis(ms));
+        assert_eq!(super::due_tick(t0, None), 0, "no timer");
+        assert_eq!(super::due_tick(t0, at(2_300)), 3);
+        assert_eq!(super::due_tick(t0, at(3_000)), 3);
+        assert_eq!(super::due_tick(t0, at(0)), 1, "past: the next sweep");
+        // The sweep at 3.0x s sees tick 3: the 2.3 s deadline is run then, not at 2.
+        assert_eq!(super::secs_since(t0, t0 + Duration::from_millis(3_050), false), 3);
+        assert_eq!(super::secs_since(t0, t0 + Duration::from_millis(2_950), false), 2);
     }
 
     #[test]
