@@ -184,7 +184,11 @@ pub(crate) async fn serve(
                 let (hub, peer, done) = (conn.hub.clone(), conn.peer, conn.done.clone());
                 let loops = conn.loops.clone();
                 drop(conn);
-                crate::http::upgrade(tcp, head.request, leftover, peer, hub, &loops, done).await;
+                // Boxed too: the task stays the sniff's size, and the upgrade's future (refusals,
+                // the 101's write, with their timers) is allocated only once a head arrived.
+                let upgrade =
+                    crate::http::upgrade(tcp, head.request, leftover, peer, hub, &loops, done);
+                Box::pin(upgrade).await;
             }
             // Closed, failed or silent before a request: nothing to answer.
             Ok(Err(_)) | Err(_) => {}

@@ -85,14 +85,20 @@ pub(crate) enum LoopEvent {
 type Replied = (Box<Session>, Option<String>);
 
 /// An upgraded plain HTTP/1.1 connection handed to a loop.
+///
+/// Its `Outbox` and `Session` are made by the loop, once the task that upgraded the connection
+/// is gone: made by that task, they would sit in the heap behind its future (2 KiB), and
+/// every connection of a burst would leave that much free between long-lived allocations
+/// (measured: ~0.45 KiB per connection of RSS at 10,000).
 pub(crate) struct Adopted {
-    pub(crate) outbox: Arc<Outbox>,
-    pub(crate) conn: Connection,
+    tcp: std::net::TcpStream,
+    conn: Connection,
     /// What the client sent right behind its request head.
-    pub(crate) leftover: BytesMut,
-    pub(crate) session: Box<Session>,
+    leftover: BytesMut,
+    grants: Grants,
+    transport: Transport,
     /// Held until the connection ends.
-    pub(crate) guard: ConnectionGuard,
+    guard: ConnectionGuard,
 }
 
 /// Runs an upgraded plain TCP connection: on one of the hub's event loops, or (with none) on
@@ -131,13 +137,12 @@ pub(crate) fn run_plain(
     // Copied out: `leftover` shares the request head's read buffer (kilobytes), which would
     // otherwise live as long as the bytes the connection keeps of it.
     let leftover = BytesMut::from(&leftover[..]);
-    let outbox = Arc::new(Outbox::for_loop(tcp, limit, negotiated, inbox.clone()));
-    let session = Session::open(hub.clone(), outbox.clone(), grants, transport, false);
     inbox.post(LoopEvent::Adopt(Box::new(Adopted {
-        outbox,
+        tcp,
         conn,
         leftover,
-        session: Box::new(session),
+        grants,
+        transport,
         guard,
     })));
 }
@@ -519,12 +524,24 @@ impl EventLoop {
     /// Takes over an upgraded connection.
     fn adopt(&mut self, adopted: Adopted) {
         let Adopted {
-            outbox,
+            tcp,
             mut conn,
             leftover,
-            session,
+            grants,
+            transport,
             guard,
         } = adopted;
+        let limit = self.hub.config.queue_bytes;
+        let negotiated = conn.deflate().copied();
+        let inbox: Arc<dyn LoopWaker> = self.inbox.clone();
+        let outbox = Arc::new(Outbox::for_loop(tcp, limit, negotiated, inbox));
+        let session = Box::new(Session::open(
+            self.hub.clone(),
+            outbox.clone(),
+            grants,
+            transport,
+            false,
+        ));
         let index = match self.free.pop() {
             Some(index) => index as usize,
             None => self.entries.push(Entry {
@@ -1008,8 +1025,14 @@ mod tests {
         assert_eq!(super::due_tick(t0, at(3_000)), 3);
         assert_eq!(super::due_tick(t0, at(0)), 1, "past: the next sweep");
         // The sweep at 3.0x s sees tick 3: the 2.3 s deadline is run then, not at 2.
-        assert_eq!(super::secs_since(t0, t0 + Duration::from_millis(3_050), false), 3);
-        assert_eq!(super::secs_since(t0, t0 + Duration::from_millis(2_950), false), 2);
+        assert_eq!(
+            super::secs_since(t0, t0 + Duration::from_millis(3_050), false),
+            3
+        );
+        assert_eq!(
+            super::secs_since(t0, t0 + Duration::from_millis(2_950), false),
+            2
+        );
     }
 
     #[test]
