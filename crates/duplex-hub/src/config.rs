@@ -970,6 +970,26 @@ mod tests {
     }
 
     #[test]
+    fn event_loops_default_to_the_workers_and_0_means_a_task_each() {
+        assert_eq!(
+            HubConfig::default().event_loops,
+            None,
+            "one per worker thread"
+        );
+        let file: FileConfig = toml::from_str("event_loops = 3").unwrap();
+        assert_eq!(
+            HubConfig::merge(&HubArgs::default(), &file).event_loops,
+            Some(3)
+        );
+        let args = parse(&["--event-loops", "0"]);
+        assert_eq!(
+            HubConfig::merge(&args, &file).event_loops,
+            Some(0),
+            "flag beats file"
+        );
+    }
+
+    #[test]
     fn sse_heartbeat_and_retry() {
         let args = parse(&["--sse-heartbeat", "0"]);
         let file: FileConfig = toml::from_str("sse_heartbeat = 5\nsse_retry_ms = 750").unwrap();

@@ -25,14 +25,20 @@ pub async fn within<F: Future>(fut: F) -> F::Output {
 
 /// A config for tests: ephemeral port, generous rate limits, no pings. The HTTP server is
 /// hyper unless `DUPLEX_HUB_TEST_HTTP_SERVER=builtin` (the whole suite against the former
-/// hand-written server).
+/// hand-written server); plain WebSockets run on event loops unless
+/// `DUPLEX_HUB_TEST_EVENT_LOOPS` says how many (0: a task each).
 pub fn config() -> HubConfig {
     let http_server = match std::env::var("DUPLEX_HUB_TEST_HTTP_SERVER").as_deref() {
         Ok("builtin") => duplex_hub::HttpServer::Builtin,
         _ => duplex_hub::HttpServer::Hyper,
     };
+    // `DUPLEX_HUB_TEST_EVENT_LOOPS=0`: the whole suite with a task per connection.
+    let event_loops = std::env::var("DUPLEX_HUB_TEST_EVENT_LOOPS")
+        .ok()
+        .map(|n| n.parse().expect("DUPLEX_HUB_TEST_EVENT_LOOPS is a number"));
     HubConfig {
         http_server,
+        event_loops,
         listen: "127.0.0.1:0".parse().unwrap(),
         publish_rate: 100_000.0,
         publish_burst: 100_000,
