@@ -843,9 +843,15 @@ impl EventLoop {
     /// Writes what the connection queued (after the rest of a partly written delivery); lets
     /// the fan-out write directly again once nothing of ours is in flight.
     fn flush(&mut self, index: usize) -> Next {
-        let Some(slot) = self.entries[index].slot.as_mut() else {
+        let entry = &mut self.entries[index];
+        let Some(slot) = entry.slot.as_mut() else {
             return Next::Drop;
         };
+        if slot.conn.state() != State::Open {
+            // Closing: the close timeout may come before the deadline the sweep knows (and
+            // must end a connection whose peer does not read: checked even while blocked).
+            entry.due = 1;
+        }
         if slot.write_blocked {
             return Next::Keep;
         }
@@ -881,9 +887,6 @@ impl EventLoop {
         }
         if slot.session.is_some() && !slot.closing && slot.conn.state() == State::Open {
             slot.outbox.resume();
-        } else if slot.conn.state() != State::Open {
-            // Closing: the close timeout may come before the deadline the sweep knows.
-            self.entries[index].due = 1;
         }
         Next::Keep
     }
@@ -945,8 +948,8 @@ impl EventLoop {
             let _ = self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
-        // Nothing is written directly any more.
-        slot.outbox.hold();
+        // Nothing is written to it any more: deliveries still fanned out to it are dropped.
+        slot.outbox.close(Closing::Shutdown);
         if slot.session.is_none() {
             // A command is out with the session: the slot waits for it (`on_reply`).
             slot.ended = true;

@@ -167,3 +167,71 @@ async fn the_loop_pings_a_silent_client_then_closes_it_with_1001() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_close_timeout_without_pings() {
+    within(async {
+        let hub = hub(HubConfig {
+            queue_bytes: 64 * 1024,
+            max_message_size: 16 * 1024,
+            history_size: 10,
+            // No keepalive: only the close timeout (2 s in `config`) can end it.
+            ping_interval: None,
+            join_leave: false,
+            ..config()
+        })
+        .await;
+        let addr = hub.local_addr();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let subscribe = br#"{"id":1,"op":"subscribe","channel":"flood"}"#;
+        tcp.write_all(&client_frame(0x1, subscribe)).await.unwrap();
+        // Wait for the subscription to exist, then flood without reading: the outbox
+        // overflows (1013), the Close cannot be written, and the close timeout ends it.
+        let mut other = Client::connect(addr, "").await;
+        loop {
+            let stats = other
+                .call(json!({"op": "presence", "channel": "flood"}))
+                .await;
+            if stats["clients"].as_array().is_some_and(|c| !c.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Until the kernel's buffers are full and the outbox overflows (bounded: 16 MiB).
+        let data = "x".repeat(8 * 1024);
+        for _ in 0..2048 {
+            if hub.metrics().slow_consumer_disconnects() > 0 {
+                break;
+            }
+            publish_http(addr, "flood", json!(data)).await;
+        }
+        assert_eq!(hub.metrics().slow_consumer_disconnects(), 1);
+        let flooded = std::time::Instant::now();
+        // Everything the hub wrote, then the end of the connection: read to EOF (or reset).
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if flooded.elapsed() < Duration::from_secs(3) {
+                        // Keep not reading until past the close timeout.
+                        tokio::time::sleep(Duration::from_secs(3) - flooded.elapsed()).await;
+                    }
+                }
+            }
+        }
+        let ended = flooded.elapsed();
+        assert!(ended < Duration::from_secs(15), "ended after {ended:?}");
+        // The other client is unaffected.
+        let reply = other.call(json!({"op": "ping"})).await;
+        assert_eq!(reply["ok"], true);
+    })
+    .await;
+}
