@@ -128,7 +128,9 @@ struct Channel {
     epoch: Arc<str>,
     top: u64,
     history: HistoryRing,
-    presence: BTreeMap<Arc<str>, ClientInfo>,
+    /// Client id to user (a `ClientInfo` as value would hold the id twice: 16 bytes more
+    /// for every connection in a channel).
+    presence: BTreeMap<Arc<str>, Arc<str>>,
     /// Node subscriptions ([`Broker::subscribe`] minus [`Broker::unsubscribe`]).
     subscribed: usize,
     /// Removed from the map: whoever locked it after that looks the name up again.
@@ -467,7 +469,7 @@ impl MemoryBroker {
         self.with_channel(channel, true, |locked, _| {
             locked
                 .presence
-                .insert(client.client.clone(), client.clone());
+                .insert(client.client.clone(), client.user.clone());
             if let Some(handler) = self.handler.get() {
                 handler.on_join(channel, client);
             }
@@ -487,7 +489,14 @@ impl MemoryBroker {
 
     fn presence_now(&self, channel: &str) -> Vec<ClientInfo> {
         self.with_channel(channel, false, |locked, _| {
-            locked.presence.values().cloned().collect()
+            locked
+                .presence
+                .iter()
+                .map(|(client, user)| ClientInfo {
+                    client: client.clone(),
+                    user: user.clone(),
+                })
+                .collect()
         })
         .ok()
         .flatten()
